@@ -1,0 +1,126 @@
+"""The ``hardneg`` command line: parses options, configures logging, runs a job, prints a readable result.
+
+Entry point only: the work is done by the job modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from retriever import metrics as M
+from retriever.errors import HardnegError
+
+from .evaluate import RETRIEVERS, EvalConfig, RunFolderError, format_table, run_evaluation
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="retrieve with BM25 / dense / hybrid and score the run",
+                       description="Retrieve for every query of a split, write run.trec and metrics.json, print a table.")
+    p.add_argument("--data", default="scifact", help="collection name under $HARDNEG_DATA, a BEIR folder, or a "
+                   "Hugging Face id in the BeIR layout (default: scifact)")
+    p.add_argument("--split", default="test", help="qrels split (default: test)")
+    p.add_argument("--retriever", default="bm25", type=_csv,
+                   help=f"one or several of {', '.join(RETRIEVERS)}, comma-separated (default: bm25)")
+    p.add_argument("--model", default="default", help="bi-encoder: hub name or local path "
+                   "(default: the packaged sentence-transformers/all-MiniLM-L6-v2)")
+    p.add_argument("--bm25-backend", default="bm25s", choices=["bm25s", "rank_bm25"])
+    p.add_argument("--k1", type=float, default=1.5, help="BM25 k1 (default 1.5)")
+    p.add_argument("--b", type=float, default=0.75, help="BM25 b (default 0.75)")
+    p.add_argument("--stopwords", default="en", choices=["en", "none"])
+    p.add_argument("--stemmer", default="english", help="Snowball stemmer language, or 'none' (default english)")
+    p.add_argument("--top-k", type=int, default=100, help="results kept per query (default 100)")
+    p.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivf"], help="faiss index (default exact)")
+    p.add_argument("--bf16", default="auto", choices=["auto", "on", "off"],
+                   help="bf16 autocast for encoding; auto = on only with AMX / AVX-512 BF16")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--query-prompt", default="", help="text prepended to each query (e.g. 'query: ')")
+    p.add_argument("--doc-prompt", default="", help="text prepended to each document (e.g. 'passage: ')")
+    p.add_argument("--rrf-k", type=int, default=60, help="reciprocal-rank-fusion constant (default 60)")
+    p.add_argument("--drop-self", action="store_true", help="drop each query's own id from its results")
+    p.add_argument("--cache-dir", default=None, help="embedding cache folder (default $HARDNEG_CACHE or ~/.cache/hardneg)")
+    p.add_argument("--metrics", type=_csv, default=list(M.DEFAULT_METRICS), help="comma-separated metric names")
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="paired randomization test between two TREC runs",
+                       description="Score two run files on the same qrels and test the difference per metric.")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.add_argument("--data", default="scifact")
+    p.add_argument("--split", default="test")
+    p.add_argument("--metrics", type=_csv, default=list(M.DEFAULT_METRICS))
+    p.add_argument("--resamples", type=int, default=10_000)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hardneg", description="Hard-negative mining for dense retrievers.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_evaluate(sub)
+    _add_compare(sub)
+    return parser
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    cfg = EvalConfig(data=args.data, split=args.split, retrievers=args.retriever, out=args.out, model=args.model,
+                     bm25_backend=args.bm25_backend, k1=args.k1, b=args.b, stopwords=args.stopwords,
+                     stemmer=args.stemmer, top_k=args.top_k, index=args.index, bf16=args.bf16,
+                     batch_size=args.batch_size, query_prompt=args.query_prompt, doc_prompt=args.doc_prompt,
+                     rrf_k=args.rrf_k, drop_self=args.drop_self, cache_dir=args.cache_dir,
+                     overwrite=args.overwrite, metrics=args.metrics)
+    results = run_evaluation(cfg)
+    out = Path(cfg.out)
+    summary = out / "summary.md"
+    if summary.exists() and len(results) > 1:
+        print(summary.read_text())
+    else:
+        print(format_table(results))
+    print(f"\nwritten to {out}/ (metrics.json, per_query.json, run.trec, manifest.json)")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from retriever.data import load_collection
+    from retriever.runs import read_trec
+
+    col = load_collection(args.data, args.split)
+    a, b = read_trec(args.run_a), read_trec(args.run_b)
+    pa, pb = M.per_query(col.qrels, a, args.metrics), M.per_query(col.qrels, b, args.metrics)
+    print(f"A = {args.run_a}\nB = {args.run_b}\n{col.name}/{col.split}: {len(col.qrels)} queries\n")
+    print("| metric | A | B | B - A | p (randomization) |\n|---|---|---|---|---|")
+    for m in args.metrics:
+        t = M.randomization_test(pa[m], pb[m], n_resamples=args.resamples, seed=args.seed)
+        print(f"| {m} | {t['mean_a']:.4f} | {t['mean_b']:.4f} | {t['delta']:+.4f} | {t['p_value']:.4f} |")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.quiet:
+        import os
+
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    try:
+        if args.command == "evaluate":
+            return _cmd_evaluate(args)
+        return _cmd_compare(args)
+    except (HardnegError, RunFolderError, ValueError, OSError) as exc:
+        print(f"hardneg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

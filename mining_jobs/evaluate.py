@@ -1,0 +1,191 @@
+"""The evaluate job: retrieve with BM25, dense or hybrid on one split of a collection, score the run and
+write ``metrics.json``, ``per_query.json``, ``run.trec`` and ``manifest.json`` to a run folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from retriever import metrics as M
+from retriever.bm25 import BM25Index
+from retriever.data import Collection, load_collection
+from retriever.dense_index import DenseIndex
+from retriever.encoder import EmbeddingCache, Encoder, encode_corpus
+from retriever.fusion import reciprocal_rank_fusion
+from retriever.runs import Run, drop_self, write_trec
+from retriever.text import TokenizerConfig
+
+logger = logging.getLogger(__name__)
+
+RETRIEVERS = ("bm25", "dense", "hybrid")
+
+
+class RunFolderError(Exception):
+    """The output folder already holds a finished run and overwriting was not asked for."""
+
+
+@dataclass
+class EvalConfig:
+    """Settings of one evaluation; every field is a command-line option of ``hardneg evaluate``."""
+
+    data: str = field(default="scifact", metadata={"help": "collection name under $HARDNEG_DATA, a path, or org/name"})
+    split: str = "test"
+    retrievers: list[str] = field(default_factory=lambda: ["bm25"])
+    out: str = "runs/evaluate"
+    model: str = "default"
+    bm25_backend: str = "bm25s"
+    k1: float = 1.5
+    b: float = 0.75
+    stopwords: str = "en"
+    stemmer: str = "english"
+    top_k: int = 100
+    index: str = "flat"
+    bf16: str = "auto"
+    batch_size: int = 64
+    query_prompt: str = ""
+    doc_prompt: str = ""
+    rrf_k: int = 60
+    drop_self: bool = False
+    cache_dir: str | None = None
+    overwrite: bool = False
+    metrics: list[str] = field(default_factory=lambda: list(M.DEFAULT_METRICS))
+
+    def validate(self) -> None:
+        bad = [r for r in self.retrievers if r not in RETRIEVERS]
+        if bad or not self.retrievers:
+            raise ValueError(f"--retriever: unknown {bad or 'empty'}; expected some of {', '.join(RETRIEVERS)}")
+        if self.top_k < 1:
+            raise ValueError(f"--top-k must be >= 1, got {self.top_k}")
+        for m in self.metrics:
+            M._parse(m)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("hardneg", "torch", "sentence-transformers", "transformers", "faiss-cpu", "bm25s", "rank-bm25",
+                "datasets", "pytrec-eval-terrier"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _prepare_out(folder: Path, overwrite: bool) -> None:
+    if (folder / "metrics.json").exists() and not overwrite:
+        raise RunFolderError(f"{folder} already holds a finished run (metrics.json); pass --overwrite to replace it")
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def _write_json(path: Path, obj: object) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def bm25_run(col: Collection, cfg: EvalConfig, texts: list[str], timings: dict[str, float]) -> Run:
+    tok = TokenizerConfig(lowercase=True, stopwords=cfg.stopwords, stemmer=cfg.stemmer)
+    t0 = time.perf_counter()
+    index = BM25Index(cfg.bm25_backend, k1=cfg.k1, b=cfg.b, tokenizer=tok).index(col.doc_ids, texts)
+    timings["bm25_index_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run = index.search(list(col.queries.values()), k=cfg.top_k, query_ids=list(col.queries))
+    timings["bm25_search_s"] = time.perf_counter() - t0
+    timings["bm25_queries_per_s"] = len(col.queries) / max(timings["bm25_search_s"], 1e-9)
+    return run
+
+
+def dense_run(col: Collection, cfg: EvalConfig, texts: list[str], timings: dict[str, float],
+              info: dict[str, object]) -> Run:
+    t0 = time.perf_counter()
+    enc = Encoder(cfg.model, bf16=cfg.bf16, batch_size=cfg.batch_size, query_prompt=cfg.query_prompt,
+                  doc_prompt=cfg.doc_prompt)
+    timings["model_load_s"] = time.perf_counter() - t0
+    cache = EmbeddingCache(cfg.cache_dir)
+    emb, cinfo = encode_corpus(enc, texts, col.fingerprint(), cache)
+    timings["corpus_encode_s"] = float(cinfo.get("seconds", 0.0))
+    info.update({"model_fingerprint": enc.fingerprint(), "bf16": enc.bf16, "max_seq_length": enc.max_seq_length,
+                 "embedding_cache": cinfo})
+    t0 = time.perf_counter()
+    index = DenseIndex(cfg.index).add(col.doc_ids, emb)
+    timings["dense_index_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    q_emb = enc.encode_queries(list(col.queries.values()))
+    run = index.search(q_emb, k=cfg.top_k, query_ids=list(col.queries))
+    timings["dense_search_s"] = time.perf_counter() - t0
+    return run
+
+
+def run_evaluation(cfg: EvalConfig) -> dict[str, dict[str, float]]:
+    """Run every retriever of ``cfg`` and write its run folder; returns ``{retriever: metrics}``."""
+    cfg.validate()
+    out = Path(cfg.out)
+    many = len(cfg.retrievers) > 1
+    folders = {r: (out / r if many else out) for r in cfg.retrievers}
+    for f in folders.values():
+        _prepare_out(f, cfg.overwrite)
+    t_start = time.perf_counter()
+    col = load_collection(cfg.data, cfg.split)
+    logger.info("loaded %s/%s: %d documents, %d queries, %d judgments", col.name, col.split,
+                col.corpus.num_rows, len(col.queries), col.stats.get("qrels"))
+    texts = col.doc_texts()
+    timings: dict[str, float] = {"load_s": time.perf_counter() - t_start}
+    info: dict[str, object] = {}
+    runs: dict[str, Run] = {}
+    need = set(cfg.retrievers)
+    if need & {"bm25", "hybrid"}:
+        runs["bm25"] = bm25_run(col, cfg, texts, timings)
+    if need & {"dense", "hybrid"}:
+        runs["dense"] = dense_run(col, cfg, texts, timings, info)
+    if "hybrid" in need:
+        runs["hybrid"] = reciprocal_rank_fusion([runs["bm25"], runs["dense"]], k=cfg.rrf_k, top_k=cfg.top_k)
+    if cfg.drop_self:
+        runs = {k: drop_self(v) for k, v in runs.items()}
+    results: dict[str, dict[str, float]] = {}
+    per_q_all: dict[str, dict[str, dict[str, float]]] = {}
+    for r in cfg.retrievers:
+        folder = folders[r]
+        per_q = M.per_query(col.qrels, runs[r], cfg.metrics)
+        agg = M.aggregate(per_q)
+        results[r], per_q_all[r] = agg, per_q
+        write_trec(runs[r], folder / "run.trec", tag=f"hardneg-{r}")
+        _write_json(folder / "per_query.json", per_q)
+        manifest = {"retriever": r, "config": asdict(cfg), "collection": {"name": col.name, "split": col.split,
+                    "source": col.source, "fingerprint": col.fingerprint(), **col.stats},
+                    "dense": info if r in ("dense", "hybrid") else None, "timings": timings,
+                    "versions": _versions(), "num_queries": len(col.qrels)}
+        _write_json(folder / "manifest.json", manifest)
+        _write_json(folder / "metrics.json", {**agg, "num_queries": len(col.qrels)})  # last: marks the run done
+    if many:
+        (out / "summary.md").write_text(format_table(results, col, per_q_all) + "\n")
+    return results
+
+
+def format_table(results: dict[str, dict[str, float]], col: Collection | None = None,
+                 per_q: dict[str, dict[str, dict[str, float]]] | None = None) -> str:
+    """A Markdown table, one row per retriever; with per-query values, a p-value of nDCG@10 against row 1."""
+    names = list(results)
+    metrics = list(next(iter(results.values())))
+    header = ["retriever", *metrics]
+    base = names[0]
+    sig = per_q is not None and len(names) > 1 and "ndcg@10" in metrics
+    if sig:
+        header.append(f"p (ndcg@10 vs {base})")
+    lines = []
+    if col is not None:
+        lines.append(f"{col.name} / {col.split}: {len(col.qrels)} queries, {col.corpus.num_rows} documents\n")
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for n in names:
+        row = [n, *(f"{results[n][m]:.4f}" for m in metrics)]
+        if sig:
+            row.append("-" if n == base else
+                       f"{M.randomization_test(per_q[base]['ndcg@10'], per_q[n]['ndcg@10'])['p_value']:.4f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)

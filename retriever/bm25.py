@@ -1,0 +1,165 @@
+"""BM25 retrieval behind one interface, two backends: bm25s (default, fast sparse matrix) and rank-bm25
+(reference implementation). Both use the same tokenizer; save/load write plain files, never pickles."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .errors import DataError
+from .runs import Run
+from .text import Tokenizer, TokenizerConfig
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["bm25s", "rank_bm25"]
+BACKENDS: tuple[str, ...] = ("bm25s", "rank_bm25")
+FORMAT_VERSION = 1
+
+
+class BM25Index:
+    """A BM25 index over a corpus.
+
+    Args:
+        backend: ``"bm25s"`` (Lucene-style idf, sparse matrix, fast) or ``"rank_bm25"`` (``BM25Okapi``).
+        k1, b: the usual BM25 parameters, used by both backends.
+        tokenizer: lowercase / stopwords / stemming options shared by both backends.
+
+    Example:
+        >>> idx = BM25Index().index(["d1", "d2"], ["cats purr", "dogs bark"])
+        >>> idx.search(["cat"], k=1)
+        {'q0': {'d1': ...}}
+    """
+
+    def __init__(self, backend: Backend = "bm25s", k1: float = 1.5, b: float = 0.75,
+                 tokenizer: TokenizerConfig | None = None) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown BM25 backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        self.backend = backend
+        self.k1 = float(k1)
+        self.b = float(b)
+        self.tokenizer_config = tokenizer or TokenizerConfig()
+        self.tokenizer = Tokenizer(self.tokenizer_config)
+        self.doc_ids: list[str] = []
+        self._model = None
+        self._tokenized: list[list[str]] | None = None  # kept for rank_bm25 save
+
+    # ------------------------------------------------------------------------------------------ build
+    def index(self, doc_ids: Sequence[str], texts: Sequence[str], show_progress: bool = True) -> BM25Index:
+        if len(doc_ids) != len(texts):
+            raise ValueError(f"{len(doc_ids)} ids but {len(texts)} texts")
+        if not doc_ids:
+            raise DataError("cannot index an empty corpus")
+        self.doc_ids = list(doc_ids)
+        tokens = [self.tokenizer(t) for t in tqdm(texts, desc="BM25 tokenize", disable=not show_progress,
+                                                   unit="doc", mininterval=1.0)]
+        self._build(tokens, show_progress)
+        return self
+
+    def _build(self, tokens: list[list[str]], show_progress: bool = False) -> None:
+        if self.backend == "bm25s":
+            import bm25s
+
+            self._model = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
+            self._model.index(tokens, show_progress=show_progress)
+            self._tokenized = None
+        else:
+            self._model = _rank_bm25_model(tokens, self.k1, self.b)
+            self._tokenized = tokens
+
+    # ----------------------------------------------------------------------------------------- search
+    def search_arrays(self, queries: Sequence[str], k: int = 100, show_progress: bool = True
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` document positions and scores per query, shape ``(n_queries, k)``; position -1 marks
+        an empty slot (fewer than ``k`` documents share a term with the query)."""
+        if self._model is None:
+            raise RuntimeError("BM25Index is empty: call index() or load() first")
+        k = min(k, len(self.doc_ids))
+        q_tokens = [self.tokenizer(q) for q in queries]
+        n = len(q_tokens)
+        if self.backend == "bm25s":
+            docs, scores = self._model.retrieve(q_tokens, k=k, show_progress=show_progress, n_threads=0)
+            docs = np.asarray(docs, dtype=np.int64)
+            scores = np.asarray(scores, dtype=np.float32)
+        else:
+            docs = np.empty((n, k), dtype=np.int64)
+            scores = np.empty((n, k), dtype=np.float32)
+            for i, toks in enumerate(tqdm(q_tokens, desc="rank_bm25 search", disable=not show_progress,
+                                          unit="q", mininterval=1.0)):
+                s = self._model.get_scores(toks) if toks else np.zeros(len(self.doc_ids))
+                top = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
+                top = top[np.lexsort((top, -s[top]))]
+                docs[i], scores[i] = top, s[top]
+        docs[scores <= 0] = -1  # a document sharing no term with the query is not a result
+        return docs, scores
+
+    def search(self, queries: Sequence[str], k: int = 100, query_ids: Sequence[str] | None = None,
+               show_progress: bool = True) -> Run:
+        """Search ``queries`` and return a run ``{query_id: {doc_id: score}}`` (ids ``q0..`` if not given)."""
+        qids = list(query_ids) if query_ids is not None else [f"q{i}" for i in range(len(queries))]
+        docs, scores = self.search_arrays(queries, k, show_progress)
+        run: Run = {}
+        for qid, drow, srow in zip(qids, docs, scores, strict=True):
+            run[qid] = {self.doc_ids[d]: float(s) for d, s in zip(drow, srow, strict=True) if d >= 0}
+        return run
+
+    # -------------------------------------------------------------------------------------- save/load
+    def params(self) -> dict[str, object]:
+        return {"format_version": FORMAT_VERSION, "backend": self.backend, "k1": self.k1, "b": self.b,
+                "tokenizer": self.tokenizer_config.to_dict(), "num_docs": len(self.doc_ids)}
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write the index to ``folder``: ``params.json``, ``doc_ids.json`` and the backend's arrays."""
+        if self._model is None:
+            raise RuntimeError("nothing to save: the index is empty")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.backend == "bm25s":
+            self._model.save(str(folder / "bm25s"), show_progress=False)
+        else:
+            with (folder / "tokens.jsonl").open("w", encoding="utf-8") as fh:
+                for toks in self._tokenized or []:
+                    fh.write(json.dumps(toks) + "\n")
+        (folder / "doc_ids.json").write_text(json.dumps(self.doc_ids))
+        (folder / "params.json").write_text(json.dumps(self.params(), indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> BM25Index:
+        folder = Path(folder)
+        pfile = folder / "params.json"
+        if not pfile.is_file():
+            raise DataError(f"{pfile}: not a saved BM25 index (params.json missing)")
+        params = json.loads(pfile.read_text())
+        if params.get("format_version") != FORMAT_VERSION:
+            raise DataError(f"{pfile}: unsupported format_version {params.get('format_version')!r}")
+        idx = cls(backend=params["backend"], k1=params["k1"], b=params["b"],
+                  tokenizer=TokenizerConfig(**params["tokenizer"]))
+        idx.doc_ids = json.loads((folder / "doc_ids.json").read_text())
+        if idx.backend == "bm25s":
+            import bm25s
+
+            idx._model = bm25s.BM25.load(str(folder / "bm25s"), show_progress=False)
+        else:
+            with (folder / "tokens.jsonl").open(encoding="utf-8") as fh:
+                tokens = [json.loads(line) for line in fh]
+            idx._build(tokens)
+        return idx
+
+
+def _rank_bm25_model(tokens: list[list[str]], k1: float, b: float):
+    try:
+        from rank_bm25 import BM25Okapi
+    except ImportError as exc:  # pragma: no cover - rank-bm25 is a dependency
+        raise ImportError("the rank_bm25 backend needs rank-bm25: pip install rank-bm25") from exc
+    # rank-bm25 divides by the average length: an all-empty corpus would divide by zero.
+    if not any(tokens):
+        raise DataError("every document is empty after tokenization: nothing to index")
+    return BM25Okapi(tokens, k1=k1, b=b)

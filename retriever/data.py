@@ -1,0 +1,344 @@
+"""Load and validate BEIR-format collections (corpus, queries, qrels) into Arrow-backed datasets.
+
+Validation errors name the file, the line and the id. This module reads data; it never retrieves or scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+from datasets import Dataset
+
+from .errors import DataError
+
+logger = logging.getLogger(__name__)
+
+Qrels = dict[str, dict[str, int]]
+
+DATA_ENV = "HARDNEG_DATA"
+_CHUNK = 50_000
+
+
+def join_title_text(title: str | None, text: str | None) -> str:
+    """Join a document's title and text the way BEIR and MTEB do: ``(title + " " + text).strip()``."""
+    return (f"{title or ''} {text or ''}").strip()
+
+
+@dataclass
+class Collection:
+    """A retrieval collection: corpus (Arrow ``Dataset`` with ``_id``, ``title``, ``text``), queries, qrels.
+
+    ``queries`` holds only the queries of the loaded split (those named in its qrels).
+    ``stats`` counts what loading found, including empty texts (kept, and reported here).
+    """
+
+    name: str
+    split: str
+    corpus: Dataset
+    queries: dict[str, str]
+    qrels: Qrels
+    source: str = ""
+    stats: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def doc_ids(self) -> list[str]:
+        return self.corpus["_id"]
+
+    def doc_texts(self) -> list[str]:
+        """Title and text joined per document, in corpus order."""
+        out: list[str] = []
+        for batch in self.corpus.iter(batch_size=_CHUNK):
+            out.extend(join_title_text(t, x) for t, x in zip(batch["title"], batch["text"], strict=True))
+        return out
+
+    def fingerprint(self) -> str:
+        """Content hash of the corpus (ids, titles and texts): changes when any document changes."""
+        h = hashlib.sha256()
+        for batch in self.corpus.iter(batch_size=_CHUNK):
+            for i, t, x in zip(batch["_id"], batch["title"], batch["text"], strict=True):
+                h.update(i.encode())
+                h.update(b"\x1f")
+                h.update(t.encode())
+                h.update(b"\x1f")
+                h.update(x.encode())
+                h.update(b"\x1e")
+        return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------- JSONL
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    with path.open("r", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: malformed JSON line ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def _get_id(obj: dict, path: Path, lineno: int) -> str:
+    if "_id" not in obj or obj["_id"] is None:
+        raise DataError(f"{path}:{lineno}: missing '_id' (each line needs '_id' and 'text')")
+    value = str(obj["_id"])
+    if not value.strip():
+        raise DataError(f"{path}:{lineno}: empty '_id'")
+    return value
+
+
+def _get_str(obj: dict, key: str, path: Path, lineno: int, doc_id: str, required: bool) -> str:
+    if key not in obj or obj[key] is None:
+        if required:
+            raise DataError(f"{path}:{lineno}: id {doc_id!r} has no '{key}' field")
+        return ""
+    value = obj[key]
+    if not isinstance(value, str):
+        raise DataError(f"{path}:{lineno}: id {doc_id!r} field '{key}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def read_corpus(path: str | os.PathLike) -> tuple[Dataset, dict[str, object]]:
+    """Read ``corpus.jsonl`` into a ``Dataset`` with string columns ``_id``, ``title``, ``text``.
+
+    Raises:
+        DataError: missing file, malformed line, missing ``_id``/``text``, duplicate id, empty corpus.
+    Returns:
+        The dataset and counts: ``documents``, ``empty_texts`` and ``empty_text_ids`` (first 10).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: corpus file not found")
+    seen: dict[str, int] = {}
+    batches: list[pa.RecordBatch] = []
+    ids: list[str] = []
+    titles: list[str] = []
+    texts: list[str] = []
+    empty: list[str] = []
+    n_empty = 0
+
+    def flush() -> None:
+        if ids:
+            batches.append(pa.record_batch([pa.array(ids, pa.string()), pa.array(titles, pa.string()),
+                                            pa.array(texts, pa.string())], names=["_id", "title", "text"]))
+            ids.clear()
+            titles.clear()
+            texts.clear()
+
+    for lineno, obj in _iter_jsonl(path):
+        doc_id = _get_id(obj, path, lineno)
+        if doc_id in seen:
+            raise DataError(f"{path}:{lineno}: duplicate document id {doc_id!r} (first seen on line {seen[doc_id]})")
+        seen[doc_id] = lineno
+        text = _get_str(obj, "text", path, lineno, doc_id, required=True)
+        title = _get_str(obj, "title", path, lineno, doc_id, required=False)
+        if not join_title_text(title, text):
+            n_empty += 1
+            if len(empty) < 10:
+                empty.append(doc_id)
+        ids.append(doc_id)
+        titles.append(title)
+        texts.append(text)
+        if len(ids) >= _CHUNK:
+            flush()
+    flush()
+    if not seen:
+        raise DataError(f"{path}: empty corpus (no documents)")
+    if n_empty:
+        logger.warning("%s: %d document(s) have empty title and text (kept; first ids: %s)",
+                       path, n_empty, ", ".join(empty))
+    table = pa.Table.from_batches(batches)
+    return Dataset(table), {"documents": len(seen), "empty_texts": n_empty, "empty_text_ids": empty}
+
+
+def read_queries(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, object]]:
+    """Read ``queries.jsonl`` into ``{query_id: text}`` (other fields such as ``metadata`` are ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: queries file not found")
+    queries: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    empty: list[str] = []
+    for lineno, obj in _iter_jsonl(path):
+        qid = _get_id(obj, path, lineno)
+        if qid in queries:
+            raise DataError(f"{path}:{lineno}: duplicate query id {qid!r} (first seen on line {lines[qid]})")
+        text = _get_str(obj, "text", path, lineno, qid, required=True)
+        if not text.strip():
+            empty.append(qid)
+        queries[qid] = text
+        lines[qid] = lineno
+    if not queries:
+        raise DataError(f"{path}: no queries")
+    if empty:
+        logger.warning("%s: %d quer(y/ies) have empty text (kept; first ids: %s)", path, len(empty),
+                       ", ".join(empty[:10]))
+    return queries, {"queries": len(queries), "empty_queries": len(empty), "empty_query_ids": empty[:10]}
+
+
+def read_qrels(path: str | os.PathLike) -> Qrels:
+    """Read a BEIR qrels TSV (``query-id  corpus-id  score``, header optional) into ``{qid: {docid: score}}``.
+
+    Also accepts the 4-column TREC layout ``qid 0 docid score`` separated by whitespace.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: qrels file not found")
+    qrels: Qrels = {}
+    with path.open("r", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split("\t") if "\t" in line else line.split()
+            parts = [p.strip() for p in parts]
+            if lineno == 1 and parts[0].lower() in {"query-id", "query_id", "qid", "query"}:
+                continue
+            if len(parts) == 4:
+                parts = [parts[0], parts[2], parts[3]]
+            if len(parts) != 3:
+                raise DataError(f"{path}:{lineno}: expected 3 tab-separated columns (query-id, corpus-id, score), "
+                                f"got {len(parts)}: {line.strip()!r}")
+            qid, did, score = parts
+            try:
+                rel = int(float(score))
+            except ValueError:
+                raise DataError(f"{path}:{lineno}: score {score!r} is not a number (query {qid!r}, doc {did!r})") from None
+            qrels.setdefault(qid, {})[did] = rel
+    return qrels
+
+
+def available_splits(folder: Path) -> list[str]:
+    qdir = folder / "qrels"
+    return sorted(p.stem for p in qdir.glob("*.tsv")) if qdir.is_dir() else []
+
+
+def load_beir(folder: str | os.PathLike, split: str = "test", name: str | None = None) -> Collection:
+    """Load a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``) and cross-check it.
+
+    Raises:
+        DataError: any file missing or malformed, qrels naming an unknown query or document.
+
+    Example:
+        >>> col = load_beir("../shared/data/scifact", "test")  # doctest: +SKIP
+        >>> len(col.queries), col.corpus.num_rows
+        (300, 5183)
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: collection folder not found")
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        splits = available_splits(folder)
+        raise DataError(f"{qrels_path}: split {split!r} not found; available splits: {', '.join(splits) or 'none'}")
+    corpus, cstats = read_corpus(folder / "corpus.jsonl")
+    all_queries, qstats = read_queries(folder / "queries.jsonl")
+    qrels = read_qrels(qrels_path)
+    doc_set = set(corpus["_id"])
+    _check_qrels(qrels, all_queries, doc_set, str(qrels_path))
+    queries = {qid: all_queries[qid] for qid in qrels}
+    stats: dict[str, object] = {**cstats, **qstats, "split_queries": len(queries),
+                                "qrels": sum(len(v) for v in qrels.values())}
+    stats["empty_split_queries"] = sum(1 for q in queries.values() if not q.strip())
+    return Collection(name=name or folder.name, split=split, corpus=corpus, queries=queries, qrels=qrels,
+                      source=str(folder.resolve()), stats=stats)
+
+
+def _check_qrels(qrels: Qrels, queries: dict[str, str], doc_set: set[str], where: str) -> None:
+    if not qrels:
+        raise DataError(f"{where}: qrels file has no judgments")
+    for qid, docs in qrels.items():
+        if qid not in queries:
+            raise DataError(f"{where}: qrels name query id {qid!r}, which is not in the queries file")
+        for did in docs:
+            if did not in doc_set:
+                raise DataError(f"{where}: qrels of query {qid!r} name document id {did!r}, which is not in the corpus")
+
+
+def load_hf_beir(name: str, split: str = "test") -> Collection:
+    """Load a Hugging Face dataset in the BeIR layout (``name`` with configs ``corpus`` and ``queries``,
+    qrels in ``name + "-qrels"``), e.g. ``BeIR/scifact``. Needs network access (or a warm HF cache)."""
+    from datasets import load_dataset
+
+    try:
+        corpus_ds = load_dataset(name, "corpus")
+        queries_ds = load_dataset(name, "queries")
+        qrels_ds = load_dataset(f"{name}-qrels", split=split)
+    except Exception as exc:  # noqa: BLE001 - any hub failure gets the same readable message
+        raise DataError(f"Hugging Face dataset {name!r} (split {split!r}) could not be loaded: {exc}") from exc
+    corpus_ds = corpus_ds[next(iter(corpus_ds))] if hasattr(corpus_ds, "keys") else corpus_ds
+    queries_ds = queries_ds[next(iter(queries_ds))] if hasattr(queries_ds, "keys") else queries_ds
+    return collection_from_datasets(corpus_ds, queries_ds, qrels_ds, name=name, split=split, source=f"hf:{name}")
+
+
+def collection_from_datasets(corpus_ds: Dataset, queries_ds: Dataset, qrels_ds: Dataset, name: str,
+                             split: str, source: str) -> Collection:
+    """Build a validated ``Collection`` from three datasets in the BeIR layout."""
+    for col in ("_id", "text"):
+        if col not in corpus_ds.column_names:
+            raise DataError(f"{source} corpus: missing column {col!r} (has {corpus_ds.column_names})")
+        if col not in queries_ds.column_names:
+            raise DataError(f"{source} queries: missing column {col!r} (has {queries_ds.column_names})")
+    ids = [str(x) for x in corpus_ds["_id"]]
+    titles = corpus_ds["title"] if "title" in corpus_ds.column_names else [""] * len(ids)
+    texts = corpus_ds["text"]
+    seen: set[str] = set()
+    for i, did in enumerate(ids):
+        if did in seen:
+            raise DataError(f"{source} corpus: duplicate document id {did!r} (row {i})")
+        seen.add(did)
+    if not ids:
+        raise DataError(f"{source} corpus: empty corpus")
+    titles = [t or "" for t in titles]
+    texts = [t or "" for t in texts]
+    n_empty = sum(1 for t, x in zip(titles, texts, strict=True) if not join_title_text(t, x))
+    corpus = Dataset(pa.table({"_id": ids, "title": titles, "text": texts}))
+    queries_all = {str(q): t or "" for q, t in zip(queries_ds["_id"], queries_ds["text"], strict=True)}
+    qcols = qrels_ds.column_names
+    qkey = "query-id" if "query-id" in qcols else "query_id"
+    dkey = "corpus-id" if "corpus-id" in qcols else "corpus_id"
+    qrels: Qrels = {}
+    for q, d, s in zip(qrels_ds[qkey], qrels_ds[dkey], qrels_ds["score"], strict=True):
+        qrels.setdefault(str(q), {})[str(d)] = int(s)
+    _check_qrels(qrels, queries_all, seen, f"{source} qrels[{split}]")
+    queries = {q: queries_all[q] for q in qrels}
+    stats = {"documents": len(ids), "empty_texts": n_empty, "queries": len(queries_all),
+             "split_queries": len(queries), "qrels": sum(len(v) for v in qrels.values())}
+    return Collection(name=name, split=split, corpus=corpus, queries=queries, qrels=qrels, source=source,
+                      stats=stats)
+
+
+def resolve_data(name_or_path: str) -> Path | str:
+    """Resolve ``--data``: an existing path, else a folder under ``$HARDNEG_DATA``, else an ``org/name``
+    Hugging Face dataset id (returned as a string)."""
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        return p
+    root = os.environ.get(DATA_ENV)
+    if root and (Path(root) / name_or_path).is_dir():
+        return Path(root) / name_or_path
+    if "/" in name_or_path and not p.exists() and not name_or_path.startswith((".", "/", "~")):
+        return name_or_path
+    where = f"${DATA_ENV}={root}" if root else f"${DATA_ENV} is not set"
+    known = ""
+    if root and Path(root).is_dir():
+        known = "; collections there: " + ", ".join(sorted(x.name for x in Path(root).iterdir() if x.is_dir()))
+    raise DataError(f"--data {name_or_path!r}: no such folder, and not found under {where}{known}")
+
+
+def load_collection(name_or_path: str, split: str = "test") -> Collection:
+    """Load ``--data`` (a path, a name under ``$HARDNEG_DATA``, or a hub id) for one split."""
+    resolved = resolve_data(name_or_path)
+    if isinstance(resolved, Path):
+        return load_beir(resolved, split, name=resolved.name)
+    return load_hf_beir(resolved, split)
