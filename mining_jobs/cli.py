@@ -108,11 +108,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if args.quiet:
-        import os
-
-        os.environ.setdefault("TQDM_DISABLE", "1")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for name in ("retriever", "mining_jobs"):
+        logging.getLogger(name).setLevel(level)
     try:
         if args.command == "evaluate":
             return _cmd_evaluate(args)

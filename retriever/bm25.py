@@ -14,6 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import DataError
+from .progress import show_progress as _show
 from .runs import Run
 from .text import Tokenizer, TokenizerConfig
 
@@ -52,18 +53,19 @@ class BM25Index:
         self._tokenized: list[list[str]] | None = None  # kept for rank_bm25 save
 
     # ------------------------------------------------------------------------------------------ build
-    def index(self, doc_ids: Sequence[str], texts: Sequence[str], show_progress: bool = True) -> BM25Index:
+    def index(self, doc_ids: Sequence[str], texts: Sequence[str], show_progress: bool | None = None) -> BM25Index:
         if len(doc_ids) != len(texts):
             raise ValueError(f"{len(doc_ids)} ids but {len(texts)} texts")
         if not doc_ids:
             raise DataError("cannot index an empty corpus")
         self.doc_ids = list(doc_ids)
+        show_progress = _show(show_progress)
         tokens = [self.tokenizer(t) for t in tqdm(texts, desc="BM25 tokenize", disable=not show_progress,
                                                    unit="doc", mininterval=1.0)]
         self._build(tokens, show_progress)
         return self
 
-    def _build(self, tokens: list[list[str]], show_progress: bool = False) -> None:
+    def _build(self, tokens: list[list[str]], show_progress: bool | None = False) -> None:
         if self.backend == "bm25s":
             import bm25s
 
@@ -75,13 +77,14 @@ class BM25Index:
             self._tokenized = tokens
 
     # ----------------------------------------------------------------------------------------- search
-    def search_arrays(self, queries: Sequence[str], k: int = 100, show_progress: bool = True
+    def search_arrays(self, queries: Sequence[str], k: int = 100, show_progress: bool | None = None
                       ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` document positions and scores per query, shape ``(n_queries, k)``; position -1 marks
         an empty slot (fewer than ``k`` documents share a term with the query)."""
         if self._model is None:
             raise RuntimeError("BM25Index is empty: call index() or load() first")
         k = min(k, len(self.doc_ids))
+        show_progress = _show(show_progress)
         q_tokens = [self.tokenizer(q) for q in queries]
         n = len(q_tokens)
         if self.backend == "bm25s":
@@ -101,7 +104,7 @@ class BM25Index:
         return docs, scores
 
     def search(self, queries: Sequence[str], k: int = 100, query_ids: Sequence[str] | None = None,
-               show_progress: bool = True) -> Run:
+               show_progress: bool | None = None) -> Run:
         """Search ``queries`` and return a run ``{query_id: {doc_id: score}}`` (ids ``q0..`` if not given)."""
         qids = list(query_ids) if query_ids is not None else [f"q{i}" for i in range(len(queries))]
         docs, scores = self.search_arrays(queries, k, show_progress)

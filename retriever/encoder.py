@@ -17,6 +17,8 @@ from typing import Literal
 
 import numpy as np
 
+from .progress import show_progress as _show
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
@@ -152,8 +154,7 @@ class Encoder:
 
         return torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16)
 
-    def encode(self, texts: Sequence[str], prompt: str = "", show_progress: bool = True,
-               desc: str = "encode") -> np.ndarray:
+    def encode(self, texts: Sequence[str], prompt: str = "", show_progress: bool | None = None) -> np.ndarray:
         """Embeddings as a float32 array of shape ``(len(texts), dim)``."""
         import torch
 
@@ -161,15 +162,15 @@ class Encoder:
         if not texts:
             return np.zeros((0, self.model.get_sentence_embedding_dimension() or 0), dtype=np.float32)
         with torch.inference_mode(), self._autocast():
-            emb = self.model.encode(texts, batch_size=self.batch_size, show_progress_bar=show_progress,
+            emb = self.model.encode(texts, batch_size=self.batch_size, show_progress_bar=_show(show_progress),
                                     convert_to_tensor=True, normalize_embeddings=self.normalize)
         return emb.float().cpu().numpy().astype(np.float32, copy=False)
 
-    def encode_queries(self, queries: Sequence[str], show_progress: bool = True) -> np.ndarray:
-        return self.encode(queries, self.query_prompt, show_progress, "queries")
+    def encode_queries(self, queries: Sequence[str], show_progress: bool | None = None) -> np.ndarray:
+        return self.encode(queries, self.query_prompt, show_progress)
 
-    def encode_documents(self, docs: Sequence[str], show_progress: bool = True) -> np.ndarray:
-        return self.encode(docs, self.doc_prompt, show_progress, "documents")
+    def encode_documents(self, docs: Sequence[str], show_progress: bool | None = None) -> np.ndarray:
+        return self.encode(docs, self.doc_prompt, show_progress)
 
     def cache_key(self, corpus_fingerprint: str) -> dict[str, object]:
         """Everything that determines a corpus's embeddings."""
@@ -228,7 +229,7 @@ class EmbeddingCache:
 
 
 def encode_corpus(encoder: Encoder, texts: Sequence[str], corpus_fingerprint: str,
-                  cache: EmbeddingCache | None = None, show_progress: bool = True) -> tuple[np.ndarray, dict]:
+                  cache: EmbeddingCache | None = None, show_progress: bool | None = None) -> tuple[np.ndarray, dict]:
     """Corpus embeddings through the cache. Returns the embeddings and ``{"cache": "hit"|"miss"|"off", ...}``."""
     info: dict[str, object] = {"cache": "off"}
     key = encoder.cache_key(corpus_fingerprint)
