@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -188,34 +189,50 @@ def read_queries(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, obj
 
 
 def read_qrels(path: str | os.PathLike) -> Qrels:
-    """Read a BEIR qrels TSV (``query-id  corpus-id  score``, header optional) into ``{qid: {docid: score}}``.
+    """Read a BEIR qrels TSV (``query-id  corpus-id  score``, header optional) into ``{qid: {docid: grade}}``.
 
-    Also accepts the 4-column TREC layout ``qid 0 docid score`` separated by whitespace.
+    Also accepts the 4-column TREC layout ``qid 0 docid grade`` separated by whitespace. Grades are integers.
     """
+    return _read_qrels_lines(path)[0]
+
+
+def _read_qrels_lines(path: str | os.PathLike) -> tuple[Qrels, dict[tuple[str, str], int]]:
+    """Qrels plus the line of each judgment, for error messages."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: qrels file not found")
     qrels: Qrels = {}
+    lines: dict[tuple[str, str], int] = {}
+    first = True
     with path.open("r", encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
-            parts = line.rstrip("\n").split("\t") if "\t" in line else line.split()
-            parts = [p.strip() for p in parts]
-            if lineno == 1 and parts[0].lower() in {"query-id", "query_id", "qid", "query"}:
+            raw = line.rstrip("\r\n")
+            parts = [p.strip() for p in (raw.split("\t") if "\t" in raw else raw.split())]
+            if first and parts[0].lower() in {"query-id", "query_id", "qid", "query"}:
+                first = False
                 continue
-            if len(parts) == 4:
+            first = False
+            if len(parts) == 4 and "\t" not in raw:
                 parts = [parts[0], parts[2], parts[3]]
-            if len(parts) != 3:
+            if len(parts) != 3 or not all(parts):
                 raise DataError(f"{path}:{lineno}: expected 3 tab-separated columns (query-id, corpus-id, score), "
                                 f"got {len(parts)}: {line.strip()!r}")
             qid, did, score = parts
             try:
-                rel = int(float(score))
+                value = float(score)
             except ValueError:
-                raise DataError(f"{path}:{lineno}: score {score!r} is not a number (query {qid!r}, doc {did!r})") from None
-            qrels.setdefault(qid, {})[did] = rel
-    return qrels
+                value = float("nan")
+            if not math.isfinite(value) or value != int(value):
+                raise DataError(f"{path}:{lineno}: score {score!r} is not an integer grade "
+                                f"(query {qid!r}, doc {did!r})")
+            if (qid, did) in lines:
+                raise DataError(f"{path}:{lineno}: duplicate judgment for query {qid!r} and document {did!r} "
+                                f"(first on line {lines[(qid, did)]})")
+            lines[(qid, did)] = lineno
+            qrels.setdefault(qid, {})[did] = int(value)
+    return qrels, lines
 
 
 def available_splits(folder: Path) -> list[str]:
@@ -243,9 +260,9 @@ def load_beir(folder: str | os.PathLike, split: str = "test", name: str | None =
         raise DataError(f"{qrels_path}: split {split!r} not found; available splits: {', '.join(splits) or 'none'}")
     corpus, cstats = read_corpus(folder / "corpus.jsonl")
     all_queries, qstats = read_queries(folder / "queries.jsonl")
-    qrels = read_qrels(qrels_path)
+    qrels, qlines = _read_qrels_lines(qrels_path)
     doc_set = set(corpus["_id"])
-    _check_qrels(qrels, all_queries, doc_set, str(qrels_path))
+    _check_qrels(qrels, all_queries, doc_set, str(qrels_path), qlines)
     queries = {qid: all_queries[qid] for qid in qrels}
     stats: dict[str, object] = {**cstats, **qstats, "split_queries": len(queries),
                                 "qrels": sum(len(v) for v in qrels.values())}
@@ -254,15 +271,22 @@ def load_beir(folder: str | os.PathLike, split: str = "test", name: str | None =
                       source=str(folder.resolve()), stats=stats)
 
 
-def _check_qrels(qrels: Qrels, queries: dict[str, str], doc_set: set[str], where: str) -> None:
+def _check_qrels(qrels: Qrels, queries: dict[str, str], doc_set: set[str], where: str,
+                 lines: dict[tuple[str, str], int] | None = None) -> None:
     if not qrels:
         raise DataError(f"{where}: qrels file has no judgments")
+
+    def at(qid: str, did: str) -> str:
+        return f"{where}:{lines[(qid, did)]}" if lines else where
+
     for qid, docs in qrels.items():
         if qid not in queries:
-            raise DataError(f"{where}: qrels name query id {qid!r}, which is not in the queries file")
+            did = next(iter(docs))
+            raise DataError(f"{at(qid, did)}: qrels name query id {qid!r}, which is not in the queries file")
         for did in docs:
             if did not in doc_set:
-                raise DataError(f"{where}: qrels of query {qid!r} name document id {did!r}, which is not in the corpus")
+                raise DataError(f"{at(qid, did)}: qrels of query {qid!r} name document id {did!r}, "
+                                "which is not in the corpus")
 
 
 def load_hf_beir(name: str, split: str = "test") -> Collection:
@@ -301,9 +325,16 @@ def collection_from_datasets(corpus_ds: Dataset, queries_ds: Dataset, qrels_ds: 
         raise DataError(f"{source} corpus: empty corpus")
     titles = [t or "" for t in titles]
     texts = [t or "" for t in texts]
-    n_empty = sum(1 for t, x in zip(titles, texts, strict=True) if not join_title_text(t, x))
+    empty_ids = [i for i, t, x in zip(ids, titles, texts, strict=True) if not join_title_text(t, x)]
+    if empty_ids:
+        logger.warning("%s corpus: %d document(s) have empty title and text (kept; first ids: %s)", source,
+                       len(empty_ids), ", ".join(empty_ids[:10]))
     corpus = Dataset(pa.table({"_id": ids, "title": titles, "text": texts}))
-    queries_all = {str(q): t or "" for q, t in zip(queries_ds["_id"], queries_ds["text"], strict=True)}
+    queries_all: dict[str, str] = {}
+    for i, (q, t) in enumerate(zip(queries_ds["_id"], queries_ds["text"], strict=True)):
+        if str(q) in queries_all:
+            raise DataError(f"{source} queries: duplicate query id {str(q)!r} (row {i})")
+        queries_all[str(q)] = t or ""
     qcols = qrels_ds.column_names
     qkey = "query-id" if "query-id" in qcols else "query_id"
     dkey = "corpus-id" if "corpus-id" in qcols else "corpus_id"
@@ -312,7 +343,8 @@ def collection_from_datasets(corpus_ds: Dataset, queries_ds: Dataset, qrels_ds: 
         qrels.setdefault(str(q), {})[str(d)] = int(s)
     _check_qrels(qrels, queries_all, seen, f"{source} qrels[{split}]")
     queries = {q: queries_all[q] for q in qrels}
-    stats = {"documents": len(ids), "empty_texts": n_empty, "queries": len(queries_all),
+    stats = {"documents": len(ids), "empty_texts": len(empty_ids), "empty_text_ids": empty_ids[:10],
+             "queries": len(queries_all),
              "split_queries": len(queries), "qrels": sum(len(v) for v in qrels.values())}
     return Collection(name=name, split=split, corpus=corpus, queries=queries, qrels=qrels, source=source,
                       stats=stats)

@@ -22,12 +22,14 @@ def reciprocal_rank_fusion(runs: Sequence[Run], k: int = 60, weights: Sequence[f
 
     Example:
         >>> reciprocal_rank_fusion([{"q": {"a": 2.0, "b": 1.0}}, {"q": {"b": 5.0}}], k=1)
-        {'q': {'b': 1.0, 'a': 0.5}}
+        {'q': {'b': 0.8333333333333333, 'a': 0.5}}
     """
     if not runs:
         raise ValueError("nothing to fuse: no runs given")
     if k <= 0:
         raise ValueError(f"RRF constant k must be positive, got {k}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
     weights = list(weights) if weights is not None else [1.0] * len(runs)
     if len(weights) != len(runs):
         raise ValueError(f"{len(weights)} weights for {len(runs)} runs")
@@ -38,5 +40,5 @@ def reciprocal_rank_fusion(runs: Sequence[Run], k: int = 60, weights: Sequence[f
             for rank, (did, _) in enumerate(ranked(run.get(qid, {})), start=1):
                 scores[did] = scores.get(did, 0.0) + w / (k + rank)
         order = ranked(scores)
-        fused[qid] = dict(order[:top_k] if top_k else order)
+        fused[qid] = dict(order if top_k is None else order[:top_k])
     return fused

@@ -31,13 +31,16 @@ def write_trec(run: Run, path: str | os.PathLike, tag: str = "hardneg") -> Path:
     name and renamed, so a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for qid, docs in run.items():
+        for did in docs:
+            if not qid or not did or any(c.isspace() for c in qid + did):
+                raise ValueError(f"ids that are empty or hold whitespace cannot be written to a TREC run: "
+                                 f"{qid!r} {did!r}")
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as fh:
         for qid in sorted(run):
             for rank, (did, score) in enumerate(ranked(run[qid]), start=1):
-                if any(c.isspace() for c in qid + did):
-                    raise ValueError(f"ids with whitespace cannot be written to a TREC run: {qid!r} {did!r}")
-                fh.write(f"{qid} Q0 {did} {rank} {score:.6f} {tag}\n")
+                fh.write(f"{qid} Q0 {did} {rank} {float(score)!r} {tag}\n")  # repr: exact round trip
     os.replace(tmp, path)
     return path
 

@@ -1,0 +1,74 @@
+"""bm25s vs rank-bm25 on one collection: query throughput ratio, indexing time and nDCG@10 of each,
+same tokenizer and parameters, in one process.
+
+Run: python benchmarks/bench_bm25.py [--data scifact --split test --repeats 3]
+Writes benchmarks/results/bm25_backends.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+from benchmarks.machine import describe, markdown
+from retriever.bm25 import BM25Index
+from retriever.data import load_collection
+from retriever.metrics import evaluate
+
+HERE = Path(__file__).parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--data", default="scifact")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--top-k", type=int, default=100)
+    args = ap.parse_args()
+    os.environ.setdefault("HARDNEG_DATA", str(HERE.parent.parent / "shared" / "data"))
+    col = load_collection(args.data, args.split)
+    texts = col.doc_texts()
+    qids, qtexts = list(col.queries), list(col.queries.values())
+    rows = {}
+    for backend in ("bm25s", "rank_bm25"):
+        t0 = time.perf_counter()
+        idx = BM25Index(backend).index(col.doc_ids, texts, show_progress=False)
+        t_index = time.perf_counter() - t0
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            run = idx.search(qtexts, k=args.top_k, query_ids=qids, show_progress=False)
+            times.append(time.perf_counter() - t0)
+        med = statistics.median(times)
+        rows[backend] = {"index_seconds": t_index, "search_seconds": times, "queries_per_s": len(qids) / med,
+                         **evaluate(col.qrels, run)}
+    ratio = rows["bm25s"]["queries_per_s"] / rows["rank_bm25"]["queries_per_s"]
+    gap = rows["bm25s"]["ndcg@10"] - rows["rank_bm25"]["ndcg@10"]
+    result = {"data": args.data, "split": args.split, "queries": len(qids), "documents": len(texts),
+              "top_k": args.top_k, "backends": rows, "throughput_ratio_bm25s_over_rank_bm25": ratio,
+              "ndcg@10_gap": gap, "machine": describe(),
+              "command": f"python benchmarks/bench_bm25.py --data {args.data} --split {args.split} --repeats {args.repeats}"}
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "bm25_backends.json").write_text(json.dumps(result, indent=2))
+    lines = [f"# BM25 backends on {args.data}/{args.split} ({len(qids)} queries, {len(texts)} documents, top-{args.top_k})\n",
+             "Same tokenizer (lowercase, English stopwords, Snowball stemmer), k1=1.5, b=0.75. "
+             "Search time includes query tokenization; median of repeats.\n",
+             "| backend | index s | queries/s | nDCG@10 | MRR@10 | Recall@100 | MAP |", "|---|---|---|---|---|---|---|"]
+    for b, r in rows.items():
+        lines.append(f"| {b} | {r['index_seconds']:.2f} | {r['queries_per_s']:.1f} | {r['ndcg@10']:.4f} | "
+                     f"{r['mrr@10']:.4f} | {r['recall@100']:.4f} | {r['map']:.4f} |")
+    lines += ["", f"- query throughput ratio bm25s / rank-bm25: **{ratio:.1f}x**",
+              f"- nDCG@10 gap (bm25s - rank-bm25): {gap:+.4f}", "", "## Machine", markdown(result["machine"]),
+              "## Command", f"`{result['command']}`", ""]
+    md = "\n".join(lines)
+    (out / "bm25_backends.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Describe the machine a benchmark ran on (CPU, cores, memory, versions), for its result file."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+
+def describe() -> dict[str, object]:
+    cpu = "unknown"
+    flags: list[str] = []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu == "unknown":
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = [f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx"))]
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_gb = round(int(line.split()[1]) / 1024**2, 1)
+    except OSError:
+        pass
+    versions = {}
+    for pkg in ("hardneg", "torch", "sentence-transformers", "transformers", "faiss-cpu", "bm25s", "rank-bm25"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = "not installed"
+    import torch
+
+    return {"cpu": cpu, "simd_flags": flags, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "memory_gb": mem_gb, "python": platform.python_version(), "platform": platform.platform(),
+            "versions": versions}
+
+
+def markdown(info: dict[str, object]) -> str:
+    v = ", ".join(f"{k} {val}" for k, val in info["versions"].items())  # type: ignore[union-attr]
+    return (f"- CPU: {info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch threads), "
+            f"{info['memory_gb']} GiB RAM\n- SIMD flags: {' '.join(info['simd_flags'])}\n"  # type: ignore[arg-type]
+            f"- Python {info['python']} on {info['platform']}\n- {v}\n")
