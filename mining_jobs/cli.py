@@ -62,6 +62,44 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _add_mine(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("mine", help="mine hard negatives into triples",
+                       description="Retrieve BM25 + dense candidates for every training query, exclude positives "
+                                   "and duplicates, score and filter with a cross-encoder, sample negatives, write "
+                                   "triples. Resumes a killed job in the same --out.")
+    p.add_argument("--config", help="TOML job config (see examples/mine.toml); --data/--split/--set override it")
+    p.add_argument("--data", help="collection (sets data.name)")
+    p.add_argument("--split", help="qrels split to mine (sets data.split)")
+    p.add_argument("--cross-encoder", help="cross-encoder name, path or fold set (sets cross_encoder.model)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config field (repeatable), e.g. --set filter.relative_margin=0.2")
+    p.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    p.add_argument("--out", required=True, help="run folder")
+
+
+def _add_train_reranker(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-reranker", help="train a (cross-fitted) cross-encoder for the false-negative filter",
+                       description="Train a cross-encoder (backbone + new head) on a split's qrels with BM25 "
+                                   "negatives; --folds K cross-fits K models so no query is judged by a model "
+                                   "trained on it. Reports nDCG@10 of BM25 top-k reranked on --eval-split.")
+    p.add_argument("--data", default="scifact")
+    p.add_argument("--split", default="train")
+    p.add_argument("--folds", type=int, default=2, help="cross-fitting folds (1 = one model on all queries)")
+    p.add_argument("--backbone", default="default", help="transformer backbone (default: packaged MiniLM-L6)")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--negatives", type=int, default=4, help="BM25 negatives per positive")
+    p.add_argument("--bm25-depth", type=int, default=30, help="negatives are drawn from BM25's top N")
+    p.add_argument("--lr", type=float, default=3e-5)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--bf16", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--eval-split", default="test", help="held-out split for the reranking report ('' = none)")
+    p.add_argument("--eval-depth", type=int, default=100, help="BM25 candidates reranked in the report")
+    p.add_argument("--max-eval-queries", type=int, default=None, help="limit the report to N queries")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", required=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hardneg", description="Hard-negative mining for dense retrievers.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -69,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_evaluate(sub)
     _add_compare(sub)
+    _add_mine(sub)
+    _add_train_reranker(sub)
     return parser
 
 
@@ -105,6 +145,48 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_mine(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .mine import run_mining
+
+    base: dict[str, dict[str, object]] = {}
+    if args.data:
+        base.setdefault("data", {})["name"] = args.data
+    if args.split:
+        base.setdefault("data", {})["split"] = args.split
+    if args.cross_encoder:
+        base.setdefault("cross_encoder", {})["model"] = args.cross_encoder
+    if args.overwrite:
+        base.setdefault("output", {})["overwrite"] = True
+    cfg = load_config(args.config, args.set, base)
+    m = run_mining(cfg, args.out)
+    c = m["counts"]
+    print(f"mined {c['queries']} queries -> {c['triples']} triples in {m['timings']['total_s']:.1f} s; "
+          f"filter: {m['models']['false_negative_filter']}")
+    print(f"fates: {', '.join(f'{k} {v}' for k, v in c['fates'].items())}")
+    print(f"queries without negatives: {c['queries_without_negatives']}")
+    print(f"\nread first: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def _cmd_train_reranker(args: argparse.Namespace) -> int:
+    from retriever.rerank_train import TrainArgs
+
+    from .train_reranker import RerankerJob, run_train_reranker
+
+    job = RerankerJob(data=args.data, split=args.split, out=args.out, folds=args.folds, negatives=args.negatives,
+                      bm25_depth=args.bm25_depth, eval_split=args.eval_split or None, eval_depth=args.eval_depth,
+                      max_eval_queries=args.max_eval_queries, overwrite=args.overwrite,
+                      train=TrainArgs(backbone=args.backbone, max_length=args.max_length, epochs=args.epochs,
+                                      lr=args.lr, seed=args.seed, bf16=args.bf16))
+    report = run_train_reranker(job)
+    from .train_reranker import render
+
+    print(render(report))
+    print(f"fold set written to {args.out}/ (use it as: hardneg mine --cross-encoder {args.out} ...)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
@@ -113,10 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("retriever", "mining_jobs"):
         logging.getLogger(name).setLevel(level)
     try:
-        if args.command == "evaluate":
-            return _cmd_evaluate(args)
-        return _cmd_compare(args)
-    except (HardnegError, RunFolderError, ValueError, OSError) as exc:
+        commands = {"evaluate": _cmd_evaluate, "compare": _cmd_compare, "mine": _cmd_mine,
+                    "train-reranker": _cmd_train_reranker}
+        return commands[args.command](args)
+    except (HardnegError, RunFolderError, ValueError, OSError) as exc:  # FileExistsError is an OSError
         print(f"hardneg {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

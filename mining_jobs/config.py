@@ -1,0 +1,250 @@
+"""The mining job's configuration: documented dataclass sections, loaded from TOML, overridden by
+``--set section.key=value``, validated with errors that name the field. No mining here."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A job config is invalid; the message names the field (``section.key``)."""
+
+
+def _f(default: Any, help: str, choices: tuple | None = None):
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataSection:
+    name: str = _f("scifact", "collection to mine: a name under $HARDNEG_DATA, a BEIR folder, or a hub id")
+    split: str = _f("train", "qrels split whose queries and positives are mined")
+    pairs: str = _f("", "instead of qrels: a datasets-loadable table (parquet/jsonl/csv path) of (query, positive) "
+                        "pairs; columns 'query' and 'positive' (optional 'query_id', 'positive_id', 'score')")
+    min_relevance: int = _f(1, "a judged document counts as positive when its grade is >= this")
+    eval_splits: list = _f([], "leak guard: splits of the same collection used for evaluation (e.g. ['test']); "
+                               "mining refuses when their queries or positives would enter the triples")
+
+
+@dataclass
+class CandidatesSection:
+    bm25: bool = _f(True, "retrieve BM25 candidates")
+    bm25_k: int = _f(30, "BM25 candidates per query")
+    bm25_backend: str = _f("bm25s", "BM25 backend", ("bm25s", "rank_bm25"))
+    dense: bool = _f(True, "retrieve dense candidates with the bi-encoder")
+    dense_k: int = _f(30, "dense candidates per query")
+    model: str = _f("default", "bi-encoder: hub name or local path; 'default' = packaged all-MiniLM-L6-v2")
+    index: str = _f("flat", "faiss index", ("flat", "hnsw", "ivf"))
+    bf16: str = _f("auto", "bf16 autocast for the bi-encoder", ("auto", "on", "off"))
+    batch_size: int = _f(64, "bi-encoder batch size")
+    query_prompt: str = _f("", "text prepended to queries for the bi-encoder")
+    doc_prompt: str = _f("", "text prepended to documents for the bi-encoder")
+
+
+@dataclass
+class ExclusionSection:
+    drop_self: bool = _f(True, "drop a candidate whose id equals the query id")
+    near_duplicate_cosine: float = _f(0.0, "also treat a candidate as a duplicate of a positive when their "
+                                           "bi-encoder cosine is >= this (0 = off; e.g. 0.97)")
+
+
+@dataclass
+class CrossEncoderSection:
+    model: str = _f("", "cross-encoder: hub name, local folder, or a fold set from `hardneg train-reranker`; "
+                        "empty = no cross-encoder (no false-negative filter)")
+    max_length: int = _f(256, "maximum tokens of a (query, document) pair")
+    batch_size: int = _f(32, "pairs per forward pass (batches span queries, sorted by length)")
+    bf16: str = _f("auto", "bf16 autocast for the cross-encoder", ("auto", "on", "off"))
+    positive_reduce: str = _f("min", "with several positives, compare candidates with their min/mean/max score",
+                              ("min", "mean", "max"))
+
+
+@dataclass
+class FilterSection:
+    absolute_margin: float | None = _f(None, "drop a candidate whose logit is > positive logit - margin")
+    relative_margin: float | None = _f(0.1, "drop a candidate whose probability is > (1 - margin) x the "
+                                            "positive's probability (sigmoid of the logits)")
+    max_score: float | None = _f(None, "drop a candidate whose logit is above this")
+    min_score: float | None = _f(None, "drop a candidate whose logit is below this")
+    range_min: int = _f(0, "skip the best range_min candidates (by cross-encoder score, else by fused rank)")
+    range_max: int | None = _f(None, "consider only candidates ranked below range_max")
+
+
+@dataclass
+class SamplingSection:
+    strategy: str = _f("top", "how negatives are chosen among the kept candidates",
+                       ("top", "random", "positive-aware", "simans"))
+    num_negatives: int = _f(5, "negatives per query")
+    seed: int = _f(42, "seed of the random strategies")
+    positive_aware_ratio: float = _f(0.95, "positive-aware: keep candidates scored below this x positive probability")
+    simans_a: float = _f(1.0, "SimANS: weight exp(-a * (s_cand - s_pos - b)^2) on probabilities")
+    simans_b: float = _f(0.0, "SimANS: offset b")
+
+
+@dataclass
+class OutputSection:
+    shard_size: int = _f(128, "queries per shard; memory is bounded by the shard, a killed job resumes per shard")
+    overwrite: bool = _f(False, "replace a finished or differently configured run in the output folder")
+    score_cache: str = _f("", "cross-encoder score cache (SQLite file); empty = $HARDNEG_CACHE/scores.sqlite")
+
+
+@dataclass
+class MineConfig:
+    data: DataSection = field(default_factory=DataSection)
+    candidates: CandidatesSection = field(default_factory=CandidatesSection)
+    exclusion: ExclusionSection = field(default_factory=ExclusionSection)
+    cross_encoder: CrossEncoderSection = field(default_factory=CrossEncoderSection)
+    filter: FilterSection = field(default_factory=FilterSection)
+    sampling: SamplingSection = field(default_factory=SamplingSection)
+    output: OutputSection = field(default_factory=OutputSection)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the output (``output.overwrite`` excluded)."""
+        d = self.to_dict()
+        d["output"] = {k: v for k, v in d["output"].items() if k not in ("overwrite", "score_cache")}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_SECTION_TYPES = {"data": DataSection, "candidates": CandidatesSection, "exclusion": ExclusionSection,
+                  "cross_encoder": CrossEncoderSection, "filter": FilterSection, "sampling": SamplingSection,
+                  "output": OutputSection}
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    hints = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and type(None) in hints):
+        if type(None) in hints:
+            return None
+        raise ConfigError(f"{where}: must not be empty")
+    for h in hints:
+        if h is type(None):
+            continue
+        if h is bool:
+            if isinstance(value, bool):
+                return value
+            continue
+        if h is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if h is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if h is str and isinstance(value, str):
+            return value
+        if h is list and isinstance(value, list):
+            return value
+    names = " or ".join("none" if h is type(None) else getattr(h, "__name__", str(h)) for h in hints)
+    raise ConfigError(f"{where}: expected {names}, got {value!r}")
+
+
+def from_dict(raw: dict[str, Any], source: str = "config") -> MineConfig:
+    """Build a config from nested dicts; unknown sections or keys and wrong types raise ``ConfigError``."""
+    cfg = MineConfig()
+    for sname, values in raw.items():
+        if sname not in _SECTION_TYPES:
+            raise ConfigError(f"{source}: unknown section [{sname}]; expected one of {', '.join(_SECTION_TYPES)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{sname}] must be a table of keys")
+        section = getattr(cfg, sname)
+        hints = typing.get_type_hints(type(section))
+        known = {f.name: f for f in fields(section)}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"{source}: unknown key '{sname}.{key}'; known keys: {', '.join(known)}")
+            setattr(section, key, _coerce(value, hints[key], f"{source}: '{sname}.{key}'"))
+    validate(cfg, source)
+    return cfg
+
+
+def validate(cfg: MineConfig, source: str = "config") -> None:
+    for sname, stype in _SECTION_TYPES.items():
+        section = getattr(cfg, sname)
+        for f in fields(stype):
+            choices = f.metadata.get("choices")
+            if choices and getattr(section, f.name) not in choices:
+                raise ConfigError(f"{source}: '{sname}.{f.name}' = {getattr(section, f.name)!r}; "
+                                  f"expected one of {', '.join(choices)}")
+    c, s, fl, o = cfg.candidates, cfg.sampling, cfg.filter, cfg.output
+    checks = [
+        (c.bm25 or c.dense, "candidates.bm25", "at least one of candidates.bm25 and candidates.dense must be true"),
+        (c.bm25_k >= 1, "candidates.bm25_k", "must be >= 1"),
+        (c.dense_k >= 1, "candidates.dense_k", "must be >= 1"),
+        (s.num_negatives >= 1, "sampling.num_negatives", "must be >= 1"),
+        (o.shard_size >= 1, "output.shard_size", "must be >= 1"),
+        (fl.range_min >= 0, "filter.range_min", "must be >= 0"),
+        (fl.range_max is None or fl.range_max > fl.range_min, "filter.range_max", "must be > filter.range_min"),
+        (fl.relative_margin is None or 0 <= fl.relative_margin < 1, "filter.relative_margin", "must be in [0, 1)"),
+        (fl.absolute_margin is None or fl.absolute_margin >= 0, "filter.absolute_margin", "must be >= 0"),
+        (0 <= cfg.exclusion.near_duplicate_cosine <= 1, "exclusion.near_duplicate_cosine", "must be in [0, 1]"),
+        (cfg.data.min_relevance >= 1, "data.min_relevance", "must be >= 1"),
+        (0 < s.positive_aware_ratio <= 1, "sampling.positive_aware_ratio", "must be in (0, 1]"),
+        (s.strategy not in ("positive-aware", "simans") or bool(cfg.cross_encoder.model), "sampling.strategy",
+         f"{s.strategy!r} needs cross-encoder scores: set cross_encoder.model"),
+    ]
+    for ok, name, msg in checks:
+        if not ok:
+            raise ConfigError(f"{source}: '{name}' {msg}")
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``section.key=value`` with a TOML value (bare words are strings)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    lhs, rhs = text.split("=", 1)
+    section, key = lhs.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {rhs.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = rhs.strip()
+    return section, key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, dict[str, Any]] | None = None) -> MineConfig:
+    """TOML file (optional) + ``base`` values + ``--set`` overrides, later ones winning; validated."""
+    raw: dict[str, dict[str, Any]] = {}
+    source = "config"
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            raw = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+        source = str(p)
+    for sname, values in (base or {}).items():
+        raw.setdefault(sname, {}).update(values)
+    for text in overrides or []:
+        sname, key, value = parse_override(text)
+        raw.setdefault(sname, {})[key] = value
+    return from_dict(raw, source)
+
+
+def describe_fields() -> str:
+    """Every field with its default and help, as commented TOML (the example config is generated from it)."""
+    out = []
+    default = MineConfig()
+    for sname, stype in _SECTION_TYPES.items():
+        out.append(f"[{sname}]")
+        for f in fields(stype):
+            val = getattr(getattr(default, sname), f.name)
+            helptext = f.metadata.get("help", "")
+            if f.metadata.get("choices"):
+                helptext += f" ({' | '.join(f.metadata['choices'])})"
+            out.append(f"# {helptext}")
+            line = f"{f.name} = {json.dumps(val)}" if val is not None else f"# {f.name} = (unset)"
+            out.append(line)
+        out.append("")
+    return "\n".join(out)

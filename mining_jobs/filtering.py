@@ -1,0 +1,58 @@
+"""Positive-aware false-negative filter: rank window, score bounds, absolute and relative margins against
+the query's positive score. Decides fates only; scores come from the cross-encoder stage."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from retriever.rerank import sigmoid
+
+from .candidates import Candidate
+from .config import FilterSection
+
+
+def reduce_positive(scores: list[float], how: str) -> float:
+    """The positive score candidates are compared with: min (default: the strictest), mean or max."""
+    if not scores:
+        raise ValueError("no positive score to compare with")
+    return float({"min": np.min, "mean": np.mean, "max": np.max}[how](scores))
+
+
+def filter_reason(score: float, pos: float, cfg: FilterSection) -> str | None:
+    """The first rule that rejects a candidate with logit ``score`` against positive logit ``pos``, or None.
+
+    The relative margin compares probabilities (sigmoid of the logits), so negative logits behave:
+    a candidate is dropped when ``p(cand) > (1 - relative_margin) * p(pos)``.
+    """
+    if cfg.max_score is not None and score > cfg.max_score:
+        return "filtered:max_score"
+    if cfg.min_score is not None and score < cfg.min_score:
+        return "filtered:min_score"
+    if cfg.absolute_margin is not None and score > pos - cfg.absolute_margin:
+        return "filtered:absolute_margin"
+    if cfg.relative_margin is not None and float(sigmoid(score)) > (1.0 - cfg.relative_margin) * float(sigmoid(pos)):
+        return "filtered:relative_margin"
+    return None
+
+
+def apply_filter(cands: list[Candidate], pos_score: float | None, cfg: FilterSection) -> list[Candidate]:
+    """Mark filtered candidates and return the survivors, best first.
+
+    Candidates still pending are ordered by cross-encoder score (else by fused rank); those outside
+    ``[range_min, range_max)`` get ``filtered:rank_window``; with a positive score, the score rules apply.
+    """
+    pending = [c for c in cands if c.fate == "pending"]
+    if pos_score is not None:
+        pending.sort(key=lambda c: (-(c.ce_score if c.ce_score is not None else -np.inf), -c.fused(), c.doc))
+    kept = []
+    for rank, c in enumerate(pending):
+        if rank < cfg.range_min or (cfg.range_max is not None and rank >= cfg.range_max):
+            c.fate = "filtered:rank_window"
+            continue
+        if pos_score is not None and c.ce_score is not None:
+            reason = filter_reason(c.ce_score, pos_score, cfg)
+            if reason:
+                c.fate = reason
+                continue
+        kept.append(c)
+    return kept

@@ -1,0 +1,243 @@
+"""The mining job: for each shard of training queries, retrieve candidates (BM25 + dense), exclude positives
+and their duplicates, score with the cross-encoder (cached), filter false negatives, sample negatives, and
+write the shard; finally merge shards into triples, candidates, manifest and report. Resumable per shard."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from retriever.bm25 import BM25Index
+from retriever.dense_index import DenseIndex
+from retriever.encoder import EmbeddingCache, Encoder, encode_corpus
+from retriever.errors import HardnegError
+from retriever.progress import show_progress
+from retriever.rerank import ScoreCache, load_reranker, score_with_cache
+from retriever.text import TokenizerConfig
+
+from .candidates import Candidate, mark_exclusions, normalized_hash, union_candidates
+from .config import MineConfig
+from .filtering import apply_filter, reduce_positive
+from .inputs import MiningInput, leak_guard, load_input
+from .sampling import sample
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "job.json"
+
+
+class JobStateError(HardnegError):
+    """The output folder holds a different or finished job and overwriting was not asked for."""
+
+
+CANDIDATE_SCHEMA = pa.schema([
+    ("query_id", pa.string()), ("doc_id", pa.string()), ("sources", pa.list_(pa.string())),
+    ("bm25_rank", pa.int32()), ("bm25_score", pa.float32()), ("dense_rank", pa.int32()),
+    ("dense_score", pa.float32()), ("ce_score", pa.float32()), ("positive_score", pa.float32()),
+    ("fate", pa.string()),
+])
+TRIPLE_SCHEMA = pa.schema([
+    ("query_id", pa.string()), ("query", pa.string()), ("positive_id", pa.string()), ("positive", pa.string()),
+    ("positive_score", pa.float32()), ("negative_ids", pa.list_(pa.string())), ("negatives", pa.list_(pa.string())),
+    ("negative_scores", pa.list_(pa.float32())), ("negative_sources", pa.list_(pa.string())),
+])
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Resources:
+    """What every shard needs, built once per job."""
+
+    inp: MiningInput
+    qids: list[str]
+    doc_ids: list[str]
+    doc_pos: dict[str, int]
+    texts: list[str]
+    hashes: list[str]
+    bm25: BM25Index | None
+    encoder: Encoder | None
+    dense: DenseIndex | None
+    emb: np.ndarray | None
+    reranker: object | None
+    score_cache: ScoreCache | None
+    banned: set[int]
+
+
+def prepare_folder(out: Path, cfg: MineConfig) -> dict:
+    """Create the run folder, or check that it holds the same job (resume); refuse otherwise."""
+    state_path = out / STATE_FILE
+    if state_path.exists():
+        state = json.loads(state_path.read_text())
+        same = state.get("config_fingerprint") == cfg.fingerprint()
+        if not cfg.output.overwrite:
+            if not same:
+                raise JobStateError(f"{out} holds a job with a different config; pass --overwrite "
+                                    "(or --set output.overwrite=true) to replace it, or choose another --out")
+            if (out / "manifest.json").exists():
+                raise JobStateError(f"{out} already holds this finished job; pass --overwrite to mine again")
+            logger.info("resuming the job in %s", out)
+            return state
+        shutil.rmtree(out)
+    elif out.exists() and any(out.iterdir()) and not cfg.output.overwrite:
+        raise JobStateError(f"{out} is not empty and holds no hardneg job; choose an empty folder or pass --overwrite")
+    elif out.exists() and cfg.output.overwrite:
+        shutil.rmtree(out)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    state = {"config_fingerprint": cfg.fingerprint(), "config": cfg.to_dict(), "created": time.time()}
+    _write_text(state_path, json.dumps(state, indent=2))
+    return state
+
+
+def build_resources(cfg: MineConfig, timings: dict[str, float]) -> Resources:
+    t0 = time.perf_counter()
+    inp = load_input(cfg.data)
+    banned_ids = leak_guard(inp, cfg.data)
+    doc_ids = inp.corpus["_id"]
+    doc_pos = {d: i for i, d in enumerate(doc_ids)}
+    texts = inp.doc_texts()
+    hashes = [normalized_hash(t) for t in texts]
+    timings["load_s"] = time.perf_counter() - t0
+    c = cfg.candidates
+    bm25 = None
+    if c.bm25:
+        t0 = time.perf_counter()
+        bm25 = BM25Index(c.bm25_backend, tokenizer=TokenizerConfig()).index(doc_ids, texts)
+        timings["bm25_index_s"] = time.perf_counter() - t0
+    encoder = dense = emb = None
+    if c.dense or cfg.exclusion.near_duplicate_cosine > 0:
+        t0 = time.perf_counter()
+        encoder = Encoder(c.model, bf16=c.bf16, batch_size=c.batch_size, query_prompt=c.query_prompt,
+                          doc_prompt=c.doc_prompt)
+        fp = inp.fingerprint() if inp.collection is None else inp.collection.fingerprint()
+        emb, info = encode_corpus(encoder, texts, fp, EmbeddingCache())
+        timings["corpus_encode_s"] = time.perf_counter() - t0
+        timings["embedding_cache"] = info["cache"]  # type: ignore[assignment]
+        if c.dense:
+            dense = DenseIndex(c.index).add(doc_ids, emb)
+    reranker = cache = None
+    if cfg.cross_encoder.model:
+        x = cfg.cross_encoder
+        reranker = load_reranker(x.model, x.max_length, x.batch_size, x.bf16)
+        cache = ScoreCache(cfg.output.score_cache or None)
+    return Resources(inp, list(inp.queries), doc_ids, doc_pos, texts, hashes, bm25, encoder, dense, emb,
+                     reranker, cache, {doc_pos[d] for d in banned_ids if d in doc_pos})
+
+
+def mine_shard(res: Resources, cfg: MineConfig, qids: list[str], counters: dict[str, float]
+               ) -> tuple[pa.Table, pa.Table]:
+    """Mine one shard of queries; returns its triples and candidates tables."""
+    c = cfg.candidates
+    qtexts = [res.inp.queries[q] for q in qids]
+    t0 = time.perf_counter()
+    bm25 = res.bm25.search_arrays(qtexts, k=c.bm25_k, show_progress=False) if res.bm25 else None
+    dense = None
+    if res.dense is not None:
+        q_emb = res.encoder.encode_queries(qtexts, show_progress=False)
+        dense = res.dense.search_arrays(q_emb, k=c.dense_k)
+    cands = union_candidates(bm25, dense, len(qids))
+    counters["retrieve_s"] += time.perf_counter() - t0
+    positives: list[list[int]] = []
+    for qid, cl in zip(qids, cands, strict=True):
+        pos = sorted(res.doc_pos[d] for d in res.inp.positives[qid])
+        positives.append(pos)
+        mark_exclusions(cl, set(pos), qid, res.doc_ids, res.hashes, cfg.exclusion.drop_self, res.emb,
+                        cfg.exclusion.near_duplicate_cosine, res.banned)
+    # cross-encoder: every (query, positive) and (query, pending candidate) of the shard in one call
+    pos_scores: list[float | None] = [None] * len(qids)
+    pos_lists: list[list[float]] = [[] for _ in qids]
+    if res.reranker is not None:
+        t0 = time.perf_counter()
+        keys_q, keys_d, pairs, slots = [], [], [], []
+        for i, (qid, cl) in enumerate(zip(qids, cands, strict=True)):
+            for p in positives[i]:
+                keys_q.append(qid), keys_d.append(res.doc_ids[p]), pairs.append((qtexts[i], res.texts[p]))
+                slots.append((i, None))
+            for cand in cl:
+                if cand.fate == "pending":
+                    keys_q.append(qid), keys_d.append(res.doc_ids[cand.doc])
+                    pairs.append((qtexts[i], res.texts[cand.doc]))
+                    slots.append((i, cand))
+        scores, n_new = score_with_cache(res.reranker, keys_q, keys_d, pairs, res.score_cache, show_progress=False)
+        for (i, cand), s in zip(slots, scores, strict=True):
+            if cand is None:
+                pos_lists[i].append(float(s))
+            else:
+                cand.ce_score = float(s)
+        pos_scores = [reduce_positive(p, cfg.cross_encoder.positive_reduce) for p in pos_lists]
+        counters["ce_pairs"] += len(pairs)
+        counters["ce_pairs_scored"] += n_new
+        counters["score_s"] += time.perf_counter() - t0
+    triples, rows = [], []
+    for i, (qid, cl) in enumerate(zip(qids, cands, strict=True)):
+        kept = apply_filter(cl, pos_scores[i], cfg.filter)
+        chosen = sample(kept, pos_scores[i], cfg.sampling, qid)
+        for j, p in enumerate(positives[i]):
+            triples.append({
+                "query_id": qid, "query": qtexts[i], "positive_id": res.doc_ids[p], "positive": res.texts[p],
+                "positive_score": pos_lists[i][j] if pos_lists[i] else None,
+                "negative_ids": [res.doc_ids[x.doc] for x in chosen],
+                "negatives": [res.texts[x.doc] for x in chosen],
+                "negative_scores": [x.ce_score for x in chosen] if res.reranker is not None else [],
+                "negative_sources": ["+".join(x.sources) for x in chosen]})
+        for cand in cl:
+            rows.append({"query_id": qid, "doc_id": res.doc_ids[cand.doc], "sources": cand.sources,
+                         "bm25_rank": cand.bm25_rank, "bm25_score": cand.bm25_score, "dense_rank": cand.dense_rank,
+                         "dense_score": cand.dense_score, "ce_score": cand.ce_score,
+                         "positive_score": pos_scores[i], "fate": cand.fate})
+    return (pa.Table.from_pylist(triples, schema=TRIPLE_SCHEMA),
+            pa.Table.from_pylist(rows, schema=CANDIDATE_SCHEMA))
+
+
+def shard_paths(out: Path, k: int) -> tuple[Path, Path]:
+    return out / "shards" / f"{k:05d}.candidates.parquet", out / "shards" / f"{k:05d}.triples.parquet"
+
+
+def run_mining(cfg: MineConfig, out: str | os.PathLike) -> dict:
+    """Run (or resume) a mining job into ``out``; returns the manifest."""
+    out = Path(out)
+    prepare_folder(out, cfg)
+    t_job = time.perf_counter()
+    timings: dict[str, float] = {}
+    res = build_resources(cfg, timings)
+    size = cfg.output.shard_size
+    shards = [res.qids[i:i + size] for i in range(0, len(res.qids), size)]
+    counters = {"retrieve_s": 0.0, "score_s": 0.0, "ce_pairs": 0, "ce_pairs_scored": 0, "shards_resumed": 0}
+    bar = tqdm(total=len(res.qids), desc="mine", unit="q", disable=not show_progress())
+    for k, qids in enumerate(shards):
+        cpath, tpath = shard_paths(out, k)
+        if tpath.exists() and cpath.exists():
+            counters["shards_resumed"] += 1
+            bar.update(len(qids))
+            continue
+        triples, cands = mine_shard(res, cfg, qids, counters)
+        _write_parquet(cands, cpath)
+        _write_parquet(triples, tpath)  # written last: its presence marks the shard finished
+        bar.update(len(qids))
+    bar.close()
+    if res.score_cache is not None:
+        res.score_cache.close()
+    from .triples import finalize
+
+    timings.update({k: v for k, v in counters.items() if k.endswith("_s")})
+    return finalize(out, cfg, res, len(shards), counters, timings, time.perf_counter() - t_job)

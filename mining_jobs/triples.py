@@ -1,0 +1,244 @@
+"""Finishing a mining job: merge shard files into ``triples.parquet`` (with an n-tuple and a triplet view),
+``candidates.parquet``, ``manifest.json`` and ``report.md`` (with a score histogram and a what-if table).
+Every file is written under a temporary name and renamed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from retriever.rerank import sigmoid
+
+from .config import MineConfig
+
+logger = logging.getLogger(__name__)
+
+REL_MARGINS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
+ABS_MARGINS = (0.0, 0.5, 1.0, 2.0, 3.0)
+
+
+def _merge(paths: list[Path], dest: Path) -> None:
+    tmp = dest.with_name(dest.name + ".tmp")
+    writer = None
+    for p in paths:
+        table = pq.read_table(p)
+        if writer is None:
+            writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+        writer.write_table(table)
+    if writer is not None:
+        writer.close()
+        os.replace(tmp, dest)
+
+
+def _views(triples: pa.Table, n: int, out: Path) -> dict[str, int]:
+    """``ntuple.parquet`` (query, positive, negative_1..n; rows with all n negatives) and ``triplets.parquet``
+    (query, positive, negative), ordered round-robin over queries so that rows of one query sit far apart
+    and a batch rarely holds the same positive twice. Text columns only: the sentence-transformers trainer
+    reads columns by position."""
+    rows = triples.select(["query", "positive", "negatives"]).to_pylist()
+    full = [r for r in rows if len(r["negatives"]) >= n]
+    nt = {"query": [r["query"] for r in full], "positive": [r["positive"] for r in full]}
+    for j in range(n):
+        nt[f"negative_{j + 1}"] = [r["negatives"][j] for r in full]
+    _write(pa.table(nt), out / "ntuple.parquet")
+    trip: dict[str, list[str]] = {"query": [], "positive": [], "negative": []}
+    for j in range(max((len(r["negatives"]) for r in rows), default=0)):
+        for r in rows:
+            if j < len(r["negatives"]):
+                trip["query"].append(r["query"])
+                trip["positive"].append(r["positive"])
+                trip["negative"].append(r["negatives"][j])
+    _write(pa.table(trip), out / "triplets.parquet")
+    return {"ntuple_rows": len(full), "triplet_rows": len(trip["query"])}
+
+
+def _write(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def _stats(x: np.ndarray) -> dict[str, float] | None:
+    if len(x) == 0:
+        return None
+    return {"n": int(len(x)), "min": float(x.min()), "p25": float(np.percentile(x, 25)),
+            "median": float(np.median(x)), "p75": float(np.percentile(x, 75)), "max": float(x.max()),
+            "mean": float(x.mean())}
+
+
+def what_if(cands: pa.Table, n: int) -> list[dict[str, object]]:
+    """How many negatives and queries survive at several margins (score rules only; exclusions kept)."""
+    fate = np.array(cands["fate"].to_pylist(), dtype=object)
+    ce = cands["ce_score"].to_numpy(zero_copy_only=False)
+    pos = cands["positive_score"].to_numpy(zero_copy_only=False)
+    qid = np.array(cands["query_id"].to_pylist(), dtype=object)
+    eligible = np.array([f in ("kept", "not_sampled") or f.startswith("filtered:") and f != "filtered:rank_window"
+                         for f in fate]) & ~np.isnan(ce.astype(np.float64))
+    queries = sorted(set(qid.tolist()))
+    out = []
+    for kind, margins in (("relative", REL_MARGINS), ("absolute", ABS_MARGINS)):
+        for m in margins:
+            if kind == "relative":
+                keep = eligible & (sigmoid(ce) <= (1 - m) * sigmoid(pos))
+            else:
+                keep = eligible & (ce <= pos - m)
+            per_q = Counter(qid[keep].tolist())
+            out.append({"rule": kind, "margin": m, "negatives": int(keep.sum()),
+                        "queries_with_n": sum(1 for q in queries if per_q[q] >= n),
+                        "queries_with_none": sum(1 for q in queries if per_q[q] == 0)})
+    return out
+
+
+def _histogram(cands: pa.Table, pos_scores: np.ndarray, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed (pip install 'hardneg[plot]'): report without histogram")
+        return False
+    fate = np.array(cands["fate"].to_pylist(), dtype=object)
+    ce = cands["ce_score"].to_numpy(zero_copy_only=False).astype(np.float64)
+    kept = ce[(fate == "kept") & ~np.isnan(ce)]
+    filt = ce[np.array([f.startswith("filtered:") for f in fate]) & ~np.isnan(ce)]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    allv = np.concatenate([pos_scores, kept, filt]) if len(pos_scores) else np.concatenate([kept, filt])
+    bins = np.linspace(allv.min(), allv.max(), 50) if len(allv) else 10
+    for values, label, color in ((pos_scores, "positives", "tab:green"), (kept, "kept negatives", "tab:blue"),
+                                 (filt, "filtered candidates", "tab:red")):
+        if len(values):
+            ax.hist(values, bins=bins, alpha=0.5, label=f"{label} (n={len(values)})", color=color)
+    ax.set_xlabel("cross-encoder logit")
+    ax.set_ylabel("count")
+    ax.set_title("Cross-encoder scores: positives vs kept vs filtered")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("hardneg", "torch", "sentence-transformers", "transformers", "faiss-cpu", "bm25s", "datasets"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, timings: dict,
+             total_s: float) -> dict:
+    from .mine import shard_paths
+
+    cpaths = [shard_paths(out, k)[0] for k in range(n_shards)]
+    tpaths = [shard_paths(out, k)[1] for k in range(n_shards)]
+    _merge(tpaths, out / "triples.parquet")
+    _merge(cpaths, out / "candidates.parquet")
+    triples = pq.read_table(out / "triples.parquet")
+    cands = pq.read_table(out / "candidates.parquet")
+    n = cfg.sampling.num_negatives
+    views = _views(triples, n, out)
+    fates = Counter(cands["fate"].to_pylist())
+    neg_counts = {}
+    for q, negs in zip(triples["query_id"].to_pylist(), triples["negative_ids"].to_pylist(), strict=True):
+        neg_counts[q] = len(negs)
+    no_neg = sorted(q for q, c in neg_counts.items() if c == 0)
+    short = sorted(q for q, c in neg_counts.items() if 0 < c < n)
+    pos_scores = np.array([s for s in triples["positive_score"].to_pylist() if s is not None], dtype=np.float64)
+    ce = cands["ce_score"].to_numpy(zero_copy_only=False).astype(np.float64)
+    fate_arr = np.array(cands["fate"].to_pylist(), dtype=object)
+    has_ce = res.reranker is not None
+    manifest = {
+        "config": cfg.to_dict(), "config_fingerprint": cfg.fingerprint(), "versions": _versions(),
+        "input": {"name": res.inp.name, "source": res.inp.source, "fingerprint": res.inp.fingerprint(),
+                  **res.inp.stats},
+        "models": {"bi_encoder": cfg.candidates.model if res.encoder else None,
+                   "bi_encoder_fingerprint": res.encoder.fingerprint() if res.encoder else None,
+                   "cross_encoder": cfg.cross_encoder.model or None,
+                   "cross_encoder_fingerprint": res.reranker.fingerprint() if has_ce else None,
+                   "false_negative_filter": "on" if has_ce else "off (no cross-encoder configured)"},
+        "counts": {"queries": len(neg_counts), "triples": triples.num_rows, "candidates": cands.num_rows,
+                   "fates": dict(sorted(fates.items())), "queries_without_negatives": len(no_neg),
+                   f"queries_with_fewer_than_{n}_negatives": len(short), "shards": n_shards,
+                   "shards_resumed": counters["shards_resumed"], "ce_pairs": counters["ce_pairs"],
+                   "ce_pairs_scored": counters["ce_pairs_scored"], **views},
+        "queries_without_negatives": no_neg,
+        "score_stats": {"positives": _stats(pos_scores),
+                        "kept": _stats(ce[(fate_arr == "kept") & ~np.isnan(ce)]),
+                        "filtered": _stats(ce[np.array([f.startswith("filtered:") for f in fate_arr])
+                                              & ~np.isnan(ce)])} if has_ce else None,
+        "what_if": what_if(cands, n) if has_ce else None,
+        "timings": {**timings, "total_s": total_s},
+    }
+    has_png = _histogram(cands, pos_scores, out / "scores.png") if has_ce else False
+    (out / "report.md.tmp").write_text(render_report(manifest, has_png))
+    os.replace(out / "report.md.tmp", out / "report.md")
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, out / "manifest.json")  # last: marks the job finished
+    return manifest
+
+
+def render_report(m: dict, has_png: bool) -> str:
+    c = m["counts"]
+    cfg = m["config"]
+    n = cfg["sampling"]["num_negatives"]
+    lines = [f"# Mining report: {m['input']['name']} ({cfg['data']['split'] if not cfg['data']['pairs'] else 'pairs'})",
+             "",
+             f"- {c['queries']} queries, {c['triples']} (query, positive) rows, {c['candidates']} candidates",
+             f"- bi-encoder: `{m['models']['bi_encoder']}`; cross-encoder: `{m['models']['cross_encoder']}`; "
+             f"false-negative filter: **{m['models']['false_negative_filter']}**",
+             f"- queries left without any negative: **{c['queries_without_negatives']}**; with fewer than {n}: "
+             f"{c[f'queries_with_fewer_than_{n}_negatives']}",
+             f"- cross-encoder pairs: {c['ce_pairs']} needed, {c['ce_pairs_scored']} scored now "
+             f"(the rest came from the score cache)",
+             f"- total time {m['timings']['total_s']:.1f} s", "", "## What happened to the candidates", "",
+             "| fate | candidates | meaning |", "|---|---|---|"]
+    meaning = {"kept": "sampled as a negative", "not_sampled": "passed the filter, not sampled",
+               "positive": "a labelled positive", "duplicate": "a duplicate of a positive (text hash or cosine)",
+               "self": "the query's own document", "eval_positive": "a positive of an evaluation query",
+               "filtered:relative_margin": "probability too close to the positive's",
+               "filtered:absolute_margin": "logit too close to the positive's",
+               "filtered:max_score": "logit above filter.max_score", "filtered:min_score": "logit below filter.min_score",
+               "filtered:rank_window": "outside [range_min, range_max)"}
+    for fate, count in c["fates"].items():
+        lines.append(f"| {fate} | {count} | {meaning.get(fate, '')} |")
+    if m["score_stats"]:
+        lines += ["", "## Cross-encoder scores (logits)", "", "| group | n | min | p25 | median | p75 | max |",
+                  "|---|---|---|---|---|---|---|"]
+        for g, s in m["score_stats"].items():
+            if s:
+                lines.append(f"| {g} | {s['n']} | {s['min']:.2f} | {s['p25']:.2f} | {s['median']:.2f} | "
+                             f"{s['p75']:.2f} | {s['max']:.2f} |")
+        if has_png:
+            lines += ["", "![scores](scores.png)"]
+        lines += ["", "## What if the margin were different?", "",
+                  "Candidates that would survive the score rule alone (exclusions and the rank window kept), "
+                  f"and queries that would keep at least {n} negatives.", "",
+                  "| rule | margin | negatives left | queries with >= n | queries with none |", "|---|---|---|---|---|"]
+        for r in m["what_if"]:
+            lines.append(f"| {r['rule']} | {r['margin']} | {r['negatives']} | {r['queries_with_n']} | "
+                         f"{r['queries_with_none']} |")
+    lines += ["", "## Files", "",
+              "- `triples.parquet`: one row per (query, positive) with negative ids, texts, scores and sources",
+              f"- `ntuple.parquet`: query, positive, negative_1..negative_{n} (rows with all {n} negatives), for "
+              "sentence-transformers' MultipleNegativesRankingLoss",
+              "- `triplets.parquet`: query, positive, negative, one row per negative",
+              "- `candidates.parquet`: every candidate with its sources, ranks, scores and fate",
+              "- `manifest.json`: resolved config, versions, fingerprints, counts, timings", ""]
+    return "\n".join(lines)
