@@ -25,7 +25,7 @@ from retriever.progress import show_progress
 from retriever.rerank import ScoreCache, load_reranker, score_with_cache
 from retriever.text import TokenizerConfig
 
-from .candidates import Candidate, mark_exclusions, normalized_hash, union_candidates
+from .candidates import mark_exclusions, normalized_hash, union_candidates
 from .config import MineConfig
 from .filtering import apply_filter, reduce_positive
 from .inputs import MiningInput, leak_guard, load_input
