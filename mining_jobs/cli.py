@@ -192,8 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for name in ("retriever", "mining_jobs"):
-        logging.getLogger(name).setLevel(level)
+    import bm25s  # noqa: F401 - bm25s sets its own logger to DEBUG on import; import it first, then tame it
+
+    for name in ("retriever", "mining_jobs", "bm25s"):
+        logging.getLogger(name).setLevel(level if name != "bm25s" else max(level, logging.WARNING))
     try:
         commands = {"evaluate": _cmd_evaluate, "compare": _cmd_compare, "mine": _cmd_mine,
                     "train-reranker": _cmd_train_reranker}

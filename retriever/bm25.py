@@ -66,6 +66,8 @@ class BM25Index:
         return self
 
     def _build(self, tokens: list[list[str]], show_progress: bool | None = False) -> None:
+        if not any(tokens):
+            raise DataError("every document is empty after tokenization: nothing to index")
         if self.backend == "bm25s":
             import bm25s
 
@@ -162,7 +164,4 @@ def _rank_bm25_model(tokens: list[list[str]], k1: float, b: float):
         from rank_bm25 import BM25Okapi
     except ImportError as exc:  # pragma: no cover - rank-bm25 is a dependency
         raise ImportError("the rank_bm25 backend needs rank-bm25: pip install rank-bm25") from exc
-    # rank-bm25 divides by the average length: an all-empty corpus would divide by zero.
-    if not any(tokens):
-        raise DataError("every document is empty after tokenization: nothing to index")
     return BM25Okapi(tokens, k1=k1, b=b)

@@ -88,16 +88,23 @@ def load_model(name: str | None = None, device: str = "cpu"):
         raise OSError(f"could not load bi-encoder {name!r} from {resolved!r}{hint}: {exc}") from exc
 
 
+def _weights_signature(model) -> tuple:
+    """Cheap identity of the current weights: storage addresses and in-place version counters."""
+    return tuple((n, t.data_ptr(), t._version) for n, t in model.state_dict().items())
+
+
 def weights_fingerprint(model) -> str:
     """SHA-256 (16 hex digits) over every parameter and buffer name, dtype, shape and bytes of a torch model.
 
-    A fine-tuned model gets a new fingerprint even when saved under the same name or path.
+    A fine-tuned model gets a new fingerprint even when saved under the same name or path. The hash is
+    memoised against the tensors' addresses and version counters, so a copied or updated model is rehashed.
     """
-    cached = getattr(model, "_hardneg_fingerprint", None)
-    if cached:
-        return cached
     import torch
 
+    signature = _weights_signature(model)
+    memo = getattr(model, "_hardneg_fingerprint", None)
+    if memo is not None and memo[0] == signature:
+        return memo[1]
     h = hashlib.sha256()
     with torch.no_grad():
         for name, tensor in sorted(model.state_dict().items()):
@@ -108,7 +115,7 @@ def weights_fingerprint(model) -> str:
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     fp = h.hexdigest()[:16]
     try:
-        model._hardneg_fingerprint = fp
+        model._hardneg_fingerprint = (signature, fp)
     except AttributeError:  # pragma: no cover
         pass
     return fp
@@ -123,7 +130,8 @@ class Encoder:
         batch_size: encoding batch size (the model sorts texts by length inside ``encode``).
         query_prompt, doc_prompt: strings prepended to queries / documents (e.g. ``"query: "`` for E5).
         normalize: L2-normalise embeddings so that inner product is cosine.
-        max_seq_length: override the model's maximum sequence length.
+        max_seq_length: override the model's maximum sequence length (this sets it on the model itself, so
+            other encoders sharing the loaded model see it too; the cache key follows it).
     """
 
     def __init__(self, model=None, bf16: BF16Mode | bool = "auto", batch_size: int = 64,
@@ -160,7 +168,8 @@ class Encoder:
 
         texts = [prompt + t for t in texts] if prompt else list(texts)
         if not texts:
-            return np.zeros((0, self.model.get_sentence_embedding_dimension() or 0), dtype=np.float32)
+            dim_fn = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+            return np.zeros((0, dim_fn() or 0), dtype=np.float32)
         with torch.inference_mode(), self._autocast():
             emb = self.model.encode(texts, batch_size=self.batch_size, show_progress_bar=_show(show_progress),
                                     convert_to_tensor=True, normalize_embeddings=self.normalize)
