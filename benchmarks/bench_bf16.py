@@ -1,6 +1,6 @@
 """bf16 autocast vs fp32 for corpus encoding: throughput ratio and embedding agreement.
 
-Run: python benchmarks/bench_bf16.py [--docs 512] [--repeats 3]
+Run: python -m benchmarks.bench_bf16 [--docs 512] [--repeats 3]
 Writes benchmarks/results/bf16.json and bf16.md. Runs both precisions in one process, alternating, on
 the same SciFact documents, and reports the median of the repeats.
 """
@@ -55,7 +55,7 @@ def main() -> None:
         "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
         "cpu_bf16_flags": list(cpu_bf16_flags()), "auto_mode_uses_bf16": cpu_supports_bf16(),
         "machine": describe(),
-        "command": f"python benchmarks/bench_bf16.py --docs {args.docs} --repeats {args.repeats}",
+        "command": f"python -m benchmarks.bench_bf16 --docs {args.docs} --repeats {args.repeats}",
     }
     out = HERE / "results"
     out.mkdir(exist_ok=True)

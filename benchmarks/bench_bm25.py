@@ -1,7 +1,7 @@
 """bm25s vs rank-bm25 on one collection: query throughput ratio, indexing time and nDCG@10 of each,
 same tokenizer and parameters, in one process.
 
-Run: python benchmarks/bench_bm25.py [--data scifact --split test --repeats 3]
+Run: python -m benchmarks.bench_bm25 [--data scifact --split test --repeats 3]
 Writes benchmarks/results/bm25_backends.json and .md.
 """
 
@@ -51,7 +51,7 @@ def main() -> None:
     result = {"data": args.data, "split": args.split, "queries": len(qids), "documents": len(texts),
               "top_k": args.top_k, "backends": rows, "throughput_ratio_bm25s_over_rank_bm25": ratio,
               "ndcg@10_gap": gap, "machine": describe(),
-              "command": f"python benchmarks/bench_bm25.py --data {args.data} --split {args.split} --repeats {args.repeats}"}
+              "command": f"python -m benchmarks.bench_bm25 --data {args.data} --split {args.split} --repeats {args.repeats}"}
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "bm25_backends.json").write_text(json.dumps(result, indent=2))

@@ -1,0 +1,94 @@
+"""Fixtures shared by the mining tests: a tiny random-initialised cross-encoder and helpers to run the job.
+
+Import the fixtures in a test module with ``from mining_fixtures import tiny_cross_encoder  # noqa: F401``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from mining_jobs.cli import main
+
+OUTPUT_FILES = ("triples.parquet", "ntuple.parquet", "triplets.parquet", "candidates.parquet", "manifest.json",
+                "report.md", "scores.png")
+
+
+def build_tiny_cross_encoder(folder: Path) -> Path:
+    """A 2-layer, 32-wide BERT with a one-logit head, random weights (seed 0), and the packaged MiniLM's
+    tokenizer, saved where ``sentence_transformers.CrossEncoder(folder)`` loads it.
+
+    ``initializer_range=0.5`` (instead of BERT's 0.02) spreads the logits over several units, so the
+    false-negative filter has something to separate: with the default all logits are ~0.0117."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from retriever.encoder import default_model_path
+
+    tok = AutoTokenizer.from_pretrained(default_model_path())
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, num_labels=1, initializer_range=0.5)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Torch on one thread for the module, restored afterwards.
+
+    On a small, busy CPU, torch's intra-op thread pool costs milliseconds per operator in synchronisation
+    (a 32-wide BERT batch took 0.3 s on 2 threads, 1 ms on 1), which would make these tests minutes long.
+    Results do not depend on it: every comparison in these tests is between runs with the same setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory) -> Path:
+    folder = build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny_ce") / "model")
+    from sentence_transformers import CrossEncoder
+
+    ce = CrossEncoder(str(folder))  # must load as a plain CrossEncoder
+    scores = ce.predict([("what is retrieval", "retrieval of documents"), ("a", "b")])
+    assert len(scores) == 2
+    return folder
+
+
+def mining_env(mp: pytest.MonkeyPatch, data_root: Path, cache: Path) -> None:
+    """Point the job at the real collections and a private cache; offline; no progress bars."""
+    mp.setenv("HARDNEG_DATA", str(data_root))
+    mp.setenv("HARDNEG_CACHE", str(cache))
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.setenv("TQDM_DISABLE", "1")
+
+
+def subprocess_env(data_root: Path, cache: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"HARDNEG_DATA": str(data_root), "HARDNEG_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
+                "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"})
+    return env
+
+
+def mine(out: Path, *args: str) -> int:
+    """``hardneg -q mine --out OUT ARGS...`` in-process; returns the exit code."""
+    return main(["-q", "mine", "--out", str(out), *args])
+
+
+def read_manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def read_rows(path: Path) -> list[dict]:
+    return pq.read_table(path).to_pylist()
