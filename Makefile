@@ -9,7 +9,7 @@ HARDNEG_DATA ?= $(abspath ../shared/data)
 export HARDNEG_DATA
 OUT ?= runs/demo
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo evaluate reranker demo-filtered test lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,24 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# The main job: mine hard negatives for SciFact train (BM25 + the default bi-encoder; no cross-encoder).
 demo: setup
-	$(VENV)/bin/hardneg evaluate --data scifact --split test --retriever bm25,dense,hybrid --out $(OUT) --overwrite
+	$(VENV)/bin/hardneg mine --data scifact --split train --out $(OUT) --overwrite
+	@echo; cat $(OUT)/report.md
+
+# Evaluate BM25, the default bi-encoder and their hybrid on SciFact test and print the table.
+evaluate: setup
+	$(VENV)/bin/hardneg evaluate --data scifact --split test --retriever bm25,dense,hybrid --out runs/evaluate --overwrite
+
+# Train a cross-fitted cross-encoder (2 folds) on SciFact train, then mine with the false-negative filter.
+reranker: setup
+	$(VENV)/bin/hardneg train-reranker --data scifact --split train --folds 2 --max-length 128 --out runs/ce_scifact --overwrite
+
+demo-filtered: setup
+	test -f runs/ce_scifact/folds.json || $(MAKE) reranker
+	$(VENV)/bin/hardneg mine --data scifact --split train --cross-encoder runs/ce_scifact \
+		--set cross_encoder.max_length=128 --set exclusion.near_duplicate_cosine=0.95 --out runs/mine_filtered --overwrite
+	@echo; cat runs/mine_filtered/report.md
 
 test: setup
 	$(PY) -m pytest -q
