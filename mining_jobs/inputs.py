@@ -33,13 +33,17 @@ class MiningInput:
     positives: dict[str, dict[str, int]]
     source: str
     stats: dict[str, object] = field(default_factory=dict)
-    collection: Collection | None = None
 
     def doc_texts(self) -> list[str]:
         return Collection(self.name, "", self.corpus, {}, {}).doc_texts()
 
+    def corpus_fingerprint(self) -> str:
+        """Content hash of the corpus alone (what corpus embeddings depend on)."""
+        return Collection(self.name, "", self.corpus, {}, {}).fingerprint()
+
     def fingerprint(self) -> str:
-        h = hashlib.sha256(Collection(self.name, "", self.corpus, {}, {}).fingerprint().encode())
+        """Content hash of the corpus, the queries and their positives."""
+        h = hashlib.sha256(self.corpus_fingerprint().encode())
         for q in sorted(self.queries):
             h.update(f"{q}\x1f{self.queries[q]}\x1f{sorted(self.positives[q].items())}\x1e".encode())
         return h.hexdigest()[:16]
@@ -67,7 +71,7 @@ def load_input(cfg: DataSection) -> MiningInput:
                             f"{cfg.min_relevance} (data.min_relevance); drop it from the qrels or lower the threshold")
         positives[qid] = pos
     return MiningInput(col.name, col.corpus, col.queries, positives, col.source,
-                       {**col.stats, "positives": sum(len(p) for p in positives.values())}, col)
+                       {**col.stats, "positives": sum(len(p) for p in positives.values())})
 
 
 def _load_pairs(cfg: DataSection) -> MiningInput:
@@ -109,13 +113,13 @@ def _load_pairs(cfg: DataSection) -> MiningInput:
             if not isinstance(ptext, str) or not ptext.strip():
                 raise DataError(f"{path}: row {row_i}: empty positive and no positive_id")
             pid = text_to_id.get(ptext.strip()) or _stable_id("p-", ptext)
+        grade = int(row["score"]) if "score" in cols and row["score"] is not None else 1
+        if grade < cfg.min_relevance:
+            continue
         if pid not in id_set and pid not in added:
             if not isinstance(ptext, str) or not ptext.strip():
                 raise DataError(f"{path}: row {row_i}: positive_id {pid!r} is not in the corpus and has no text")
             added[pid] = ptext
-        grade = int(row["score"]) if "score" in cols and row["score"] is not None else 1
-        if grade < cfg.min_relevance:
-            continue
         queries.setdefault(qid, q)
         positives.setdefault(qid, {})[pid] = grade
     if not positives:

@@ -129,8 +129,7 @@ def build_resources(cfg: MineConfig, timings: dict[str, float]) -> Resources:
         t0 = time.perf_counter()
         encoder = Encoder(c.model, bf16=c.bf16, batch_size=c.batch_size, query_prompt=c.query_prompt,
                           doc_prompt=c.doc_prompt)
-        fp = inp.fingerprint() if inp.collection is None else inp.collection.fingerprint()
-        emb, info = encode_corpus(encoder, texts, fp, EmbeddingCache())
+        emb, info = encode_corpus(encoder, texts, inp.corpus_fingerprint(), EmbeddingCache())
         timings["corpus_encode_s"] = time.perf_counter() - t0
         timings["embedding_cache"] = info["cache"]  # type: ignore[assignment]
         if c.dense:
@@ -209,6 +208,25 @@ def mine_shard(res: Resources, cfg: MineConfig, qids: list[str], counters: dict[
             pa.Table.from_pylist(rows, schema=CANDIDATE_SCHEMA))
 
 
+def input_fingerprints(res: Resources) -> dict[str, str | None]:
+    """What the shards depend on besides the config: input content and model weights."""
+    return {"input": res.inp.fingerprint(),
+            "bi_encoder": res.encoder.fingerprint() if res.encoder is not None else None,
+            "cross_encoder": res.reranker.fingerprint() if res.reranker is not None else None}
+
+
+def check_inputs(out: Path, state: dict, fps: dict[str, str | None]) -> None:
+    """Record the input fingerprints in ``job.json``; on resume, refuse when any of them changed, since
+    finished shards would mix old and new inputs (``--overwrite`` has already emptied the folder)."""
+    old = state.get("inputs")
+    if old is not None and old != fps:
+        changed = sorted(k for k in fps if old.get(k) != fps[k])
+        raise JobStateError(f"{out} holds a partly finished job whose {', '.join(changed)} changed since it "
+                            "started; pass --overwrite to start again")
+    state["inputs"] = fps
+    _write_text(out / STATE_FILE, json.dumps(state, indent=2))
+
+
 def shard_paths(out: Path, k: int) -> tuple[Path, Path]:
     return out / "shards" / f"{k:05d}.candidates.parquet", out / "shards" / f"{k:05d}.triples.parquet"
 
@@ -216,10 +234,11 @@ def shard_paths(out: Path, k: int) -> tuple[Path, Path]:
 def run_mining(cfg: MineConfig, out: str | os.PathLike) -> dict:
     """Run (or resume) a mining job into ``out``; returns the manifest."""
     out = Path(out)
-    prepare_folder(out, cfg)
+    state = prepare_folder(out, cfg)
     t_job = time.perf_counter()
     timings: dict[str, float] = {}
     res = build_resources(cfg, timings)
+    check_inputs(out, state, input_fingerprints(res))
     size = cfg.output.shard_size
     shards = [res.qids[i:i + size] for i in range(0, len(res.qids), size)]
     counters = {"retrieve_s": 0.0, "score_s": 0.0, "ce_pairs": 0, "ce_pairs_scored": 0, "shards_resumed": 0}

@@ -4,6 +4,7 @@ score cache keyed by (weights fingerprint, max_length, query id, doc id). Scores
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -114,8 +115,6 @@ class FoldSet:
         return (Path(path) / FOLDS_FILE).is_file()
 
     def fingerprint(self) -> str:
-        import hashlib
-
         h = hashlib.sha256("|".join(s.fingerprint() for s in self.scorers).encode())
         h.update(json.dumps(self.assignment, sort_keys=True).encode())
         return h.hexdigest()[:16]
@@ -147,7 +146,8 @@ def load_reranker(model: str, max_length: int = 256, batch_size: int = 32, bf16:
 
 
 class ScoreCache:
-    """Persistent cross-encoder scores in SQLite: key (model prefix, query id, doc id) -> logit."""
+    """Persistent cross-encoder scores in SQLite: key (model prefix, query key, doc key) -> logit, where the
+    model prefix is the weights fingerprint plus max_length and a key is an id plus a hash of its text."""
 
     def __init__(self, path: str | os.PathLike | None = None) -> None:
         self.path = Path(path) if path else default_cache_dir() / "scores.sqlite"
@@ -186,6 +186,10 @@ class ScoreCache:
         self._db.close()
 
 
+def _text_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
 def score_with_cache(reranker: CrossEncoderScorer | FoldSet, qids: Sequence[str], dids: Sequence[str],
                      pairs: Sequence[tuple[str, str]], cache: ScoreCache | None,
                      show_progress: bool | None = None) -> tuple[np.ndarray, int]:
@@ -194,7 +198,8 @@ def score_with_cache(reranker: CrossEncoderScorer | FoldSet, qids: Sequence[str]
     Returns the scores and the number of pairs actually scored by the model.
     """
     prefix = reranker.cache_prefix()
-    keys = list(zip(qids, dids, strict=True))
+    # ids plus a hash of the texts: collections that reuse ids (1..n) or edit a text never share a score
+    keys = [(f"{q}|{_text_hash(p[0])}", f"{d}|{_text_hash(p[1])}") for q, d, p in zip(qids, dids, pairs, strict=True)]
     known = cache.get_many(prefix, keys) if cache is not None else {}
     todo = [i for i, k in enumerate(keys) if k not in known]
     scores = np.array([known.get(k, math.nan) for k in keys], dtype=np.float32)

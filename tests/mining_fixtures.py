@@ -1,6 +1,6 @@
 """Fixtures shared by the mining tests: a tiny random-initialised cross-encoder and helpers to run the job.
 
-Import the fixtures in a test module with ``from mining_fixtures import tiny_cross_encoder  # noqa: F401``.
+Test modules load the fixtures with ``pytest_plugins = ("mining_fixtures",)``.
 """
 
 from __future__ import annotations

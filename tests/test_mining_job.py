@@ -14,15 +14,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from mining_fixtures import (  # noqa: F401 - fixtures
-    OUTPUT_FILES,
-    mine,
-    mining_env,
-    read_manifest,
-    read_rows,
-    tiny_cross_encoder,
-    torch_one_thread,
-)
 
 from mining_jobs.config import load_config
 from mining_jobs.filtering import filter_reason
@@ -31,6 +22,10 @@ from mining_jobs.mine import run_mining
 from retriever.data import join_title_text, load_beir
 from retriever.rerank import CrossEncoderScorer, ScoreCache, ScoreError, sigmoid
 
+pytest.register_assert_rewrite("mining_fixtures")  # assertions in the helpers stay rewritten
+from mining_fixtures import OUTPUT_FILES, mine, mining_env, read_manifest, read_rows  # noqa: E402
+
+pytest_plugins = ("mining_fixtures",)  # tiny_cross_encoder, torch_one_thread
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 EXCLUDED = {"positive", "duplicate", "self", "eval_positive"}
@@ -146,8 +141,11 @@ def test_adi_negatives_are_never_positives_nor_the_query_itself(adi_run):
             assert d not in positives, (r["query_id"], d)
             assert d != r["query_id"], (r["query_id"], d)
     assert n_neg > 0
-    # adi's doc and query ids are both 1..n: the query's own id must have been caught as 'self' somewhere
-    assert any(c["fate"] == "self" and c["doc_id"] == c["query_id"] for c in adi_run.cands)
+    # adi numbers queries and documents 1..n: with exclusion.drop_self the document named like the query is
+    # never a negative
+    if adi_run.manifest["config"]["exclusion"]["drop_self"]:
+        same = [c["fate"] for c in adi_run.cands if c["doc_id"] == c["query_id"]]
+        assert same and set(same) <= {"self", "positive"}, same
     for c in adi_run.cands:
         if c["doc_id"] in adi_run.qrels[c["query_id"]]:
             assert c["fate"] == "positive", c
@@ -290,6 +288,53 @@ def test_planted_duplicate_of_a_positive_is_never_a_negative(make_beir, env, tmp
         if not extra:  # without a cross-encoder nothing else is filtered: q1 keeps other negatives
             assert q1["negative_ids"]
         assert read_manifest(out)["counts"]["fates"]["duplicate"] >= 1
+
+
+def test_near_duplicate_by_embedding_cosine_is_excluded(make_beir, env, tmp_path):
+    from retriever.encoder import Encoder
+
+    near = {"_id": "d_near", "title": "Solar power", "text": "Solar panels turn sunlight into electric power for houses."}
+    folder = make_beir(DOCS + [near], QUERIES, QRELS)
+    enc = Encoder("default", bf16="off")
+    e = enc.encode_documents([join_title_text(d["title"], d["text"]) for d in (DOCS[0], near, DOCS[1])],
+                             show_progress=False)
+    cos_near, cos_other = float(e[0] @ e[1]), float(e[0] @ e[2])
+    assert cos_near > cos_other + 0.05
+    threshold = round((cos_near + max(cos_other, cos_near - 0.1)) / 2, 4)
+    common = ["--data", str(folder), "--split", "test", "--set", "candidates.dense=false",
+              "--set", "sampling.num_negatives=8"]
+    out = tmp_path / "out"
+    assert mine(out, *common, "--set", f"exclusion.near_duplicate_cosine={threshold}") == 0
+    fates = {(c["query_id"], c["doc_id"]): c["fate"] for c in read_rows(out / "candidates.parquet")}
+    assert fates[("q1", "d_near")] == "duplicate"
+    assert fates[("q1", "d2")] != "duplicate"
+    (q1,) = [r for r in read_rows(out / "triples.parquet") if r["query_id"] == "q1"]
+    assert "d_near" not in q1["negative_ids"]
+    # off (the default): the paraphrase is an ordinary candidate, and here a negative
+    out = tmp_path / "off"
+    assert mine(out, *common) == 0
+    (q1,) = [r for r in read_rows(out / "triples.parquet") if r["query_id"] == "q1"]
+    assert "d_near" in q1["negative_ids"]
+
+
+def test_overwrite_and_foreign_folders(make_beir, env, tmp_path, capsys):
+    folder = make_beir(DOCS, QUERIES, QRELS)
+    common = ["--data", str(folder), "--split", "test", "--set", "candidates.dense=false"]
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("not a hardneg run")
+    assert mine(foreign, *common) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (foreign / "notes.txt").is_file()
+    out = tmp_path / "out"
+    assert mine(out, *common) == 0
+    first = read_rows(out / "triples.parquet")
+    assert mine(out, *common, "--set", "sampling.num_negatives=2") == 2
+    assert mine(out, *common, "--set", "sampling.num_negatives=2", "--overwrite") == 0
+    m = read_manifest(out)
+    assert m["config"]["sampling"]["num_negatives"] == 2
+    assert all(len(r["negative_ids"]) <= 2 for r in read_rows(out / "triples.parquet"))
+    assert any(len(r["negative_ids"]) > 2 for r in first)
 
 
 def test_query_without_positive_is_refused(make_beir, env, tmp_path, capsys):
@@ -459,3 +504,77 @@ def test_pairs_input_adds_missing_positive(make_beir, env, tmp_path, fmt):
     # the added document is a candidate like any other, and a positive for its own query
     cands = read_rows(out / "candidates.parquet")
     assert any(c["doc_id"] == geo["positive_id"] and c["fate"] == "positive" for c in cands)
+
+
+# ------------------------------------------------------------------- caches and resume must not go stale
+
+
+def _retexted(prefix: str) -> tuple[list[dict], list[dict]]:
+    """DOCS and QUERIES with the same ids but other texts (as adi, cisi, cranfield and med share ids 1..n)."""
+    docs = [{**d, "text": f"{prefix} {d['text']}"} for d in DOCS]
+    queries = [{**q, "text": f"{prefix} {q['text']}"} for q in QUERIES]
+    return docs, queries
+
+
+def test_score_cache_is_not_reused_for_other_texts_with_the_same_ids(make_beir, env, tmp_path, tiny_cross_encoder):
+    """The score cache is keyed by what was scored: a collection whose ids repeat another's (adi and cisi both
+    number queries and documents 1..n) must not get the other collection's scores."""
+    shared = tmp_path / "shared.sqlite"
+    a = make_beir(DOCS, QUERIES, QRELS, name="coll_a")
+    docs_b, queries_b = _retexted("Completely different wording:")
+    b = make_beir(docs_b, queries_b, QRELS, name="coll_b")
+    common = ["--split", "test", "--set", "candidates.dense=false", "--cross-encoder", str(tiny_cross_encoder)]
+    assert mine(tmp_path / "a", "--data", str(a), *common, "--set", f"output.score_cache={json.dumps(str(shared))}") == 0
+    assert mine(tmp_path / "b", "--data", str(b), *common, "--set", f"output.score_cache={json.dumps(str(shared))}") == 0
+    fresh = tmp_path / "fresh.sqlite"
+    assert mine(tmp_path / "b_fresh", "--data", str(b), *common,
+                "--set", f"output.score_cache={json.dumps(str(fresh))}") == 0
+    got = {(c["query_id"], c["doc_id"]): c["ce_score"] for c in read_rows(tmp_path / "b" / "candidates.parquet")}
+    want = {(c["query_id"], c["doc_id"]): c["ce_score"]
+            for c in read_rows(tmp_path / "b_fresh" / "candidates.parquet")}
+    assert got.keys() == want.keys()
+    stale = {k: (got[k], want[k]) for k in got
+             if (got[k] is None) != (want[k] is None) or (got[k] is not None and abs(got[k] - want[k]) > 1e-3)}
+    assert not stale, f"scores of collection b were taken from collection a's cache entries: {stale}"
+    m = read_manifest(tmp_path / "b")
+    assert m["counts"]["ce_pairs_scored"] == m["counts"]["ce_pairs"]
+
+
+def test_resume_after_the_input_changed_does_not_mix_old_and_new_shards(make_beir, env, tmp_path):
+    """A killed job (job.json and some shards, no manifest) whose collection changed before the restart must
+    be refused, or mined again: never finished from shards of the old collection."""
+    folder = make_beir(DOCS, QUERIES, QRELS)
+    out = tmp_path / "out"
+    args = ["--data", str(folder), "--split", "test", "--set", "candidates.dense=false",
+            "--set", "output.shard_size=1"]
+    assert mine(out, *args) == 0
+    # what SIGKILL during shard 3 of 3 leaves behind
+    for p in [*out.glob("*.parquet"), out / "manifest.json", out / "report.md", *out.glob("shards/00002.*")]:
+        p.unlink()
+    assert (out / "job.json").is_file() and len(list(out.glob("shards/*.triples.parquet"))) == 2
+    docs_b, queries_b = _retexted("Edited:")
+    make_beir(docs_b, queries_b, QRELS)  # same folder, new texts
+    rc = mine(out, *args)
+    if rc == 0:
+        fresh = tmp_path / "fresh"
+        assert mine(fresh, *args) == 0
+        assert read_rows(out / "triples.parquet") == read_rows(fresh / "triples.parquet"), \
+            "resumed shards hold texts of the old collection"
+    else:
+        assert rc == 2
+
+
+def test_pairs_below_min_relevance_add_no_positive(make_beir, env, tmp_path):
+    """A pair graded below data.min_relevance is not a positive: its text is not counted as an added positive."""
+    folder = make_beir(DOCS, None, None)
+    rows = [{"query": "geothermal electricity", "positive": "Geothermal wells bring up hot water.", "score": 1},
+            {"query": "tidal electricity", "positive": "Tidal barrages use the sea's rise and fall.", "score": 0}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    assert mine(out, "--data", str(folder), "--set", f"data.pairs={json.dumps(str(path))}",
+                "--set", "candidates.dense=false") == 0
+    m = read_manifest(out)
+    assert [r["query"] for r in read_rows(out / "triples.parquet")] == ["geothermal electricity"]
+    assert m["input"]["positives"] == 1
+    assert m["input"]["added_positives"] == 1, "the grade-0 pair's text was counted as an added positive"
