@@ -3,10 +3,7 @@ write ``metrics.json``, ``per_query.json``, ``run.trec`` and ``manifest.json`` t
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +16,8 @@ from retriever.encoder import EmbeddingCache, Encoder, encode_corpus
 from retriever.fusion import reciprocal_rank_fusion
 from retriever.runs import Run, drop_self, write_trec
 from retriever.text import TokenizerConfig
+
+from .files import versions, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -65,29 +64,10 @@ class EvalConfig:
             M._parse(m)
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("hardneg", "torch", "sentence-transformers", "transformers", "faiss-cpu", "bm25s", "rank-bm25",
-                "datasets", "pytrec-eval-terrier"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
 def _prepare_out(folder: Path, overwrite: bool) -> None:
     if (folder / "metrics.json").exists() and not overwrite:
         raise RunFolderError(f"{folder} already holds a finished run (metrics.json); pass --overwrite to replace it")
     folder.mkdir(parents=True, exist_ok=True)
-
-
-def _write_json(path: Path, obj: object) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False))
-    os.replace(tmp, path)
 
 
 def bm25_run(col: Collection, cfg: EvalConfig, texts: list[str], timings: dict[str, float]) -> Run:
@@ -156,13 +136,13 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, dict[str, float]]:
         agg = M.aggregate(per_q)
         results[r], per_q_all[r] = agg, per_q
         write_trec(runs[r], folder / "run.trec", tag=f"hardneg-{r}")
-        _write_json(folder / "per_query.json", per_q)
+        write_json(folder / "per_query.json", per_q)
         manifest = {"retriever": r, "config": asdict(cfg), "collection": {"name": col.name, "split": col.split,
                     "source": col.source, "fingerprint": col.fingerprint(), **col.stats},
                     "dense": info if r in ("dense", "hybrid") else None, "timings": timings,
-                    "versions": _versions(), "num_queries": len(col.qrels)}
-        _write_json(folder / "manifest.json", manifest)
-        _write_json(folder / "metrics.json", {**agg, "num_queries": len(col.qrels)})  # last: marks the run done
+                    "versions": versions(), "num_queries": len(col.qrels)}
+        write_json(folder / "manifest.json", manifest)
+        write_json(folder / "metrics.json", {**agg, "num_queries": len(col.qrels)})  # last: marks the run done
     if many:
         (out / "summary.md").write_text(format_table(results, col, per_q_all) + "\n")
     return results

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from retriever.bm25 import BM25Index
@@ -27,6 +26,7 @@ from retriever.text import TokenizerConfig
 
 from .candidates import mark_exclusions, normalized_hash, union_candidates
 from .config import MineConfig
+from .files import write_parquet, write_text
 from .filtering import apply_filter, reduce_positive
 from .inputs import MiningInput, leak_guard, load_input
 from .sampling import sample
@@ -51,18 +51,6 @@ TRIPLE_SCHEMA = pa.schema([
     ("positive_score", pa.float32()), ("negative_ids", pa.list_(pa.string())), ("negatives", pa.list_(pa.string())),
     ("negative_scores", pa.list_(pa.float32())), ("negative_sources", pa.list_(pa.string())),
 ])
-
-
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -105,7 +93,7 @@ def prepare_folder(out: Path, cfg: MineConfig) -> dict:
         shutil.rmtree(out)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     state = {"config_fingerprint": cfg.fingerprint(), "config": cfg.to_dict(), "created": time.time()}
-    _write_text(state_path, json.dumps(state, indent=2))
+    write_text(state_path, json.dumps(state, indent=2))
     return state
 
 
@@ -224,7 +212,7 @@ def check_inputs(out: Path, state: dict, fps: dict[str, str | None]) -> None:
         raise JobStateError(f"{out} holds a partly finished job whose {', '.join(changed)} changed since it "
                             "started; pass --overwrite to start again")
     state["inputs"] = fps
-    _write_text(out / STATE_FILE, json.dumps(state, indent=2))
+    write_text(out / STATE_FILE, json.dumps(state, indent=2))
 
 
 def shard_paths(out: Path, k: int) -> tuple[Path, Path]:
@@ -250,8 +238,8 @@ def run_mining(cfg: MineConfig, out: str | os.PathLike) -> dict:
             bar.update(len(qids))
             continue
         triples, cands = mine_shard(res, cfg, qids, counters)
-        _write_parquet(cands, cpath)
-        _write_parquet(triples, tpath)  # written last: its presence marks the shard finished
+        write_parquet(cands, cpath)
+        write_parquet(triples, tpath)  # written last: its presence marks the shard finished
         bar.update(len(qids))
     bar.close()
     if res.score_cache is not None:

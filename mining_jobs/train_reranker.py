@@ -4,9 +4,7 @@ quality (nDCG@10 of BM25 top-k reranked) on a held-out split. Writes a fold set 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +16,8 @@ from retriever.bm25 import BM25Index
 from retriever.data import Collection, load_collection
 from retriever.rerank import FOLDS_FILE
 from retriever.rerank_train import Group, TrainArgs, train_cross_encoder
+
+from .files import write_json, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -119,16 +119,14 @@ def run_train_reranker(job: RerankerJob) -> dict:
     meta = {"folds": job.folds, "models": models, "assignment": assignment, "data": job.data, "split": job.split,
             "backbone": job.train.backbone, "train_args": asdict(job.train), "negatives": job.negatives,
             "bm25_depth": job.bm25_depth, "training": stats}
-    tmp = out / (FOLDS_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, out / FOLDS_FILE)
+    write_json(out / FOLDS_FILE, meta)
     report = {**meta, "train_seconds": time.perf_counter() - t0}
     report.pop("assignment")
     if job.eval_split:
         report["eval"] = rerank_eval(out, job.data, job.eval_split, job.eval_depth, job.train.max_length,
                                      job.max_eval_queries)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(render(report))
+    write_json(out / "report.json", report)
+    write_text(out / "report.md", render(report))
     return report
 
 

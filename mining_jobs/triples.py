@@ -4,10 +4,8 @@ Every file is written under a temporary name and renamed."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import platform
 from collections import Counter
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import pyarrow.parquet as pq
 from retriever.rerank import sigmoid
 
 from .config import MineConfig
+from .files import versions, write_json, write_parquet, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ def _views(triples: pa.Table, n: int, out: Path) -> dict[str, int]:
     nt = {"query": [r["query"] for r in full], "positive": [r["positive"] for r in full]}
     for j in range(n):
         nt[f"negative_{j + 1}"] = [r["negatives"][j] for r in full]
-    _write(pa.table(nt), out / "ntuple.parquet")
+    write_parquet(pa.table(nt), out / "ntuple.parquet")
     trip: dict[str, list[str]] = {"query": [], "positive": [], "negative": []}
     for j in range(max((len(r["negatives"]) for r in rows), default=0)):
         for r in rows:
@@ -56,14 +55,8 @@ def _views(triples: pa.Table, n: int, out: Path) -> dict[str, int]:
                 trip["query"].append(r["query"])
                 trip["positive"].append(r["positive"])
                 trip["negative"].append(r["negatives"][j])
-    _write(pa.table(trip), out / "triplets.parquet")
+    write_parquet(pa.table(trip), out / "triplets.parquet")
     return {"ntuple_rows": len(full), "triplet_rows": len(trip["query"])}
-
-
-def _write(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
 
 
 def _stats(x: np.ndarray) -> dict[str, float] | None:
@@ -129,18 +122,6 @@ def _histogram(cands: pa.Table, pos_scores: np.ndarray, path: Path) -> bool:
     return True
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("hardneg", "torch", "sentence-transformers", "transformers", "faiss-cpu", "bm25s", "datasets"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
 def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, timings: dict,
              total_s: float) -> dict:
     from .mine import shard_paths
@@ -164,7 +145,7 @@ def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, tim
     fate_arr = np.array(cands["fate"].to_pylist(), dtype=object)
     has_ce = res.reranker is not None
     manifest = {
-        "config": cfg.to_dict(), "config_fingerprint": cfg.fingerprint(), "versions": _versions(),
+        "config": cfg.to_dict(), "config_fingerprint": cfg.fingerprint(), "versions": versions(),
         "input": {"name": res.inp.name, "source": res.inp.source, "fingerprint": res.inp.fingerprint(),
                   **res.inp.stats},
         "models": {"bi_encoder": cfg.candidates.model if res.encoder else None,
@@ -186,11 +167,8 @@ def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, tim
         "timings": {**timings, "total_s": total_s},
     }
     has_png = _histogram(cands, pos_scores, out / "scores.png") if has_ce else False
-    (out / "report.md.tmp").write_text(render_report(manifest, has_png))
-    os.replace(out / "report.md.tmp", out / "report.md")
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, out / "manifest.json")  # last: marks the job finished
+    write_text(out / "report.md", render_report(manifest, has_png))
+    write_json(out / "manifest.json", manifest)  # last: marks the job finished
     return manifest
 
 
