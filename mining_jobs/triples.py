@@ -185,7 +185,12 @@ def render_report(m: dict, has_png: bool) -> str:
              f"{c[f'queries_with_fewer_than_{n}_negatives']}",
              f"- cross-encoder pairs: {c['ce_pairs']} needed, {c['ce_pairs_scored']} scored now "
              f"(the rest came from the score cache)",
-             f"- total time {m['timings']['total_s']:.1f} s", "", "## What happened to the candidates", "",
+             f"- total time {m['timings']['total_s']:.1f} s", ""]
+    if c["queries"] and c["queries_without_negatives"] > 0.1 * c["queries"]:
+        lines += [f"> **Warning:** {c['queries_without_negatives']} of {c['queries']} queries have no negative. "
+                  "The filter may be too strict for this cross-encoder (see the what-if table) or the candidate "
+                  "depth too small.", ""]
+    lines += ["## What happened to the candidates", "",
              "| fate | candidates | meaning |", "|---|---|---|"]
     meaning = {"kept": "sampled as a negative", "not_sampled": "passed the filter, not sampled",
                "positive": "a labelled positive", "duplicate": "a duplicate of a positive (text hash or cosine)",
