@@ -131,7 +131,7 @@ def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, tim
     _merge(tpaths, out / "triples.parquet")
     _merge(cpaths, out / "candidates.parquet")
     triples = pq.read_table(out / "triples.parquet")
-    cands = pq.read_table(out / "candidates.parquet")
+    cands = pq.read_table(out / "candidates.parquet", columns=["query_id", "ce_score", "positive_score", "fate"])
     n = cfg.sampling.num_negatives
     views = _views(triples, n, out)
     fates = Counter(cands["fate"].to_pylist())
