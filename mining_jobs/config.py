@@ -189,6 +189,7 @@ def validate(cfg: MineConfig, source: str = "config") -> None:
         (0 <= cfg.exclusion.near_duplicate_cosine <= 1, "exclusion.near_duplicate_cosine", "must be in [0, 1]"),
         (cfg.data.min_relevance >= 1, "data.min_relevance", "must be >= 1"),
         (0 < s.positive_aware_ratio <= 1, "sampling.positive_aware_ratio", "must be in (0, 1]"),
+        (s.simans_a >= 0, "sampling.simans_a", "must be >= 0"),
         (s.strategy not in ("positive-aware", "simans") or bool(cfg.cross_encoder.model), "sampling.strategy",
          f"{s.strategy!r} needs cross-encoder scores: set cross_encoder.model"),
     ]

@@ -14,6 +14,7 @@ from datasets import Dataset, concatenate_datasets
 from retriever.data import Collection, load_beir, load_collection, read_corpus, resolve_data
 from retriever.errors import DataError
 
+from .candidates import normalized_hash
 from .config import DataSection
 
 logger = logging.getLogger(__name__)
@@ -96,9 +97,10 @@ def _load_pairs(cfg: DataSection) -> MiningInput:
         raise DataError(f"{path}: pairs table is empty")
     ids = corpus["_id"]
     id_set = set(ids)
-    text_to_id = {}
+    text_to_id: dict[str, str] = {}  # normalized hash of "title text" and of the text alone -> doc id
     for i, t, x in zip(ids, corpus["title"], corpus["text"], strict=True):
-        text_to_id.setdefault((f"{t} {x}").strip(), i)
+        text_to_id.setdefault(normalized_hash(f"{t} {x}"), i)
+        text_to_id.setdefault(normalized_hash(x), i)
     added: dict[str, str] = {}
     queries: dict[str, str] = {}
     positives: dict[str, dict[str, int]] = {}
@@ -112,8 +114,11 @@ def _load_pairs(cfg: DataSection) -> MiningInput:
         if pid is None:
             if not isinstance(ptext, str) or not ptext.strip():
                 raise DataError(f"{path}: row {row_i}: empty positive and no positive_id")
-            pid = text_to_id.get(ptext.strip()) or _stable_id("p-", ptext)
-        grade = int(row["score"]) if "score" in cols and row["score"] is not None else 1
+            pid = text_to_id.get(normalized_hash(ptext)) or _stable_id("p-", ptext)
+        raw = row["score"] if "score" in cols and row["score"] is not None else 1
+        if isinstance(raw, bool) or not isinstance(raw, int | float) or float(raw) != int(raw):
+            raise DataError(f"{path}: row {row_i}: score {raw!r} is not an integer grade")
+        grade = int(raw)
         if grade < cfg.min_relevance:
             continue
         if pid not in id_set and pid not in added:
@@ -143,11 +148,11 @@ def leak_guard(inp: MiningInput, cfg: DataSection) -> set[str]:
     if not isinstance(resolved, Path):
         raise DataError("data.eval_splits needs a local collection folder")
     banned: set[str] = set()
-    train_texts = {t.strip().lower(): q for q, t in inp.queries.items()}
+    train_texts = {t.strip().lower(): q for q, t in inp.queries.items() if t.strip()}
     for split in cfg.eval_splits:
         ev = load_beir(resolved, split)
         same_id = sorted(set(ev.qrels) & set(inp.queries))
-        same_text = sorted(q for q, t in ev.queries.items() if t.strip().lower() in train_texts)
+        same_text = sorted(q for q, t in ev.queries.items() if t.strip() and t.strip().lower() in train_texts)
         if same_id or same_text:
             raise LeakError(f"leak guard: {len(same_id)} training query id(s) and {len(same_text)} query text(s) are "
                             f"also evaluation queries of split {split!r} (first: {(same_id or same_text)[:5]}); "

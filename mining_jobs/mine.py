@@ -87,10 +87,10 @@ def prepare_folder(out: Path, cfg: MineConfig) -> dict:
             logger.info("resuming the job in %s", out)
             return state
         shutil.rmtree(out)
-    elif out.exists() and any(out.iterdir()) and not cfg.output.overwrite:
-        raise JobStateError(f"{out} is not empty and holds no hardneg job; choose an empty folder or pass --overwrite")
-    elif out.exists() and cfg.output.overwrite:
-        shutil.rmtree(out)
+    elif out.exists() and any(out.iterdir()):
+        # never delete a folder that is not a hardneg job, even with --overwrite
+        raise JobStateError(f"{out} is not empty and holds no hardneg job (no {STATE_FILE}); choose an empty "
+                            "or new folder")
     (out / "shards").mkdir(parents=True, exist_ok=True)
     state = {"config_fingerprint": cfg.fingerprint(), "config": cfg.to_dict(), "created": time.time()}
     write_text(state_path, json.dumps(state, indent=2))
@@ -231,19 +231,21 @@ def run_mining(cfg: MineConfig, out: str | os.PathLike) -> dict:
     shards = [res.qids[i:i + size] for i in range(0, len(res.qids), size)]
     counters = {"retrieve_s": 0.0, "score_s": 0.0, "ce_pairs": 0, "ce_pairs_scored": 0, "shards_resumed": 0}
     bar = tqdm(total=len(res.qids), desc="mine", unit="q", disable=not show_progress())
-    for k, qids in enumerate(shards):
-        cpath, tpath = shard_paths(out, k)
-        if tpath.exists() and cpath.exists():
-            counters["shards_resumed"] += 1
+    try:
+        for k, qids in enumerate(shards):
+            cpath, tpath = shard_paths(out, k)
+            if tpath.exists() and cpath.exists():
+                counters["shards_resumed"] += 1
+                bar.update(len(qids))
+                continue
+            triples, cands = mine_shard(res, cfg, qids, counters)
+            write_parquet(cands, cpath)
+            write_parquet(triples, tpath)  # written last: its presence marks the shard finished
             bar.update(len(qids))
-            continue
-        triples, cands = mine_shard(res, cfg, qids, counters)
-        write_parquet(cands, cpath)
-        write_parquet(triples, tpath)  # written last: its presence marks the shard finished
-        bar.update(len(qids))
-    bar.close()
-    if res.score_cache is not None:
-        res.score_cache.close()
+    finally:
+        bar.close()
+        if res.score_cache is not None:
+            res.score_cache.close()
     from .triples import finalize
 
     timings.update({k: v for k, v in counters.items() if k.endswith("_s")})

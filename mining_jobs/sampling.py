@@ -26,6 +26,11 @@ def sample(kept: list[Candidate], pos_score: float | None, cfg: SamplingSection,
     if cfg.strategy == "positive-aware" and pos_score is not None:
         limit = cfg.positive_aware_ratio * float(sigmoid(pos_score))
         pool = [c for c in kept if c.ce_score is not None and float(sigmoid(c.ce_score)) < limit]
+        in_pool = {id(c) for c in pool}
+        for c in kept:
+            if id(c) not in in_pool:
+                c.fate = "filtered:positive_aware"
+        kept = pool
     if cfg.strategy in ("top", "positive-aware") or len(pool) <= n:
         chosen = pool[:n]
     elif cfg.strategy == "random":
@@ -35,8 +40,12 @@ def sample(kept: list[Candidate], pos_score: float | None, cfg: SamplingSection,
         if pos_score is None:
             raise ValueError("SimANS sampling needs cross-encoder scores")
         p = sigmoid(np.array([c.ce_score for c in pool], dtype=np.float64))
-        w = np.exp(-cfg.simans_a * (p - float(sigmoid(pos_score)) - cfg.simans_b) ** 2)
-        idx = np.sort(query_rng(cfg.seed, qid).choice(len(pool), size=n, replace=False, p=w / w.sum()))
+        logw = -cfg.simans_a * (p - float(sigmoid(pos_score)) - cfg.simans_b) ** 2
+        w = np.exp(logw - logw.max())  # the best weight is 1: never all zero
+        if int((w > 0).sum()) < n:  # the rest underflowed: take the n heaviest
+            idx = np.sort(np.argsort(-logw, kind="stable")[:n])
+        else:
+            idx = np.sort(query_rng(cfg.seed, qid).choice(len(pool), size=n, replace=False, p=w / w.sum()))
         chosen = [pool[i] for i in idx]
     chosen_ids = {id(c) for c in chosen}
     for c in kept:

@@ -101,6 +101,7 @@ def run_train_reranker(job: RerankerJob) -> dict:
     if (out / FOLDS_FILE).exists() and not job.overwrite:
         raise FileExistsError(f"{out} already holds a trained fold set; pass --overwrite to retrain")
     out.mkdir(parents=True, exist_ok=True)
+    (out / FOLDS_FILE).unlink(missing_ok=True)  # a half-retrained fold set must never look usable
     t0 = time.perf_counter()
     col = load_collection(job.data, job.split)
     texts = col.doc_texts()
@@ -134,7 +135,10 @@ def render(r: dict) -> str:
     lines = [f"# Cross-encoder fold set: {r['data']}/{r['split']}, {r['folds']} fold(s)", "",
              f"Backbone `{r['backbone']}` + new scoring head; BM25 negatives ({r['negatives']} per positive from "
              f"the top {r['bm25_depth']}); max_length {r['train_args']['max_length']}, epochs "
-             f"{r['train_args']['epochs']}. Each fold's model was trained without that fold's queries.", "",
+             f"{r['train_args']['epochs']}. " + ("Each fold's model was trained without that fold's queries."
+                                                  if r["folds"] > 1 else "**One model trained on every query: "
+                                                  "it will judge queries it was trained on (use --folds 2+).**"),
+             "",
              "| model | train queries | groups | steps | seconds | last loss |", "|---|---|---|---|---|---|"]
     for s in r["training"]:
         lines.append(f"| {s['model']} | {s['train_queries']} | {s['groups']} | {s['steps']} | {s['seconds']:.0f} "

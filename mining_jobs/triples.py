@@ -42,7 +42,18 @@ def _views(triples: pa.Table, n: int, out: Path) -> dict[str, int]:
     (query, positive, negative), ordered round-robin over queries so that rows of one query sit far apart
     and a batch rarely holds the same positive twice. Text columns only: the sentence-transformers trainer
     reads columns by position."""
-    rows = triples.select(["query", "positive", "negatives"]).to_pylist()
+    rows = triples.select(["query_id", "query", "positive", "negatives"]).to_pylist()
+    # order by (index of the positive within its query, query order): the rows of a query with several
+    # positives land in different passes, so its other positives are not in-batch negatives of each other
+    first_seen: dict[str, int] = {}
+    nth: list[int] = []
+    count: Counter[str] = Counter()
+    for r in rows:
+        first_seen.setdefault(r["query_id"], len(first_seen))
+        nth.append(count[r["query_id"]])
+        count[r["query_id"]] += 1
+    order = sorted(range(len(rows)), key=lambda i: (nth[i], first_seen[rows[i]["query_id"]]))
+    rows = [rows[i] for i in order]
     full = [r for r in rows if len(r["negatives"]) >= n]
     nt = {"query": [r["query"] for r in full], "positive": [r["positive"] for r in full]}
     for j in range(n):
@@ -67,15 +78,16 @@ def _stats(x: np.ndarray) -> dict[str, float] | None:
             "mean": float(x.mean())}
 
 
-def what_if(cands: pa.Table, n: int) -> list[dict[str, object]]:
-    """How many negatives and queries survive at several margins (score rules only; exclusions kept)."""
+def what_if(cands: pa.Table, n: int, queries: list[str]) -> list[dict[str, object]]:
+    """How many negatives and queries would survive at other margins: exclusions, the rank window and the
+    score bounds stay as configured; only the margin rule changes."""
     fate = np.array(cands["fate"].to_pylist(), dtype=object)
     ce = cands["ce_score"].to_numpy(zero_copy_only=False)
     pos = cands["positive_score"].to_numpy(zero_copy_only=False)
     qid = np.array(cands["query_id"].to_pylist(), dtype=object)
-    eligible = np.array([f in ("kept", "not_sampled") or f.startswith("filtered:") and f != "filtered:rank_window"
-                         for f in fate]) & ~np.isnan(ce.astype(np.float64))
-    queries = sorted(set(qid.tolist()))
+    margin_rules = ("filtered:relative_margin", "filtered:absolute_margin", "filtered:positive_aware")
+    eligible = np.array([f in ("kept", "not_sampled") or f in margin_rules for f in fate]) \
+        & ~np.isnan(ce.astype(np.float64))
     out = []
     for kind, margins in (("relative", REL_MARGINS), ("absolute", ABS_MARGINS)):
         for m in margins:
@@ -122,6 +134,15 @@ def _histogram(cands: pa.Table, pos_scores: np.ndarray, path: Path) -> bool:
     return True
 
 
+def _filter_state(cfg: MineConfig, has_ce: bool) -> str:
+    if not has_ce:
+        return "off (no cross-encoder configured)"
+    f = cfg.filter
+    rules = [name for name, v in (("absolute_margin", f.absolute_margin), ("relative_margin", f.relative_margin),
+                                  ("max_score", f.max_score), ("min_score", f.min_score)) if v is not None]
+    return f"on ({', '.join(rules)})" if rules else "on, but no score rule is set (scores only rank candidates)"
+
+
 def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, timings: dict,
              total_s: float) -> dict:
     from .mine import shard_paths
@@ -152,7 +173,7 @@ def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, tim
                    "bi_encoder_fingerprint": res.encoder.fingerprint() if res.encoder else None,
                    "cross_encoder": cfg.cross_encoder.model or None,
                    "cross_encoder_fingerprint": res.reranker.fingerprint() if has_ce else None,
-                   "false_negative_filter": "on" if has_ce else "off (no cross-encoder configured)"},
+                   "false_negative_filter": _filter_state(cfg, has_ce)},
         "counts": {"queries": len(neg_counts), "triples": triples.num_rows, "candidates": cands.num_rows,
                    "fates": dict(sorted(fates.items())), "queries_without_negatives": len(no_neg),
                    f"queries_with_fewer_than_{n}_negatives": len(short), "shards": n_shards,
@@ -163,7 +184,7 @@ def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, tim
                         "kept": _stats(ce[(fate_arr == "kept") & ~np.isnan(ce)]),
                         "filtered": _stats(ce[np.array([f.startswith("filtered:") for f in fate_arr])
                                               & ~np.isnan(ce)])} if has_ce else None,
-        "what_if": what_if(cands, n) if has_ce else None,
+        "what_if": what_if(cands, n, list(neg_counts)) if has_ce else None,
         "timings": {**timings, "total_s": total_s},
     }
     has_png = _histogram(cands, pos_scores, out / "scores.png") if has_ce else False
@@ -183,8 +204,9 @@ def render_report(m: dict, has_png: bool) -> str:
              f"false-negative filter: **{m['models']['false_negative_filter']}**",
              f"- queries left without any negative: **{c['queries_without_negatives']}**; with fewer than {n}: "
              f"{c[f'queries_with_fewer_than_{n}_negatives']}",
-             f"- cross-encoder pairs: {c['ce_pairs']} needed, {c['ce_pairs_scored']} scored now "
-             f"(the rest came from the score cache)",
+             f"- cross-encoder pairs in the shards mined by this run: {c['ce_pairs']}, of which "
+             f"{c['ce_pairs_scored']} were scored now (the rest came from the score cache); "
+             f"shards resumed from an earlier run: {c['shards_resumed']}",
              f"- total time {m['timings']['total_s']:.1f} s", ""]
     if c["queries"] and c["queries_without_negatives"] > 0.1 * c["queries"]:
         lines += [f"> **Warning:** {c['queries_without_negatives']} of {c['queries']} queries have no negative. "
@@ -198,7 +220,8 @@ def render_report(m: dict, has_png: bool) -> str:
                "filtered:relative_margin": "probability too close to the positive's",
                "filtered:absolute_margin": "logit too close to the positive's",
                "filtered:max_score": "logit above filter.max_score", "filtered:min_score": "logit below filter.min_score",
-               "filtered:rank_window": "outside [range_min, range_max)"}
+               "filtered:rank_window": "outside [range_min, range_max)",
+               "filtered:positive_aware": "above positive_aware_ratio x the positive's probability"}
     for fate, count in c["fates"].items():
         lines.append(f"| {fate} | {count} | {meaning.get(fate, '')} |")
     if m["score_stats"]:

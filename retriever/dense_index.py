@@ -73,9 +73,19 @@ class DenseIndex:
             raise ValueError(f"embeddings of shape {emb.shape} do not match {len(doc_ids)} document ids")
         if emb.shape[0] == 0:
             raise DataError("cannot index an empty corpus")
+        import faiss
+
         if self.index is None:
             self.index = self._build(emb.shape[1], emb)
-        self.index.add(emb)
+        # HNSW insertion with several threads builds a different graph each time: build on one thread so that
+        # the same embeddings always give the same index (and a resumed job the same candidates)
+        threads = faiss.omp_get_max_threads()
+        if self.kind == "hnsw":
+            faiss.omp_set_num_threads(1)
+        try:
+            self.index.add(emb)
+        finally:
+            faiss.omp_set_num_threads(threads)
         self.doc_ids.extend(doc_ids)
         return self
 

@@ -112,7 +112,7 @@ def weights_fingerprint(model) -> str:
             h.update(name.encode())
             h.update(str(t.dtype).encode())
             h.update(str(tuple(t.shape)).encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     fp = h.hexdigest()[:16]
     try:
         model._hardneg_fingerprint = (signature, fp)

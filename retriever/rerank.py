@@ -63,7 +63,7 @@ class CrossEncoderScorer:
         return weights_fingerprint(self.model)
 
     def cache_prefix(self) -> str:
-        return f"{self.fingerprint()}:{self.max_length}"
+        return f"{self.fingerprint()}:{self.max_length}:{'bf16' if self.bf16 else 'fp32'}"
 
     def _lengths(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         # Character length is a cheap, monotone-enough proxy for token length; no tokenization twice.
@@ -120,7 +120,7 @@ class FoldSet:
         return h.hexdigest()[:16]
 
     def cache_prefix(self) -> str:
-        return f"folds:{self.fingerprint()}:{self.max_length}"
+        return f"folds:{self.fingerprint()}:{self.max_length}:{'bf16' if self.scorers[0].bf16 else 'fp32'}"
 
     def score_queries(self, qids: Sequence[str], pairs: Sequence[tuple[str, str]],
                       show_progress: bool | None = None) -> np.ndarray:

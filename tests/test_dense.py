@@ -377,3 +377,17 @@ def test_dense_retrieval_on_adi(encoder: Encoder, data_root, tmp_path):
     scores = evaluate(col.qrels, run)
     assert scores["ndcg@10"] > 0.3, scores
     assert scores["recall@100"] >= 0.9, scores  # 82 documents: top 100 holds nearly everything
+
+
+def test_weights_fingerprint_handles_scalar_parameters():
+    """Models with a 0-dim parameter (e.g. a learned temperature) can be fingerprinted, and it counts."""
+    import torch
+
+    from retriever.encoder import weights_fingerprint
+
+    m = torch.nn.Module()
+    m.scale = torch.nn.Parameter(torch.tensor(1.0))
+    before = weights_fingerprint(m)
+    with torch.no_grad():
+        m.scale.add_(0.5)
+    assert weights_fingerprint(m) != before

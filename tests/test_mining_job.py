@@ -578,3 +578,51 @@ def test_pairs_below_min_relevance_add_no_positive(make_beir, env, tmp_path):
     assert [r["query"] for r in read_rows(out / "triples.parquet")] == ["geothermal electricity"]
     assert m["input"]["positives"] == 1
     assert m["input"]["added_positives"] == 1, "the grade-0 pair's text was counted as an added positive"
+
+
+def test_pairs_positive_given_as_body_text_matches_the_titled_document(make_beir, env, tmp_path):
+    """A positive given without its title (and with other case/punctuation) is the corpus document, not a new one."""
+    folder = make_beir(DOCS, None, None)
+    rows = [{"query": "how do solar panels make electricity", "positive": "solar panels convert sunlight into "
+                                                                          "electricity for homes"}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    assert mine(out, "--data", str(folder), "--set", f"data.pairs={json.dumps(str(path))}",
+                "--set", "candidates.dense=false") == 0
+    assert read_manifest(out)["input"]["added_positives"] == 0
+    (row,) = read_rows(out / "triples.parquet")
+    assert row["positive_id"] == "d1" and "d1" not in row["negative_ids"]
+
+
+def test_pairs_fractional_score_is_refused(make_beir, env, tmp_path, capsys):
+    folder = make_beir(DOCS, None, None)
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"query": "solar", "positive": "Solar panels.", "score": 0.8}) + "\n")
+    assert mine(tmp_path / "out", "--data", str(folder), "--set", f"data.pairs={json.dumps(str(path))}",
+                "--set", "candidates.dense=false") == 2
+    assert "row 0: score 0.8 is not an integer grade" in capsys.readouterr().err
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_job(make_beir, env, tmp_path, capsys):
+    folder = make_beir(DOCS, QUERIES, QRELS)
+    foreign = tmp_path / "home"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("years of work")
+    assert mine(foreign, "--data", str(folder), "--split", "test", "--set", "candidates.dense=false",
+                "--overwrite") == 2
+    assert "holds no hardneg job" in capsys.readouterr().err
+    assert (foreign / "thesis.tex").read_text() == "years of work"
+
+
+def test_views_keep_rows_of_a_multi_positive_query_apart(make_beir, env, tmp_path):
+    """q1 has two positives: its two rows are in different passes of the n-tuple and triplet views."""
+    folder = make_beir(DOCS, QUERIES, QRELS + "q1\td4\t1\n")
+    out = tmp_path / "out"
+    assert mine(out, "--data", str(folder), "--split", "test", "--set", "candidates.dense=false",
+                "--set", "sampling.num_negatives=1") == 0
+    queries = [r["query"] for r in read_rows(out / "ntuple.parquet")]
+    q1 = QUERIES[0]["text"]
+    assert queries.count(q1) == 2
+    first, second = (i for i, q in enumerate(queries) if q == q1)
+    assert second - first == len(set(queries)), queries  # one full pass over the queries between them

@@ -210,7 +210,9 @@ def test_sample_positive_aware_only_below_ratio_of_positive_probability():
     chosen = sample(kept, pos, _scfg(strategy="positive-aware", num_negatives=2, positive_aware_ratio=0.95), "q")
     assert _sig(0.9) > 0.95 * _sig(pos) > _sig(0.8)
     assert [c.doc for c in chosen] == [2, 3]  # best two under the limit
-    assert [c.fate for c in kept] == ["not_sampled", "not_sampled", "kept", "kept", "not_sampled", "not_sampled"]
+    # above the ratio: rejected by the positive-aware rule, named as such; below it but not chosen: not_sampled
+    assert [c.fate for c in kept] == ["filtered:positive_aware", "filtered:positive_aware", "kept", "kept",
+                                      "not_sampled", "not_sampled"]
     for c in chosen:
         assert _sig(c.ce_score) < 0.95 * _sig(pos)
 
@@ -419,3 +421,16 @@ def test_missing_or_invalid_toml(tmp_path):
         load_config(tmp_path / "nope.toml")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(_toml(tmp_path, "[data\nname = 1\n"))
+
+
+def test_sample_simans_with_underflowing_weights_takes_the_nearest():
+    """A huge simans_a underflows all but the nearest weights; sampling still returns n negatives."""
+    kept = _cands([3.0, 2.9, -8.0, -9.0, -10.0])
+    chosen = sample(kept, 3.0, _scfg(strategy="simans", num_negatives=3, simans_a=5000.0), "q")
+    assert len(chosen) == 3
+    assert {c.doc for c in chosen} >= {0, 1}
+
+
+def test_config_rejects_negative_simans_a():
+    with pytest.raises(ConfigError, match="'sampling.simans_a' must be >= 0"):
+        load_config(overrides=["sampling.simans_a=-1", "cross_encoder.model=x", "sampling.strategy=simans"])
