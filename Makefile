@@ -31,7 +31,8 @@ evaluate: setup
 
 # Train a cross-fitted cross-encoder (2 folds) on SciFact train, then mine with the false-negative filter.
 reranker: setup
-	$(VENV)/bin/hardneg train-reranker --data scifact --split train --folds 2 --max-length 128 --out runs/ce_scifact --overwrite
+	$(VENV)/bin/hardneg train-reranker --data scifact --split train --folds 2 --epochs 3 --lr 1e-4 --negatives 3 \
+		--max-length 128 --eval-split '' --out runs/ce_scifact --overwrite
 
 demo-filtered: setup
 	test -f runs/ce_scifact/folds.json || $(MAKE) reranker

@@ -28,7 +28,7 @@ class RerankerJob:
     split: str = "train"
     out: str = "runs/reranker"
     folds: int = 2
-    negatives: int = 4
+    negatives: int = 3
     bm25_depth: int = 30
     eval_split: str | None = "test"
     eval_depth: int = 100

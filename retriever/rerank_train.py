@@ -34,10 +34,10 @@ class Group:
 @dataclass
 class TrainArgs:
     backbone: str = "default"
-    max_length: int = 256
-    epochs: int = 1
+    max_length: int = 128
+    epochs: int = 3
     groups_per_batch: int = 4
-    lr: float = 3e-5
+    lr: float = 1e-4
     head_lr: float = 1e-3
     warmup_ratio: float = 0.1
     seed: int = 42
