@@ -96,7 +96,7 @@ def test_adi_writes_every_output_file(adi_run):
     assert not list(adi_run.out.glob("*.tmp*")), "temporary files left behind"
     m = adi_run.manifest
     assert m["counts"]["queries"] == 35 and m["counts"]["shards"] == 4 and m["counts"]["shards_resumed"] == 0
-    assert m["models"]["false_negative_filter"] == "on"
+    assert m["models"]["false_negative_filter"] == "on (relative_margin)"  # names the rules that apply
     assert m["models"]["cross_encoder_fingerprint"] and m["models"]["bi_encoder_fingerprint"]
     assert m["config"]["data"] == {**m["config"]["data"], "name": "adi", "split": "test"}
     assert m["config"]["output"]["shard_size"] == 10
@@ -236,7 +236,7 @@ def test_second_run_reuses_score_cache(adi_run, tiny_cross_encoder, env, tmp_pat
     assert m["counts"]["ce_pairs_scored"] == 0
     assert m["timings"]["embedding_cache"] == "hit"
     assert (out / "triples.parquet").read_bytes() == (adi_run.out / "triples.parquet").read_bytes()
-    assert "0 scored now" in (out / "report.md").read_text()
+    assert "of which 0 were scored now" in (out / "report.md").read_text()
 
 
 def test_rerun_into_finished_folder_is_refused(adi_run, tiny_cross_encoder, env, capsys):

@@ -434,3 +434,15 @@ def test_sample_simans_with_underflowing_weights_takes_the_nearest():
 def test_config_rejects_negative_simans_a():
     with pytest.raises(ConfigError, match="'sampling.simans_a' must be >= 0"):
         load_config(overrides=["sampling.simans_a=-1", "cross_encoder.model=x", "sampling.strategy=simans"])
+
+
+def test_filter_state_names_the_rules_or_says_none_apply():
+    from mining_jobs.triples import _filter_state
+
+    cfg = MineConfig()
+    assert _filter_state(cfg, has_ce=False) == "off (no cross-encoder configured)"
+    assert _filter_state(cfg, has_ce=True) == "on (relative_margin)"
+    cfg.filter.relative_margin = None
+    assert _filter_state(cfg, has_ce=True).startswith("on, but no score rule is set")
+    cfg.filter.absolute_margin, cfg.filter.max_score = 1.0, 5.0
+    assert _filter_state(cfg, has_ce=True) == "on (absolute_margin, max_score)"
