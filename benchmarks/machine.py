@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+from mining_jobs.files import versions as package_versions
 
 
 def describe() -> dict[str, object]:
@@ -26,12 +27,7 @@ def describe() -> dict[str, object]:
                 mem_gb = round(int(line.split()[1]) / 1024**2, 1)
     except OSError:
         pass
-    versions = {}
-    for pkg in ("hardneg", "torch", "sentence-transformers", "transformers", "faiss-cpu", "bm25s", "rank-bm25"):
-        try:
-            versions[pkg] = version(pkg)
-        except PackageNotFoundError:
-            versions[pkg] = "not installed"
+    versions = package_versions()
     import torch
 
     return {"cpu": cpu, "simd_flags": flags, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
