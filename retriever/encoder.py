@@ -138,7 +138,6 @@ class Encoder:
                  query_prompt: str = "", doc_prompt: str = "", normalize: bool = True,
                  max_seq_length: int | None = None, device: str = "cpu") -> None:
         self.model = load_model(model, device) if model is None or isinstance(model, str) else model
-        self.name = model if isinstance(model, str) else (DEFAULT_MODEL if model is None else type(model).__name__)
         if max_seq_length is not None:
             self.model.max_seq_length = int(max_seq_length)
         self.device = device

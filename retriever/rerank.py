@@ -57,7 +57,6 @@ class CrossEncoderScorer:
         self.batch_size = batch_size
         self.device = device
         self.bf16 = resolve_bf16(bf16, device)
-        self._tokenizer = getattr(model, "tokenizer", None)
 
     def fingerprint(self) -> str:
         return weights_fingerprint(self.model)
