@@ -100,6 +100,36 @@ def _add_train_reranker(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    import dataclasses
+
+    from .train import TrainConfig
+
+    p = sub.add_parser("train", help="fine-tune a bi-encoder on mined triples",
+                       description="sentence-transformers trainer with MultipleNegativesRankingLoss (or cached), "
+                                   "no duplicate texts in a batch, dev evaluation with the best checkpoint kept, "
+                                   "resumable in the same --out.")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        helptext = f.metadata.get("help")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action="store_true", help=helptext)
+        else:
+            tp = {"int": int, "float": float}.get(str(f.type), str)
+            p.add_argument(flag, type=tp, default=f.default, required=f.name == "triples",
+                           help=(helptext + " " if helptext else "") + f"(default: {f.default!r})")
+
+
+def _add_iterate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("iterate", help="ANCE-style rounds: mine with model r, train model r+1, evaluate",
+                       description="Each round encodes the corpus with the current model, mines with BM25 + "
+                                   "dense + the cross-encoder, trains the next model and evaluates it on dev and "
+                                   "test. Stops when dev drops; resumes a killed loop per round and stage.")
+    p.add_argument("--config", required=True, help="TOML (see examples/ance.toml)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--out", help="loop folder (overrides loop.out)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hardneg", description="Hard-negative mining for dense retrievers.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -109,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_mine(sub)
     _add_train_reranker(sub)
+    _add_train(sub)
+    _add_iterate(sub)
     return parser
 
 
@@ -187,6 +219,32 @@ def _cmd_train_reranker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .train import EVAL_METRICS, TrainConfig, run_training
+
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    s = run_training(cfg)
+    print(f"trained {s['steps']} steps on {s['data']['rows']} examples in {s['seconds']['train']:.0f} s "
+          f"(loss {s['train_loss']:.4f})")
+    if s["best_dev"]:
+        b = s["best_dev"]
+        print(f"best dev (step {b['step']}): " + ", ".join(f"{m} {b[m]:.4f}" for m in EVAL_METRICS))
+    print(f"model written to {s['model']} (README.md is its model card)")
+    return 0
+
+
+def _cmd_iterate(args: argparse.Namespace) -> int:
+    from .iterate import load_loop_config, run_loop
+
+    cfg = load_loop_config(args.config, args.set, out=args.out)
+    result = run_loop(cfg)
+    print(result["table"])
+    print(f"\nbest round: {result['best_round']}; report: {Path(cfg.loop.out) / 'report.md'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
@@ -198,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(level if name != "bm25s" else max(level, logging.WARNING))
     try:
         commands = {"evaluate": _cmd_evaluate, "compare": _cmd_compare, "mine": _cmd_mine,
-                    "train-reranker": _cmd_train_reranker}
+                    "train-reranker": _cmd_train_reranker, "train": _cmd_train, "iterate": _cmd_iterate}
         return commands[args.command](args)
     except (HardnegError, RunFolderError, ValueError, OSError) as exc:  # FileExistsError is an OSError
         print(f"hardneg {args.command}: error: {exc}", file=sys.stderr)

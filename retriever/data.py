@@ -368,9 +368,62 @@ def resolve_data(name_or_path: str) -> Path | str:
     raise DataError(f"--data {name_or_path!r}: no such folder, and not found under {where}{known}")
 
 
+DEV_FRACTION = 0.15
+CARVED_PARTS = ("fit", "dev")
+
+
+def parse_split(split: str) -> tuple[str, str | None, float]:
+    """``"train"`` -> ``("train", None, 0)``; ``"train:dev"`` / ``"train:fit"`` (optionally ``"train:dev:0.2"``)
+    -> the base split, the carved part and the dev fraction.
+
+    Raises:
+        DataError: an unknown part or a fraction outside (0, 1).
+    """
+    parts = split.split(":")
+    if len(parts) == 1:
+        return split, None, 0.0
+    if len(parts) > 3 or parts[1] not in CARVED_PARTS:
+        raise DataError(f"split {split!r}: expected SPLIT, SPLIT:dev, SPLIT:fit or SPLIT:dev:FRACTION "
+                        f"(e.g. 'train:dev' holds out {DEV_FRACTION:.0%} of train's queries)")
+    try:
+        frac = float(parts[2]) if len(parts) == 3 else DEV_FRACTION
+    except ValueError:
+        frac = -1.0
+    if not 0.0 < frac < 1.0:
+        raise DataError(f"split {split!r}: the dev fraction must be a number between 0 and 1")
+    return parts[0], parts[1], frac
+
+
+def in_dev(query_id: str, fraction: float) -> bool:
+    """Deterministic, order-free membership of a query in the carved dev part (a hash of its id)."""
+    h = int.from_bytes(hashlib.blake2b(query_id.encode(), digest_size=8, person=b"hardneg-dev").digest(), "big")
+    return h / 2**64 < fraction
+
+
+def carve(col: Collection, part: str, fraction: float, split: str) -> Collection:
+    """Keep the queries (and their judgments) of one carved part of ``col``: ``dev`` holds about ``fraction``
+    of the queries, ``fit`` the rest; the two never share a query and together make the whole split."""
+    keep = {q for q in col.qrels if in_dev(q, fraction) == (part == "dev")}
+    if not keep:
+        raise DataError(f"split {split!r}: no query of {col.split!r} falls in the {part} part; "
+                        "use a larger dev fraction or the whole split")
+    qrels = {q: v for q, v in col.qrels.items() if q in keep}
+    queries = {q: t for q, t in col.queries.items() if q in keep}
+    stats = {**col.stats, "split_queries": len(queries), "qrels": sum(len(v) for v in qrels.values()),
+             "carved_from": col.split, "dev_fraction": fraction}
+    return Collection(col.name, split, col.corpus, queries, qrels, col.source, stats)
+
+
 def load_collection(name_or_path: str, split: str = "test") -> Collection:
-    """Load ``--data`` (a path, a name under ``$HARDNEG_DATA``, or a hub id) for one split."""
+    """Load ``--data`` (a path, a name under ``$HARDNEG_DATA``, or a hub id) for one split.
+
+    ``split`` may name a part carved from a split: ``train:dev`` (15% of train's queries, chosen by a hash
+    of their ids) and ``train:fit`` (the other 85%), for tuning without touching the test split.
+    """
+    base, part, frac = parse_split(split)
     resolved = resolve_data(name_or_path)
     if isinstance(resolved, Path):
-        return load_beir(resolved, split, name=resolved.name)
-    return load_hf_beir(resolved, split)
+        col = load_beir(resolved, base, name=resolved.name)
+    else:
+        col = load_hf_beir(resolved, base)
+    return carve(col, part, frac, split) if part else col

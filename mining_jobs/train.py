@@ -1,0 +1,401 @@
+"""The fine-tuning job: train a bi-encoder on mined triples with the sentence-transformers trainer.
+
+MultipleNegativesRankingLoss (or its cached variant for large effective batches), batches without duplicate
+texts, bf16 where the CPU supports it, seeded, checkpoints with resume, evaluation on a dev split with the
+project's own metrics, the best checkpoint kept, and a model folder whose README names the data, the mining
+config and the metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from retriever import metrics as M
+from retriever.data import Collection, load_collection
+from retriever.encoder import load_model, resolve_bf16, resolve_model_name
+from retriever.errors import HardnegError
+from retriever.progress import show_progress
+
+from .files import versions, write_json, write_text
+
+logger = logging.getLogger(__name__)
+
+EVAL_METRICS = ("ndcg@10", "mrr@10", "recall@100")
+LOSSES = ("mnrl", "cached-mnrl")
+
+
+class TrainError(HardnegError, ValueError):
+    """Bad training input or settings; the message names the option."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of ``hardneg train``; each field is a command-line option (``--base-model`` for base_model)."""
+
+    triples: str = field(default="", metadata={"help": "a mining run folder (its triples.parquet) or a parquet "
+                                                       "file with query, positive and negatives columns"})
+    out: str = "runs/train"
+    base_model: str = "default"
+    negatives: int = field(default=1, metadata={"help": "hard negatives per example (0 = in-batch negatives only)"})
+    loss: str = "mnrl"
+    mini_batch_size: int = field(default=16, metadata={"help": "cached-mnrl: examples per forward pass"})
+    batch_size: int = 32
+    epochs: float = 1.0
+    max_steps: int = field(default=-1, metadata={"help": "stop after this many steps (-1 = epochs decide)"})
+    lr: float = 2e-5
+    warmup_ratio: float = 0.1
+    scale: float = 20.0
+    max_seq_length: int = field(default=128, metadata={"help": "token limit while training (the saved model "
+                                                                "keeps the base model's limit for encoding)"})
+    seed: int = 42
+    bf16: str = "auto"
+    dev_data: str = field(default="", metadata={"help": "collection of the dev split ('' = no evaluation)"})
+    dev_split: str = "train:dev"
+    dev_corpus: str = field(default="pooled", metadata={"help": "'full' corpus or 'pooled' (dev positives + "
+                                                                 "BM25 top dev_pool_depth of each dev query)"})
+    dev_pool_depth: int = 100
+    eval_steps: int = field(default=0, metadata={"help": "evaluate and checkpoint every N steps (0 = per epoch)"})
+    save_total_limit: int = 2
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        if not self.triples:
+            raise TrainError("--triples: name a mining run folder or a parquet file")
+        if self.loss not in LOSSES:
+            raise TrainError(f"--loss {self.loss!r}: expected one of {', '.join(LOSSES)}")
+        for name in ("batch_size", "max_seq_length", "mini_batch_size", "dev_pool_depth"):
+            if getattr(self, name) < 1:
+                raise TrainError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.negatives < 0:
+            raise TrainError(f"--negatives must be >= 0, got {self.negatives}")
+        if self.lr <= 0 or not np.isfinite(self.lr):
+            raise TrainError(f"--lr must be a positive number, got {self.lr}")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise TrainError("--epochs must be > 0 (or give --max-steps)")
+        if self.dev_corpus not in ("full", "pooled"):
+            raise TrainError(f"--dev-corpus {self.dev_corpus!r}: expected full or pooled")
+
+    def fingerprint(self) -> str:
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("out", "overwrite")}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def _triples_path(triples: str) -> Path:
+    p = Path(triples)
+    if p.is_dir():
+        if not (p / "triples.parquet").is_file():
+            raise TrainError(f"--triples {p}: no triples.parquet there (is it a finished `hardneg mine` run?)")
+        return p / "triples.parquet"
+    if not p.is_file():
+        raise TrainError(f"--triples {p}: no such folder or file")
+    return p
+
+
+def load_examples(triples: str, negatives: int) -> tuple[dict[str, list[str]], dict[str, object]]:
+    """Training columns ``query, positive, negative_1..n`` from a triples table.
+
+    Accepts the mining job's ``triples.parquet`` (a list column ``negatives``) or a table whose text
+    columns are already ``query, positive, negative...`` (the sentence-transformers miner's output).
+    Rows with fewer than ``negatives`` negatives are dropped and counted.
+    """
+    path = _triples_path(triples)
+    table = pq.read_table(path)
+    cols = table.column_names
+    info: dict[str, object] = {"path": str(path), "rows_in": table.num_rows}
+    if "query" not in cols:
+        raise TrainError(f"--triples {path}: no 'query' column (columns: {', '.join(cols)})")
+    pos_col = "positive" if "positive" in cols else ("answer" if "answer" in cols else None)
+    if pos_col is None:
+        raise TrainError(f"--triples {path}: no 'positive' column (columns: {', '.join(cols)})")
+    queries = table.column("query").to_pylist()
+    pos = table.column(pos_col).to_pylist()
+    if "negatives" in cols:
+        negs = table.column("negatives").to_pylist()
+    else:
+        neg_cols = [c for c in cols if c.startswith("negative") and c not in ("negative_ids", "negative_scores",
+                                                                               "negative_sources")]
+        negs = [list(r) for r in zip(*(table.column(c).to_pylist() for c in neg_cols), strict=True)] \
+            if neg_cols else [[] for _ in queries]
+    keep = [i for i in range(len(queries)) if len(negs[i]) >= negatives and queries[i] and pos[i]]
+    if not keep:
+        raise TrainError(f"--triples {path}: no row has {negatives} negatives (lower --negatives)")
+    data = {"query": [queries[i] for i in keep], "positive": [pos[i] for i in keep]}
+    for j in range(negatives):
+        data[f"negative_{j + 1}"] = [negs[i][j] for i in keep]
+    info.update({"rows": len(keep), "rows_dropped_few_negatives": len(queries) - len(keep)})
+    if "query_id" in cols:
+        ids = table.column("query_id").to_pylist()
+        info["query_ids"] = sorted({ids[i] for i in keep})
+    manifest = path.parent / "manifest.json"
+    if manifest.is_file():
+        m = json.loads(manifest.read_text())
+        inp = m.get("input") or {}
+        info["mining"] = {"collection": {k: inp.get(k) for k in ("name", "source", "fingerprint")},
+                          "config": m.get("config")}
+    return data, info
+
+
+def check_dev_leak(col: Collection, info: dict) -> None:
+    """Refuse a dev split whose queries are among the training queries (their metrics would be inflated)."""
+    ids = set(info.get("query_ids") or ())
+    same = (info.get("mining") or {}).get("collection", {}).get("name") in (None, col.name)
+    leaked = sorted(ids & set(col.queries)) if same else []
+    if leaked:
+        raise TrainError(f"--dev-split {col.split!r}: {len(leaked)} of its {len(col.queries)} queries are in the "
+                         f"training triples (e.g. {leaked[0]!r}); mine from a part without them (e.g. "
+                         "--split train:fit with --dev-split train:dev)")
+
+
+# ---------------------------------------------------------------------------------------------- dev evaluation
+
+
+def _base_evaluator():
+    try:
+        from sentence_transformers.sentence_transformer.evaluation import BaseEvaluator
+        return BaseEvaluator
+    except ImportError:  # sentence-transformers < 6
+        from sentence_transformers.evaluation import SentenceEvaluator
+        return SentenceEvaluator
+
+
+def pooled_doc_ids(col: Collection, depth: int) -> list[str]:
+    """The dev positives plus the BM25 top ``depth`` of every dev query, in corpus order."""
+    from retriever.bm25 import BM25Index
+
+    doc_ids = col.doc_ids
+    index = BM25Index("bm25s").index(doc_ids, col.doc_texts(), show_progress=False)
+    run = index.search(list(col.queries.values()), k=depth, query_ids=list(col.queries), show_progress=False)
+    keep = {d for judged in col.qrels.values() for d in judged}
+    keep |= {d for ranking in run.values() for d in ranking}
+    return [d for d in doc_ids if d in keep]
+
+
+class RetrievalEvaluator(_base_evaluator()):
+    """Dev-split evaluation with the project's metrics (trec_eval semantics) for the trainer.
+
+    Encodes the (full or pooled) corpus and the dev queries with the model under training at
+    ``max_seq_length``, searches exactly, and returns ``{name}_ndcg@10``, ``_mrr@10``, ``_recall@100``.
+    """
+
+    def __init__(self, col: Collection, doc_ids: list[str] | None = None, name: str = "dev",
+                 max_seq_length: int | None = None, batch_size: int = 64, bf16: bool = False) -> None:
+        super().__init__()
+        self.name = name
+        self.col = col
+        texts = dict(zip(col.doc_ids, col.doc_texts(), strict=True))
+        self.doc_ids = doc_ids if doc_ids is not None else col.doc_ids
+        self.doc_texts = [texts[d] for d in self.doc_ids]
+        self.max_seq_length = max_seq_length
+        self.batch_size = batch_size
+        self.bf16 = bf16
+        self.primary_metric = "ndcg@10"
+        self.greater_is_better = True
+        self.history: list[dict[str, float]] = []
+
+    def evaluate(self, model) -> dict[str, float]:
+        import contextlib
+
+        import torch
+
+        old = model.max_seq_length
+        if self.max_seq_length:
+            model.max_seq_length = self.max_seq_length
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        try:
+            with torch.inference_mode(), ctx:
+                d = model.encode(self.doc_texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                 convert_to_numpy=True, show_progress_bar=show_progress())
+                q = model.encode(list(self.col.queries.values()), batch_size=self.batch_size,
+                                 normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        finally:
+            model.max_seq_length = old
+        scores = np.asarray(q, dtype=np.float32) @ np.asarray(d, dtype=np.float32).T
+        k = min(100, scores.shape[1])
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        run = {}
+        for i, qid in enumerate(self.col.queries):
+            idx = top[i][np.argsort(-scores[i, top[i]], kind="stable")]
+            run[qid] = {self.doc_ids[j]: float(scores[i, j]) for j in idx}
+        return M.evaluate(self.col.qrels, run, EVAL_METRICS)
+
+    def __call__(self, model, output_path: str | None = None, epoch: float = -1, steps: int = -1
+                 ) -> dict[str, float]:
+        t0 = time.perf_counter()
+        result = self.evaluate(model)
+        self.history.append({"epoch": float(epoch), "step": int(steps), **result,
+                             "seconds": time.perf_counter() - t0})
+        logger.info("dev at step %s: %s", steps, ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        self.primary_metric = "ndcg@10"
+        return self.prefix_name_to_metrics(result, self.name)
+
+
+# ---------------------------------------------------------------------------------------------- the job
+
+
+def _prepare(out: Path, cfg: TrainConfig) -> bool:
+    """Create ``out`` or check it holds the same unfinished job; returns whether to resume."""
+    state = out / "train.json"
+    if state.is_file():
+        old = json.loads(state.read_text())
+        same = old.get("fingerprint") == cfg.fingerprint()
+        if cfg.overwrite:
+            shutil.rmtree(out)
+        elif not same:
+            raise TrainError(f"{out} holds a training job with different settings; pass --overwrite or "
+                             "choose another --out")
+        elif (out / "metrics.json").is_file():
+            raise TrainError(f"{out} already holds this finished model; pass --overwrite to train again")
+        else:
+            return any((out / "checkpoints").glob("checkpoint-*"))
+    elif out.exists() and any(out.iterdir()):
+        raise TrainError(f"{out} is not empty and holds no hardneg training job (no train.json)")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(state, {"fingerprint": cfg.fingerprint(), "config": dataclasses.asdict(cfg), "created": time.time()})
+    return False
+
+
+def run_training(cfg: TrainConfig, model=None) -> dict:
+    """Train (or resume training) into ``cfg.out``; returns the summary also written to ``metrics.json``.
+
+    ``model``: an already loaded SentenceTransformer to fine-tune in place of ``cfg.base_model``.
+    """
+    cfg.validate()
+    out = Path(cfg.out)
+    t_start = time.perf_counter()
+    data, data_info = load_examples(cfg.triples, cfg.negatives)
+    dev_col = None
+    if cfg.dev_data:
+        dev_col = load_collection(cfg.dev_data, cfg.dev_split)
+        check_dev_leak(dev_col, data_info)
+    resume = _prepare(out, cfg)
+
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments, losses
+    from transformers import TrainerCallback
+
+    try:
+        from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+    except ImportError:  # sentence-transformers < 6
+        from sentence_transformers.training_args import BatchSamplers
+
+    torch.manual_seed(cfg.seed)
+    model = model if model is not None else load_model(cfg.base_model)
+    encode_len = int(model.max_seq_length)
+    model.max_seq_length = cfg.max_seq_length
+    bf16 = resolve_bf16(cfg.bf16)
+    train_ds = Dataset.from_dict(data)
+    if cfg.loss == "mnrl":
+        loss = losses.MultipleNegativesRankingLoss(model, scale=cfg.scale)
+    else:
+        loss = losses.CachedMultipleNegativesRankingLoss(model, scale=cfg.scale, mini_batch_size=cfg.mini_batch_size,
+                                                         show_progress_bar=False)
+    evaluator = None
+    dev_info: dict[str, object] = {}
+    if dev_col is not None:
+        col = dev_col
+        pool = pooled_doc_ids(col, cfg.dev_pool_depth) if cfg.dev_corpus == "pooled" else None
+        evaluator = RetrievalEvaluator(col, pool, "dev", max_seq_length=encode_len, bf16=bf16)
+        dev_info = {"data": cfg.dev_data, "split": cfg.dev_split, "queries": len(col.queries),
+                    "corpus": cfg.dev_corpus, "documents": len(evaluator.doc_ids)}
+    steps_per_epoch = max(1, len(train_ds) // cfg.batch_size)
+    eval_steps = cfg.eval_steps or steps_per_epoch
+    strategy = "steps"
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(out / "checkpoints"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        learning_rate=cfg.lr, warmup_ratio=cfg.warmup_ratio, seed=cfg.seed, data_seed=cfg.seed, bf16=bf16,
+        use_cpu=True, batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy=strategy, save_steps=eval_steps,
+        save_total_limit=cfg.save_total_limit, eval_strategy=strategy if evaluator else "no",
+        eval_steps=eval_steps if evaluator else None, load_best_model_at_end=evaluator is not None,
+        metric_for_best_model="eval_dev_ndcg@10" if evaluator else None, greater_is_better=True,
+        report_to="none", disable_tqdm=not show_progress(), logging_steps=max(1, min(10, steps_per_epoch)),
+        dataloader_drop_last=False, save_only_model=False)
+
+    log: list[dict] = []
+
+    class _Log(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):  # noqa: ARG002
+            if logs:
+                log.append({"step": state.global_step, **logs})
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_ds, loss=loss,
+                                             evaluator=evaluator, callbacks=[_Log()])
+        if resume:
+            logger.info("resuming training from the last checkpoint in %s", out / "checkpoints")
+        t0 = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=True if resume else None)
+        train_s = time.perf_counter() - t0
+    model.max_seq_length = encode_len
+    model_dir = out / "model"
+    model.save(str(model_dir))
+    best = trainer.state.best_model_checkpoint
+    summary = {
+        "model": str(model_dir), "base_model": resolve_model_name(cfg.base_model) if isinstance(cfg.base_model, str)
+        else str(cfg.base_model), "config": dataclasses.asdict(cfg),
+        "data": {k: v for k, v in data_info.items() if k != "query_ids"}, "dev": dev_info,
+        "steps": trainer.state.global_step, "train_loss": float(result.training_loss),
+        "best_checkpoint": Path(best).name if best else None,
+        "best_dev": _best(evaluator.history) if evaluator else None,
+        "dev_history": evaluator.history if evaluator else [], "bf16": bf16, "resumed": resume,
+        "seconds": {"train": train_s, "total": time.perf_counter() - t_start}, "versions": versions(),
+    }
+    write_json(out / "log.json", log)
+    write_text(model_dir / "README.md", model_card(summary))
+    if os.environ.get("HARDNEG_KEEP_CHECKPOINTS", "") != "1":
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    write_json(out / "metrics.json", summary)  # written last: marks the job finished
+    return summary
+
+
+def _best(history: list[dict[str, float]]) -> dict[str, float] | None:
+    return max(history, key=lambda h: h["ndcg@10"]) if history else None
+
+
+def model_card(s: dict) -> str:
+    """A model card naming the base model, the mined data and its mining config, the training settings and
+    the dev metrics."""
+    c = s["config"]
+    mining = (s["data"].get("mining") or {})
+    lines = [
+        "---", "library_name: sentence-transformers", "tags: [sentence-transformers, hardneg, hard-negatives]",
+        "---", "", "# Bi-encoder fine-tuned on hard negatives mined by hardneg", "",
+        f"- Base model: `{s['base_model']}`",
+        f"- Training data: `{s['data']['path']}`: {s['data']['rows']} examples "
+        f"({s['data']['rows_dropped_few_negatives']} rows with fewer than {c['negatives']} negatives dropped)",
+        f"- Loss: {c['loss']} (scale {c['scale']}), batch {c['batch_size']} without duplicate texts, "
+        f"{c['negatives']} hard negative(s) per example, lr {c['lr']}, warmup {c['warmup_ratio']}, "
+        f"epochs {c['epochs']}, {s['steps']} steps, max_seq_length {c['max_seq_length']} while training, "
+        f"seed {c['seed']}, bf16 {s['bf16']}",
+    ]
+    if mining:
+        lines += ["", "## Mining", "", f"Collection: `{json.dumps(mining.get('collection'))}`", "",
+                  "```json", json.dumps(mining.get("config"), indent=2), "```"]
+    if s["dev_history"]:
+        lines += ["", f"## Dev metrics ({s['dev']['data']} / {s['dev']['split']}, {s['dev']['queries']} queries, "
+                      f"{s['dev']['corpus']} corpus of {s['dev']['documents']} documents)", "",
+                  "| step | " + " | ".join(EVAL_METRICS) + " |", "|---|" + "---|" * len(EVAL_METRICS)]
+        for h in s["dev_history"]:
+            lines.append(f"| {h['step']} | " + " | ".join(f"{h[m]:.4f}" for m in EVAL_METRICS) + " |")
+        lines += ["", f"Kept: {s['best_checkpoint'] or 'the final weights'} (best dev nDCG@10)."]
+    lines += ["", "## Use", "", "```python", "from sentence_transformers import SentenceTransformer",
+              "model = SentenceTransformer('PATH_TO_THIS_FOLDER')", "```", ""]
+    return "\n".join(lines)
