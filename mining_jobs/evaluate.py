@@ -169,3 +169,25 @@ def format_table(results: dict[str, dict[str, float]], col: Collection | None = 
                        f"{M.randomization_test(per_q[base]['ndcg@10'], per_q[n]['ndcg@10'])['p_value']:.4f}")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def evaluate_model(model, data: str, splits: list[str], metrics: tuple[str, ...] = ("ndcg@10", "mrr@10", "recall@100"),
+                   bf16: str = "auto", batch_size: int = 64, query_prompt: str = "", doc_prompt: str = "",
+                   cache_dir: str | None = None, top_k: int = 100) -> dict[str, dict]:
+    """Dense retrieval with ``model`` (loaded or a name/path) on several splits of one collection, exact
+    search, the corpus encoded once through the embedding cache. Returns ``{split: {"metrics", "per_query"}}``.
+    """
+    enc = Encoder(model, bf16=bf16, batch_size=batch_size, query_prompt=query_prompt, doc_prompt=doc_prompt)
+    out: dict[str, dict] = {}
+    index = None
+    for split in splits:
+        col = load_collection(data, split)
+        if index is None:
+            emb, info = encode_corpus(enc, col.doc_texts(), col.fingerprint(), EmbeddingCache(cache_dir))
+            index = DenseIndex("flat").add(col.doc_ids, emb)
+        run = index.search(enc.encode_queries(list(col.queries.values()), show_progress=False), k=top_k,
+                           query_ids=list(col.queries))
+        per_q = M.per_query(col.qrels, run, metrics)
+        out[split] = {"metrics": {**M.aggregate(per_q), "num_queries": len(col.qrels)}, "per_query": per_q,
+                      "embedding_cache": info["cache"]}
+    return out

@@ -16,7 +16,10 @@ PACKAGES = ("hardneg", "torch", "sentence-transformers", "transformers", "faiss-
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write ``text`` under a temporary name and rename it, so readers never see half a file."""
+    """Write ``text`` under a temporary name and rename it, so readers never see half a file (parent folders
+    are created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -27,6 +30,8 @@ def write_json(path: Path, obj: object) -> None:
 
 
 def write_parquet(table: pa.Table, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(table, tmp, compression="zstd")
     os.replace(tmp, path)

@@ -319,7 +319,7 @@ def run_training(cfg: TrainConfig, model=None) -> dict:
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out / "checkpoints"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
-        learning_rate=cfg.lr, warmup_ratio=cfg.warmup_ratio, seed=cfg.seed, data_seed=cfg.seed, bf16=bf16,
+        learning_rate=cfg.lr, **_warmup(cfg.warmup_ratio), seed=cfg.seed, data_seed=cfg.seed, bf16=bf16,
         use_cpu=True, batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy=strategy, save_steps=eval_steps,
         save_total_limit=cfg.save_total_limit, eval_strategy=strategy if evaluator else "no",
         eval_steps=eval_steps if evaluator else None, load_best_model_at_end=evaluator is not None,
@@ -339,6 +339,10 @@ def run_training(cfg: TrainConfig, model=None) -> dict:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_ds, loss=loss,
                                              evaluator=evaluator, callbacks=[_Log()])
+        if not show_progress():
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)  # no raw log dicts on stdout under -q
         if resume:
             logger.info("resuming training from the last checkpoint in %s", out / "checkpoints")
         t0 = time.perf_counter()
@@ -364,6 +368,14 @@ def run_training(cfg: TrainConfig, model=None) -> dict:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     write_json(out / "metrics.json", summary)  # written last: marks the job finished
     return summary
+
+
+def _warmup(ratio: float) -> dict[str, float]:
+    """transformers >= 5 takes the warmup ratio as a float ``warmup_steps`` (``warmup_ratio`` is deprecated)."""
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    return {"warmup_steps": float(ratio)} if major >= 5 else {"warmup_ratio": ratio}
 
 
 def _best(history: list[dict[str, float]]) -> dict[str, float] | None:

@@ -92,3 +92,30 @@ def read_manifest(out: Path) -> dict:
 
 def read_rows(path: Path) -> list[dict]:
     return pq.read_table(path).to_pylist()
+
+
+def build_tiny_bi_encoder(folder: Path) -> Path:
+    """A 2-layer, 32-wide BERT with mean pooling and normalisation, random weights (seed 0), the packaged
+    MiniLM's tokenizer, saved as a sentence-transformers folder (max_seq_length 64)."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from retriever.encoder import default_model_path
+
+    tok = AutoTokenizer.from_pretrained(default_model_path())
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64)
+    torch.manual_seed(0)
+    raw = folder.parent / f"{folder.name}_backbone"
+    BertModel(config).save_pretrained(raw)
+    tok.save_pretrained(raw)
+    st = SentenceTransformer(modules=[models.Transformer(str(raw), max_seq_length=64), models.Pooling(32, "mean"),
+                                      models.Normalize()], device="cpu")
+    st.save(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bi_encoder(tmp_path_factory) -> Path:
+    return build_tiny_bi_encoder(tmp_path_factory.mktemp("tiny_bi") / "model")

@@ -1,0 +1,376 @@
+"""ANCE-style rounds: mine with model r (BM25 + dense(model r) + cross-encoder), train model r+1, evaluate.
+
+Layout of the loop folder::
+
+    loop.json                the resolved config and its fingerprint
+    round_0/eval.json        the starting model on dev and test
+    round_R/mine/            a `hardneg mine` run (candidates from model R-1)
+    round_R/train/           a `hardneg train` run (model R in train/model)
+    round_R/eval.json        model R on dev and test
+    round_R/round.json       the round's manifest: metrics, counts, churn, time per stage (marks it finished)
+    report.md, metrics.png   per-round table and plot
+
+Every stage writes its completion marker last, so a killed loop resumes at the first unfinished stage (and
+the mining stage itself resumes per shard). The corpus embeddings of model R are computed once, by its
+evaluation, and reused through the embedding cache by round R+1's mining; cross-encoder scores of pairs seen
+in an earlier round come from the score cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import signal
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from retriever.errors import HardnegError
+
+from .config import ConfigError, MineConfig, from_dict, parse_override
+from .evaluate import evaluate_model
+from .files import versions, write_json, write_parquet, write_text
+from .train import EVAL_METRICS, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+FAULT_ENV = "HARDNEG_FAULT_AFTER"  # test hook: "round2:mine" kills the process (SIGKILL) after that stage
+
+
+class LoopError(HardnegError):
+    """The loop folder holds a different loop, or the loop config is invalid."""
+
+
+@dataclass
+class LoopSection:
+    out: str = "runs/ance"
+    rounds: int = 3
+    base_model: str = "default"
+    mode: str = "warm"  # warm: round R+1 fine-tunes model R; restart: base model on the union of all negatives
+    patience: int = 1  # stop after this many rounds without a better dev nDCG@10
+    data: str = "scifact"
+    dev_split: str = "train:dev"
+    test_split: str = "test"  # "" = no test evaluation
+    overwrite: bool = False
+
+
+@dataclass
+class LoopConfig:
+    loop: LoopSection = field(default_factory=LoopSection)
+    mine: MineConfig = field(default_factory=MineConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"loop": dataclasses.asdict(self.loop), "mine": self.mine.to_dict(),
+                "train": dataclasses.asdict(self.train)}
+
+    def fingerprint(self) -> str:
+        d = self.to_dict()
+        d["loop"] = {k: v for k, v in d["loop"].items() if k not in ("out", "overwrite", "rounds", "patience")}
+        d["mine"]["output"] = {k: v for k, v in d["mine"]["output"].items() if k not in ("overwrite", "score_cache")}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _set_fields(obj: Any, values: dict[str, Any], where: str) -> None:
+    known = {f.name: f for f in dataclasses.fields(obj)}
+    for k, v in values.items():
+        if k not in known:
+            raise ConfigError(f"{where}: unknown key '{k}'; known keys: {', '.join(known)}")
+        default = getattr(obj, k)
+        if isinstance(default, bool) and not isinstance(v, bool):
+            raise ConfigError(f"{where}.{k}: expected true or false, got {v!r}")
+        if isinstance(default, int | float) and not isinstance(default, bool):
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise ConfigError(f"{where}.{k}: expected a number, got {v!r}")
+            v = type(default)(v) if isinstance(default, float) else v
+        if isinstance(default, str) and not isinstance(v, str):
+            raise ConfigError(f"{where}.{k}: expected a string, got {v!r}")
+        setattr(obj, k, v)
+
+
+def load_loop_config(path: str | os.PathLike | None, overrides: list[str] | None = None,
+                     out: str | None = None) -> LoopConfig:
+    """``[loop]``, ``[train]`` and ``[mine.<section>]`` tables of a TOML file, then ``--set`` overrides
+    (``loop.rounds=2``, ``train.lr=3e-5``, ``mine.filter.relative_margin=0.2``)."""
+    raw: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            raw = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+    for text in overrides or []:
+        section, key, value = parse_override(text)
+        target = raw.setdefault(section, {})
+        parts = key.split(".")
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = value
+    unknown = set(raw) - {"loop", "mine", "train"}
+    if unknown:
+        raise ConfigError(f"{path or 'config'}: unknown section [{sorted(unknown)[0]}]; expected loop, mine, train")
+    cfg = LoopConfig()
+    _set_fields(cfg.loop, raw.get("loop", {}), "loop")
+    cfg.mine = from_dict(raw.get("mine", {}), "mine")
+    train = dict(raw.get("train", {}))
+    for k in ("triples", "out", "base_model", "overwrite"):
+        if k in train:
+            raise ConfigError(f"train.{k}: set by the loop (loop.base_model, loop.out); remove it")
+    _set_fields(cfg.train, train, "train")
+    if out:
+        cfg.loop.out = out
+    lp = cfg.loop
+    if lp.rounds < 1:
+        raise ConfigError(f"loop.rounds must be >= 1, got {lp.rounds}")
+    if lp.mode not in ("warm", "restart"):
+        raise ConfigError(f"loop.mode {lp.mode!r}: expected warm or restart")
+    if lp.patience < 1:
+        raise ConfigError(f"loop.patience must be >= 1, got {lp.patience}")
+    if not lp.dev_split:
+        raise ConfigError("loop.dev_split: the loop needs a dev split to choose the best round")
+    if not cfg.mine.candidates.dense:
+        raise ConfigError("mine.candidates.dense: the loop mines with the current model; it must be true")
+    cfg.mine.data.name = cfg.mine.data.name if "name" in raw.get("mine", {}).get("data", {}) else lp.data
+    if "split" not in raw.get("mine", {}).get("data", {}):
+        cfg.mine.data.split = "train:fit"
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+
+def _fault(stage: str) -> None:
+    if os.environ.get(FAULT_ENV) == stage:
+        logger.warning("%s=%s: killing this process", FAULT_ENV, stage)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _prepare(out: Path, cfg: LoopConfig) -> None:
+    state = out / "loop.json"
+    if state.is_file():
+        old = json.loads(state.read_text())
+        if old.get("fingerprint") == cfg.fingerprint():
+            logger.info("resuming the loop in %s", out)
+            write_json(state, {**old, "config": cfg.to_dict()})
+            return
+        if not cfg.loop.overwrite:
+            raise LoopError(f"{out} holds a loop with a different config; set loop.overwrite=true or choose "
+                            "another --out")
+        import shutil
+
+        shutil.rmtree(out)
+    elif out.exists() and any(out.iterdir()):
+        raise LoopError(f"{out} is not empty and holds no hardneg loop (no loop.json)")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(state, {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict(), "created": time.time(),
+                       "versions": versions()})
+
+
+def _evaluate(cfg: LoopConfig, model: str, path: Path) -> dict:
+    if path.is_file():
+        return json.loads(path.read_text())
+    t0 = time.perf_counter()
+    splits = [cfg.loop.dev_split] + ([cfg.loop.test_split] if cfg.loop.test_split else [])
+    c = cfg.mine.candidates
+    ev = evaluate_model(model, cfg.mine.data.name, splits, EVAL_METRICS, bf16=c.bf16, batch_size=c.batch_size,
+                        query_prompt=c.query_prompt, doc_prompt=c.doc_prompt)
+    result = {"model": model, "splits": ev, "seconds": time.perf_counter() - t0}
+    write_json(path, result)
+    return result
+
+
+def _negatives(mine_dir: Path) -> set[tuple[str, str]]:
+    t = pq.read_table(mine_dir / "triples.parquet", columns=["query_id", "negative_ids"])
+    return {(q, d) for q, negs in zip(t["query_id"].to_pylist(), t["negative_ids"].to_pylist(), strict=True)
+            for d in negs}
+
+
+def _union_triples(mine_dirs: list[Path], dest: Path) -> Path:
+    """One row per (query, positive) with the negatives of every round so far (latest round first, no repeats)."""
+    if dest.is_file():
+        return dest
+    rows: dict[tuple[str, str], dict] = {}
+    for d in reversed(mine_dirs):
+        t = pq.read_table(d / "triples.parquet", columns=["query_id", "query", "positive_id", "positive",
+                                                          "negative_ids", "negatives"]).to_pylist()
+        for r in t:
+            key = (r["query_id"], r["positive_id"])
+            row = rows.setdefault(key, {"query_id": r["query_id"], "query": r["query"], "positive": r["positive"],
+                                        "negative_ids": [], "negatives": []})
+            for nid, ntext in zip(r["negative_ids"], r["negatives"], strict=True):
+                if nid not in row["negative_ids"]:
+                    row["negative_ids"].append(nid)
+                    row["negatives"].append(ntext)
+    write_parquet(pa.Table.from_pylist(list(rows.values())), dest)
+    return dest
+
+
+def run_round(cfg: LoopConfig, out: Path, r: int, prev_model: str, history: list[dict]) -> dict:
+    rdir = out / f"round_{r}"
+    marker = rdir / "round.json"
+    if marker.is_file():
+        return json.loads(marker.read_text())
+    rdir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    # 1. mine with the previous round's model
+    from .mine import run_mining
+
+    mcfg = MineConfig(**{k: dataclasses.replace(getattr(cfg.mine, k)) for k in
+                         ("data", "candidates", "exclusion", "cross_encoder", "filter", "sampling", "output")})
+    mcfg.candidates.model = prev_model
+    mine_dir = rdir / "mine"
+    t0 = time.perf_counter()
+    if (mine_dir / "manifest.json").is_file():
+        manifest = json.loads((mine_dir / "manifest.json").read_text())
+    else:
+        manifest = run_mining(mcfg, mine_dir)
+    timings["mine_s"] = time.perf_counter() - t0
+    _fault(f"round{r}:mine")
+    # 2. train model r
+    if cfg.loop.mode == "restart" and r > 1:
+        triples = _union_triples([out / f"round_{k}" / "mine" for k in range(1, r + 1)], rdir / "union.parquet")
+        base = cfg.loop.base_model
+    else:
+        triples, base = mine_dir, prev_model
+    tcfg = dataclasses.replace(cfg.train, triples=str(triples), out=str(rdir / "train"), base_model=base,
+                               overwrite=False)
+    t0 = time.perf_counter()
+    tm = rdir / "train" / "metrics.json"
+    if tm.is_file():
+        train = json.loads(tm.read_text())
+    else:
+        from .train import run_training
+
+        train = run_training(tcfg)
+    timings["train_s"] = time.perf_counter() - t0
+    _fault(f"round{r}:train")
+    # 3. evaluate model r on dev and test
+    t0 = time.perf_counter()
+    ev = _evaluate(cfg, train["model"], rdir / "eval.json")
+    timings["eval_s"] = time.perf_counter() - t0
+    churn = None
+    if r > 1:
+        prev, cur = _negatives(out / f"round_{r - 1}" / "mine"), _negatives(mine_dir)
+        churn = {"previous": len(prev), "current": len(cur), "retained": len(prev & cur),
+                 "retained_share": len(prev & cur) / len(prev) if prev else None}
+    fates = manifest["counts"]["fates"]
+    result = {
+        "round": r, "model": train["model"], "started_from": base, "mode": cfg.loop.mode,
+        "metrics": {s: v["metrics"] for s, v in ev["splits"].items()},
+        "negatives": {"kept": fates.get("kept", 0),
+                      "filtered": sum(v for k, v in fates.items() if k.startswith("filtered")),
+                      "sampled": sum(len(x) for x in pq.read_table(mine_dir / "triples.parquet",
+                                                                   columns=["negative_ids"])["negative_ids"].to_pylist()),
+                      "ce_pairs": manifest["counts"]["ce_pairs"], "ce_pairs_scored": manifest["counts"]["ce_pairs_scored"],
+                      "embedding_cache": manifest["timings"].get("embedding_cache")},
+        "churn": churn, "train": {"steps": train["steps"], "loss": train["train_loss"], "rows": train["data"]["rows"]},
+        "timings": {**timings, "mine_stage_detail": manifest["timings"]}, "finished": time.time(),
+    }
+    write_json(marker, result)
+    return result
+
+
+def run_loop(cfg: LoopConfig) -> dict:
+    """Run (or resume) the loop; returns ``{"rounds", "best_round", "table"}`` and writes the report."""
+    out = Path(cfg.loop.out)
+    _prepare(out, cfg)
+    t0 = time.perf_counter()
+    base_eval = _evaluate(cfg, cfg.loop.base_model, out / "round_0" / "eval.json")
+    rounds = [{"round": 0, "model": cfg.loop.base_model,
+               "metrics": {s: v["metrics"] for s, v in base_eval["splits"].items()},
+               "timings": {"eval_s": base_eval["seconds"]}}]
+    best, since_best, stopped = 0, 0, None
+    prev_model = cfg.loop.base_model
+    dev = cfg.loop.dev_split
+    for r in range(1, cfg.loop.rounds + 1):
+        res = run_round(cfg, out, r, prev_model, rounds)
+        rounds.append(res)
+        prev_model = res["model"]
+        if res["metrics"][dev]["ndcg@10"] > rounds[best]["metrics"][dev]["ndcg@10"]:
+            best, since_best = r, 0
+        else:
+            since_best += 1
+            if since_best >= cfg.loop.patience and r < cfg.loop.rounds:
+                stopped = f"dev nDCG@10 did not improve for {since_best} round(s) after round {best}"
+                logger.info("stopping: %s", stopped)
+                break
+    summary = {"rounds": rounds, "best_round": best, "best_model": rounds[best]["model"], "stopped": stopped,
+               "seconds": time.perf_counter() - t0}
+    table = render_table(rounds, cfg)
+    has_png = _plot(rounds, cfg, out / "metrics.png")
+    write_text(out / "report.md", render_report(summary, table, cfg, has_png))
+    write_json(out / "summary.json", summary)
+    return {**summary, "table": table}
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def render_table(rounds: list[dict], cfg: LoopConfig) -> str:
+    splits = [cfg.loop.dev_split] + ([cfg.loop.test_split] if cfg.loop.test_split else [])
+    head = ["round"] + [f"{s} {m}" for s in splits for m in EVAL_METRICS] + \
+        ["neg kept", "neg filtered", "churn (retained)", "mine s", "train s", "eval s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rounds:
+        cells = [str(r["round"]) + (" (base)" if r["round"] == 0 else "")]
+        cells += [f"{r['metrics'][s][m]:.4f}" for s in splits for m in EVAL_METRICS]
+        n = r.get("negatives") or {}
+        ch = r.get("churn")
+        t = r.get("timings", {})
+        cells += [str(n.get("kept", "-")), str(n.get("filtered", "-")),
+                  f"{ch['retained_share']:.1%}" if ch and ch.get("retained_share") is not None else "-",
+                  *(f"{t[k]:.0f}" if k in t else "-" for k in ("mine_s", "train_s", "eval_s"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_report(summary: dict, table: str, cfg: LoopConfig, has_png: bool) -> str:
+    lp = cfg.loop
+    lines = [f"# ANCE loop on {cfg.mine.data.name}", "",
+             f"{len(summary['rounds']) - 1} round(s), mode `{lp.mode}`, base model `{lp.base_model}`, mining split "
+             f"`{cfg.mine.data.split}`, dev `{lp.dev_split}`, test `{lp.test_split or '-'}`. "
+             f"Best round by dev nDCG@10: **{summary['best_round']}** (`{summary['best_model']}`).",
+             "" if not summary["stopped"] else f"\nStopped early: {summary['stopped']}.", "", table, "",
+             "churn (retained): share of the previous round's mined negatives (query, document) mined again.",
+             "neg kept / filtered: candidates that passed / failed the cross-encoder false-negative filter.", ""]
+    if has_png:
+        lines += ["![metrics over rounds](metrics.png)", ""]
+    lines += [f"Total {summary['seconds']:.0f} s in this invocation (finished stages of an earlier one are reused)."]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(rounds: list[dict], cfg: LoopConfig, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed (pip install 'hardneg[plot]'): report without plot")
+        return False
+    splits = [cfg.loop.dev_split] + ([cfg.loop.test_split] if cfg.loop.test_split else [])
+    fig, axes = plt.subplots(1, len(EVAL_METRICS), figsize=(4 * len(EVAL_METRICS), 3.2))
+    xs = [r["round"] for r in rounds]
+    for ax, m in zip(axes, EVAL_METRICS, strict=True):
+        for s in splits:
+            ax.plot(xs, [r["metrics"][s][m] for r in rounds], marker="o", label=s)
+        ax.set_title(m)
+        ax.set_xlabel("round")
+        ax.set_xticks(xs)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True
