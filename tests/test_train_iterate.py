@@ -1,0 +1,316 @@
+"""Fine-tuning (`hardneg train`) and the ANCE loop (`hardneg iterate`) on small real data with tiny models:
+mine -> train -> evaluate -> iterate end to end, resume of a SIGKILLed training and of a loop killed mid-round,
+carved dev splits, and the errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+pytest.register_assert_rewrite("mining_fixtures")
+from mining_fixtures import mine, mining_env, subprocess_env  # noqa: E402
+
+from mining_jobs.cli import main  # noqa: E402
+from mining_jobs.config import ConfigError  # noqa: E402
+from mining_jobs.iterate import load_loop_config  # noqa: E402
+from retriever.data import load_collection  # noqa: E402
+from retriever.errors import DataError  # noqa: E402
+
+pytest_plugins = ("mining_fixtures",)  # tiny_cross_encoder, tiny_bi_encoder, torch_one_thread
+REPO = Path(__file__).resolve().parents[1]
+DEV = "test:dev:0.3"  # adi has only a test split: 35 queries, 82 documents
+FIT = "test:fit:0.3"
+
+
+@pytest.fixture
+def env(monkeypatch, data_root, tmp_path, torch_one_thread):
+    mining_env(monkeypatch, data_root, tmp_path / "cache")
+    return tmp_path
+
+
+def _mined(out: Path, bi: Path, ce: Path) -> Path:
+    assert mine(out, "--data", "adi", "--split", FIT, "--cross-encoder", str(ce), "--set", f"candidates.model={json.dumps(str(bi))}",
+                "--set", "candidates.bm25_k=8", "--set", "candidates.dense_k=8", "--set", "cross_encoder.max_length=64",
+                "--set", "sampling.num_negatives=2") == 0
+    return out
+
+
+def _weights(folder: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------------- carved splits
+
+
+def test_carved_dev_and_fit_partition_the_split(data_root):
+    whole = load_collection(str(data_root / "adi"), "test")
+    dev = load_collection(str(data_root / "adi"), DEV)
+    fit = load_collection(str(data_root / "adi"), FIT)
+    assert set(dev.queries).isdisjoint(fit.queries)
+    assert set(dev.queries) | set(fit.queries) == set(whole.queries)
+    assert 0 < len(dev.queries) < len(fit.queries)
+    assert dev.qrels == {q: whole.qrels[q] for q in dev.queries}
+    # deterministic: the same ids every time, whatever the order of the file
+    assert set(load_collection(str(data_root / "adi"), DEV).queries) == set(dev.queries)
+
+
+@pytest.mark.parametrize(("split", "msg"), [("test:valid", "expected SPLIT, SPLIT:dev"),
+                                            ("test:dev:1.5", "between 0 and 1"),
+                                            ("test:dev:abc", "between 0 and 1")])
+def test_bad_carved_split_is_named(data_root, split, msg):
+    with pytest.raises(DataError, match=msg) as e:
+        load_collection(str(data_root / "adi"), split)
+    assert split in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+
+def test_mine_train_evaluate_end_to_end(env, tiny_bi_encoder, tiny_cross_encoder, capsys):
+    mined = _mined(env / "mine", tiny_bi_encoder, tiny_cross_encoder)
+    out = env / "train"
+    rc = main(["-q", "train", "--triples", str(mined), "--base-model", str(tiny_bi_encoder), "--out", str(out),
+               "--batch-size", "4", "--max-steps", "6", "--eval-steps", "2", "--max-seq-length", "32", "--lr", "1e-3",
+               "--dev-data", "adi", "--dev-split", DEV, "--dev-corpus", "full"])
+    assert rc == 0, capsys.readouterr().err
+    s = json.loads((out / "metrics.json").read_text())
+    assert s["steps"] == 6
+    assert [h["step"] for h in s["dev_history"]] == [2, 4, 6]
+    best = max(s["dev_history"], key=lambda h: h["ndcg@10"])
+    assert s["best_dev"]["ndcg@10"] == best["ndcg@10"]
+    assert s["best_checkpoint"] == f"checkpoint-{best['step']}"
+    # the saved model is the best checkpoint's, and it differs from the base model
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(out / "model"), device="cpu")
+    assert model.max_seq_length == 64  # the base model's encoding limit, not the training limit (32)
+    before, after = _weights(tiny_bi_encoder), _weights(out / "model")
+    assert any(not np.array_equal(before[k], after[k]) for k in before)
+    # evaluating the saved model reproduces the best dev metrics (full corpus, exact search)
+    from mining_jobs.evaluate import evaluate_model
+
+    ev = evaluate_model(str(out / "model"), "adi", [DEV], cache_dir=str(env / "evcache"))
+    assert ev[DEV]["metrics"]["ndcg@10"] == pytest.approx(best["ndcg@10"], abs=1e-4)
+    card = (out / "model" / "README.md").read_text()
+    for needle in (str(tiny_bi_encoder), "triples.parquet", "relative_margin", "Dev metrics", "adi", "ndcg@10"):
+        assert needle in card
+    # `hardneg evaluate` takes the model folder like any other model
+    assert main(["-q", "evaluate", "--data", "adi", "--split", "test", "--retriever", "dense", "--model",
+                 str(out / "model"), "--out", str(env / "eval")]) == 0
+    assert json.loads((env / "eval" / "metrics.json").read_text())["num_queries"] == 35
+
+
+def test_in_batch_only_and_cached_loss(env, tiny_bi_encoder, tiny_cross_encoder):
+    mined = _mined(env / "mine", tiny_bi_encoder, tiny_cross_encoder)
+    rc = main(["-q", "train", "--triples", str(mined), "--base-model", str(tiny_bi_encoder), "--out",
+               str(env / "t"), "--negatives", "0", "--loss", "cached-mnrl", "--mini-batch-size", "2",
+               "--batch-size", "4", "--max-steps", "2", "--max-seq-length", "32"])
+    assert rc == 0
+    s = json.loads((env / "t" / "metrics.json").read_text())
+    n_triples = pq.read_table(mined / "triples.parquet").num_rows
+    assert s["data"]["rows"] == n_triples and s["data"]["rows_dropped_few_negatives"] == 0
+    assert s["config"]["loss"] == "cached-mnrl" and s["steps"] == 2
+
+
+def test_train_errors_name_the_problem(env, tiny_bi_encoder, tiny_cross_encoder, capsys):
+    mined = _mined(env / "mine", tiny_bi_encoder, tiny_cross_encoder)
+    base = ["-q", "train", "--base-model", str(tiny_bi_encoder), "--max-steps", "1"]
+    # the dev split overlaps the mined queries: refused before anything is written
+    assert main([*base, "--triples", str(mined), "--out", str(env / "a"), "--dev-data", "adi",
+                 "--dev-split", "test"]) == 2
+    assert "are in the training triples" in capsys.readouterr().err
+    assert not (env / "a").exists()
+    assert main([*base, "--triples", str(env / "nowhere"), "--out", str(env / "b")]) == 2
+    assert "no such folder or file" in capsys.readouterr().err
+    assert main([*base, "--triples", str(mined), "--out", str(env / "c"), "--negatives", "9"]) == 2
+    assert "no row has 9 negatives" in capsys.readouterr().err
+    assert main([*base, "--triples", str(mined), "--out", str(env / "d"), "--loss", "triplet"]) == 2
+    assert "--loss 'triplet'" in capsys.readouterr().err
+    # a finished job is not overwritten silently
+    assert main([*base, "--triples", str(mined), "--out", str(env / "e"), "--batch-size", "4"]) == 0
+    assert main([*base, "--triples", str(mined), "--out", str(env / "e"), "--batch-size", "4"]) == 2
+    assert "already holds this finished model" in capsys.readouterr().err
+
+
+def test_sigkilled_training_resumes_from_its_checkpoint(env, tiny_bi_encoder, tiny_cross_encoder, data_root):
+    mined = _mined(env / "mine", tiny_bi_encoder, tiny_cross_encoder)
+    senv = {**subprocess_env(data_root, env / "cache"), "HARDNEG_KEEP_CHECKPOINTS": "1"}
+
+    def cmd(out: Path) -> list[str]:
+        return [sys.executable, "-m", "mining_jobs.cli", "-q", "train", "--triples", str(mined), "--base-model",
+                str(tiny_bi_encoder), "--out", str(out), "--batch-size", "4", "--max-steps", "8", "--eval-steps", "2",
+                "--max-seq-length", "32", "--save-total-limit", "10"]
+
+    ref = subprocess.run(cmd(env / "ref"), env=senv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = env / "out"
+    proc = subprocess.Popen(cmd(out), env=senv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 240
+    try:
+        while not (out / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists():
+            if proc.poll() is not None:
+                pytest.fail(f"training ended (rc {proc.returncode}) before checkpoint-4: {proc.stderr.read()[-2000:]}")
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (out / "metrics.json").exists()
+    again = subprocess.run(cmd(out), env=senv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    s = json.loads((out / "metrics.json").read_text())
+    assert s["resumed"] is True and s["steps"] == 8
+    a, b = _weights(env / "ref" / "model"), _weights(out / "model")
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=1e-5, err_msg=k)
+
+
+# ---------------------------------------------------------------------------------------------- iterate
+
+
+def _loop_toml(path: Path, bi: Path, ce: Path, scores: Path, rounds: int = 3, **extra: str) -> Path:
+    loop_extra = "".join(f"{k} = {v}\n" for k, v in extra.items())
+    path.write_text(f"""
+[loop]
+rounds = {rounds}
+base_model = {json.dumps(str(bi))}
+data = "adi"
+dev_split = "{DEV}"
+test_split = "test"
+patience = 3
+{loop_extra}
+[mine.data]
+split = "{FIT}"
+[mine.candidates]
+bm25_k = 8
+dense_k = 8
+[mine.cross_encoder]
+model = {json.dumps(str(ce))}
+max_length = 64
+[mine.sampling]
+num_negatives = 2
+[mine.output]
+shard_size = 5
+score_cache = {json.dumps(str(scores))}
+[train]
+batch_size = 4
+max_steps = 3
+max_seq_length = 32
+lr = 1e-3
+""")
+    return path
+
+
+def test_iterate_three_rounds_report(env, tiny_bi_encoder, tiny_cross_encoder, capsys):
+    cfg = _loop_toml(env / "loop.toml", tiny_bi_encoder, tiny_cross_encoder, env / "scores.sqlite")
+    out = env / "loop"
+    assert main(["-q", "iterate", "--config", str(cfg), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [0, 1, 2, 3]
+    devs = [r["metrics"][DEV]["ndcg@10"] for r in summary["rounds"]]
+    assert summary["best_round"] == int(np.argmax(devs))
+    for r in (1, 2, 3):
+        rj = json.loads((out / f"round_{r}" / "round.json").read_text())
+        assert rj["started_from"] == (str(tiny_bi_encoder) if r == 1 else
+                                      str(out / f"round_{r - 1}" / "train" / "model"))
+        mine_manifest = json.loads((out / f"round_{r}" / "mine" / "manifest.json").read_text())
+        assert mine_manifest["config"]["candidates"]["model"] == rj["started_from"]
+        assert set(rj["metrics"]) == {DEV, "test"}
+        assert rj["negatives"]["kept"] + rj["negatives"]["filtered"] > 0
+        assert all(k in rj["timings"] for k in ("mine_s", "train_s", "eval_s"))
+        if r > 1:
+            prev = pq.read_table(out / f"round_{r - 1}" / "mine" / "triples.parquet")
+            cur = pq.read_table(out / f"round_{r}" / "mine" / "triples.parquet")
+            p = {(q, d) for q, ds in zip(prev["query_id"].to_pylist(), prev["negative_ids"].to_pylist(), strict=True)
+                 for d in ds}
+            c = {(q, d) for q, ds in zip(cur["query_id"].to_pylist(), cur["negative_ids"].to_pylist(), strict=True)
+                 for d in ds}
+            assert rj["churn"]["retained_share"] == pytest.approx(len(p & c) / len(p))
+        # round r's dense candidates come from the corpus embeddings its predecessor's evaluation cached
+        if r > 1:
+            assert rj["negatives"]["embedding_cache"] == "hit"
+    report = (out / "report.md").read_text()
+    assert "| 3 |" in report and "churn (retained)" in report and "metrics.png" in report
+    assert (out / "metrics.png").stat().st_size > 1000
+    assert "best round" in printed
+
+
+def test_iterate_stops_when_dev_drops_and_restart_mode_uses_union(env, tiny_bi_encoder, tiny_cross_encoder):
+    cfg = _loop_toml(env / "loop.toml", tiny_bi_encoder, tiny_cross_encoder, env / "scores.sqlite", rounds=3)
+    out = env / "loop"
+    c = load_loop_config(cfg, ["loop.patience=1", "loop.mode=restart"], out=str(out))
+    from mining_jobs.iterate import run_loop
+
+    res = run_loop(c)
+    rounds = res["rounds"]
+    devs = [r["metrics"][DEV]["ndcg@10"] for r in rounds]
+    # patience 1: the loop ends at the first round that is not better than the best so far
+    first_drop = next((i for i in range(1, len(devs)) if devs[i] <= max(devs[:i])), None)
+    if first_drop is not None and first_drop < 3:
+        assert len(rounds) == first_drop + 1 and res["stopped"]
+    else:
+        assert len(rounds) == 4 and res["stopped"] is None
+    assert res["best_round"] == int(np.argmax(devs))
+    if len(rounds) > 2:  # restart mode: round 2 trains the base model on round 1 + round 2 negatives
+        r2 = json.loads((out / "round_2" / "round.json").read_text())
+        assert r2["started_from"] == str(tiny_bi_encoder)
+        union = pq.read_table(out / "round_2" / "union.parquet")
+        n1 = sum(map(len, pq.read_table(out / "round_1" / "mine" / "triples.parquet")["negative_ids"].to_pylist()))
+        assert sum(map(len, union["negative_ids"].to_pylist())) >= n1
+
+
+def test_iterate_killed_mid_round_resumes_to_the_same_result(env, tiny_bi_encoder, tiny_cross_encoder, data_root):
+    senv = subprocess_env(data_root, env / "cache")
+
+    def cmd(name: str) -> list[str]:
+        cfg = _loop_toml(env / f"{name}.toml", tiny_bi_encoder, tiny_cross_encoder, env / f"{name}.sqlite", rounds=2)
+        return [sys.executable, "-m", "mining_jobs.cli", "-q", "iterate", "--config", str(cfg), "--out",
+                str(env / name)]
+
+    ref = subprocess.run(cmd("ref"), env=senv, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    # killed (SIGKILL) after round 2's mining stage, before its training
+    killed = subprocess.run(cmd("out"), env={**senv, "HARDNEG_FAULT_AFTER": "round2:mine"}, cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL
+    out = env / "out"
+    assert (out / "round_1" / "round.json").exists() and (out / "round_2" / "mine" / "manifest.json").exists()
+    assert not (out / "round_2" / "round.json").exists() and not (out / "report.md").exists()
+    again = subprocess.run(cmd("out"), env=senv, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for r in (1, 2):
+        for f in ("triples.parquet", "candidates.parquet"):
+            assert (env / "ref" / f"round_{r}" / "mine" / f).read_bytes() == (out / f"round_{r}" / "mine" / f).read_bytes()
+        a = json.loads((env / "ref" / f"round_{r}" / "round.json").read_text())
+        b = json.loads((out / f"round_{r}" / "round.json").read_text())
+        assert a["metrics"] == b["metrics"] and a["churn"] == b["churn"]
+        wa, wb = _weights(env / "ref" / f"round_{r}" / "train" / "model"), _weights(out / f"round_{r}" / "train" / "model")
+        assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize(("override", "msg"), [
+    ("loop.roundz=2", "loop: unknown key 'roundz'"),
+    ("loop.mode=sideways", "loop.mode 'sideways'"),
+    ("train.lr=fast", "train.lr: expected a number"),
+    ("mine.filter.relative_margin=2", "'filter.relative_margin' must be in"),
+    ("train.out=x", "train.out: set by the loop"),
+    ("mine.candidates.dense=false", "mine.candidates.dense"),
+])
+def test_loop_config_errors_name_the_field(tmp_path, override, msg):
+    with pytest.raises(ConfigError, match=msg.replace("(", r"\(").replace("'", "'")):
+        load_loop_config(None, [override], out=str(tmp_path / "x"))
