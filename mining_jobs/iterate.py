@@ -230,6 +230,8 @@ def run_round(cfg: LoopConfig, out: Path, r: int, prev_model: str, history: list
     mcfg.candidates.model = prev_model
     mine_dir = rdir / "mine"
     t0 = time.perf_counter()
+    logger.info("round %d/%d: mining %s with BM25 + dense(%s)%s", r, cfg.loop.rounds, mcfg.data.split, prev_model,
+                " + cross-encoder filter" if mcfg.cross_encoder.model else "")
     if (mine_dir / "manifest.json").is_file():
         manifest = json.loads((mine_dir / "manifest.json").read_text())
     else:
@@ -246,6 +248,7 @@ def run_round(cfg: LoopConfig, out: Path, r: int, prev_model: str, history: list
                                overwrite=False)
     t0 = time.perf_counter()
     tm = rdir / "train" / "metrics.json"
+    logger.info("round %d/%d: training from %s on %s", r, cfg.loop.rounds, base, triples)
     if tm.is_file():
         train = json.loads(tm.read_text())
     else:
@@ -256,6 +259,7 @@ def run_round(cfg: LoopConfig, out: Path, r: int, prev_model: str, history: list
     _fault(f"round{r}:train")
     # 3. evaluate model r on dev and test
     t0 = time.perf_counter()
+    logger.info("round %d/%d: evaluating %s", r, cfg.loop.rounds, train["model"])
     ev = _evaluate(cfg, train["model"], rdir / "eval.json")
     timings["eval_s"] = time.perf_counter() - t0
     churn = None
@@ -277,6 +281,8 @@ def run_round(cfg: LoopConfig, out: Path, r: int, prev_model: str, history: list
         "timings": {**timings, "mine_stage_detail": manifest["timings"]}, "finished": time.time(),
     }
     write_json(marker, result)
+    logger.info("round %d/%d done: %s", r, cfg.loop.rounds, ", ".join(
+        f"{s} nDCG@10 {m['ndcg@10']:.4f}" for s, m in result["metrics"].items()))
     return result
 
 
@@ -285,6 +291,7 @@ def run_loop(cfg: LoopConfig) -> dict:
     out = Path(cfg.loop.out)
     _prepare(out, cfg)
     t0 = time.perf_counter()
+    logger.info("round 0: evaluating the base model %s", cfg.loop.base_model)
     base_eval = _evaluate(cfg, cfg.loop.base_model, out / "round_0" / "eval.json")
     rounds = [{"round": 0, "model": cfg.loop.base_model,
                "metrics": {s: v["metrics"] for s, v in base_eval["splits"].items()},
