@@ -36,7 +36,8 @@ ROWS = ("base", "in-batch", "random", "bm25", "dense", "filtered", "st", "ance-2
 LABELS = {"base": "base model (no fine-tuning)", "in-batch": "in-batch negatives only",
           "random": "random negatives", "bm25": "BM25 negatives (no filter)",
           "dense": "dense negatives (no filter)", "filtered": "hardneg: BM25 + dense, cross-encoder filter (ANCE round 1)",
-          "st": "sentence_transformers.util.mine_hard_negatives (same bi-encoder, cross-encoder, depth)",
+          "st": "sentence_transformers.util.mine_hard_negatives (dense top-30 of the same bi-encoder, same "
+                "cross-encoder and margin)",
           "ance-2": "hardneg ANCE round 2", "ance-3": "hardneg ANCE round 3"}
 
 
@@ -51,9 +52,25 @@ def mine_config(args, **sections) -> list[str]:
 
 def mine(args, name: str, **sections) -> Path:
     out = Path(args.out) / name / "mine"
-    if not (out / "manifest.json").is_file():
-        run_mining(load_config(None, mine_config(args, **sections)), out)
+    cfg = load_config(None, mine_config(args, **sections))
+    if (out / "manifest.json").is_file():
+        if json.loads((out / "manifest.json").read_text())["config_fingerprint"] != cfg.fingerprint():
+            raise SystemExit(f"{out} was mined with other settings; remove it or use another --out")
+    else:
+        run_mining(cfg, out)
     return out
+
+
+TRAIN_KEYS = {"steps": "max_steps", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
+              "train_max_seq_length": "max_seq_length"}
+
+
+def check_train(args, config: dict, where: str, negatives: int) -> None:
+    """A reused or external model must have been trained with this benchmark's budget."""
+    want = {v: getattr(args, k) for k, v in TRAIN_KEYS.items()} | {"negatives": negatives}
+    bad = {k: (config.get(k), v) for k, v in want.items() if config.get(k) != v}
+    if bad:
+        raise SystemExit(f"{where} was trained with other settings (found, wanted): {bad}")
 
 
 def random_triples(args, out: Path) -> Path:
@@ -136,7 +153,7 @@ def st_triples(args, out: Path) -> Path:
     t0 = time.perf_counter()
     ds = mine_hard_negatives(Dataset.from_dict({"query": q, "positive": p}), load_model("default"),
                              corpus=col.doc_texts(), cross_encoder=ce, range_max=args.depth,
-                             relative_margin=0.1, num_negatives=args.mine_negatives, sampling_strategy="top",
+                             relative_margin=0.1, num_negatives=max(1, args.negatives), sampling_strategy="top",
                              output_format="n-tuple", batch_size=64, verbose=True,
                              cache_folder=str(out / "st" / "emb_cache"))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,6 +167,8 @@ def train_and_eval(args, name: str, triples: str | Path | None, negatives: int) 
     out = Path(args.out) / name
     res_path = out / "result.json"
     if res_path.is_file():
+        if triples is not None:
+            check_train(args, json.loads((out / "train" / "metrics.json").read_text())["config"], str(out), negatives)
         return json.loads(res_path.read_text())
     t0 = time.perf_counter()
     model_path = "default"
@@ -179,6 +198,13 @@ def ance_row(args, r: int) -> dict | None:
     if not ev.is_file():
         return None
     e = json.loads(ev.read_text())
+    check_train(args, json.loads((Path(args.ance) / f"round_{r}" / "train" / "metrics.json").read_text())["config"],
+                f"{args.ance}/round_{r}", args.negatives)
+    m = json.loads((Path(args.ance) / f"round_{r}" / "mine" / "manifest.json").read_text())["config"]
+    got = (m["candidates"]["bm25_k"], m["candidates"]["dense_k"], m["data"]["split"], m["cross_encoder"]["model"],
+           m["cross_encoder"]["max_length"])
+    if got != (args.depth, args.depth, args.fit_split, args.cross_encoder, args.max_length):
+        raise SystemExit(f"{args.ance}/round_{r} was mined with other settings: {got}")
     name = "filtered" if r == 1 else f"ance-{r}"
     return {"row": name, "label": LABELS[name], "model": e["model"], "dev": e["splits"][args.dev_split]["metrics"],
             "test": e["splits"][args.test_split]["metrics"],

@@ -226,8 +226,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     s = run_training(cfg)
-    print(f"trained {s['steps']} steps on {s['data']['rows']} examples in {s['seconds']['train']:.0f} s "
-          f"(loss {s['train_loss']:.4f})")
+    loss = f"loss {s['train_loss']:.4f}" if s["train_loss"] is not None else "no loss logged"
+    print(f"trained {s['steps']} steps on {s['data']['rows']} examples in {s['seconds']['train']:.0f} s ({loss})")
     if s["best_dev"]:
         b = s["best_dev"]
         print(f"best dev (step {b['step']}): " + ", ".join(f"{m} {b[m]:.4f}" for m in EVAL_METRICS))

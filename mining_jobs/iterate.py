@@ -90,7 +90,9 @@ def _set_fields(obj: Any, values: dict[str, Any], where: str) -> None:
         if isinstance(default, int | float) and not isinstance(default, bool):
             if isinstance(v, bool) or not isinstance(v, int | float):
                 raise ConfigError(f"{where}.{k}: expected a number, got {v!r}")
-            v = type(default)(v) if isinstance(default, float) else v
+            if isinstance(default, int) and not isinstance(v, int):
+                raise ConfigError(f"{where}.{k}: expected an integer, got {v!r}")
+            v = float(v) if isinstance(default, float) else v
         if isinstance(default, str) and not isinstance(v, str):
             raise ConfigError(f"{where}.{k}: expected a string, got {v!r}")
         setattr(obj, k, v)
@@ -143,7 +145,33 @@ def load_loop_config(path: str | os.PathLike | None, overrides: list[str] | None
     cfg.mine.data.name = cfg.mine.data.name if "name" in raw.get("mine", {}).get("data", {}) else lp.data
     if "split" not in raw.get("mine", {}).get("data", {}):
         cfg.mine.data.split = "train:fit"
+    _check_splits(cfg)
+    c = cfg.mine.candidates
+    if not train.get("query_prompt"):
+        cfg.train.query_prompt = c.query_prompt  # train with the prompts the loop mines and evaluates with
+    if not train.get("doc_prompt"):
+        cfg.train.doc_prompt = c.doc_prompt
     return cfg
+
+
+def _check_splits(cfg: LoopConfig) -> None:
+    """Refuse a mining split that shares queries with the dev or the test split (same collection): the loop
+    would train on the queries that choose its best round or that it reports."""
+    from retriever.data import parse_split
+
+    if cfg.mine.data.pairs or cfg.mine.data.name != cfg.loop.data:
+        return
+    mb, mp, mf = parse_split(cfg.mine.data.split)
+    for key, split in (("loop.dev_split", cfg.loop.dev_split), ("loop.test_split", cfg.loop.test_split)):
+        if not split:
+            continue
+        b, p, f = parse_split(split)
+        if b != mb:
+            continue
+        disjoint = {mp, p} == {"fit", "dev"} and mf == f
+        if not disjoint:
+            raise ConfigError(f"{key} = {split!r} shares queries with mine.data.split = {cfg.mine.data.split!r}; "
+                              f"mine '{b}:fit' and evaluate on '{b}:dev' (same fraction), or use another split")
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -195,8 +223,9 @@ def _negatives(mine_dir: Path) -> set[tuple[str, str]]:
             for d in negs}
 
 
-def _union_triples(mine_dirs: list[Path], dest: Path) -> Path:
-    """One row per (query, positive) with the negatives of every round so far (latest round first, no repeats)."""
+def _union_triples(mine_dirs: list[Path], dest: Path, per_row: int) -> Path:
+    """The negatives of every round so far, per (query, positive) without repeats, cut into rows of ``per_row``
+    negatives, so training sees all of them whatever ``train.negatives`` is."""
     if dest.is_file():
         return dest
     rows: dict[tuple[str, str], dict] = {}
@@ -211,7 +240,12 @@ def _union_triples(mine_dirs: list[Path], dest: Path) -> Path:
                 if nid not in row["negative_ids"]:
                     row["negative_ids"].append(nid)
                     row["negatives"].append(ntext)
-    write_parquet(pa.Table.from_pylist(list(rows.values())), dest)
+    out_rows = []
+    for row in rows.values():
+        ids, texts = row["negative_ids"], row["negatives"]
+        for i in range(0, max(len(ids), 1), per_row):
+            out_rows.append({**row, "negative_ids": ids[i:i + per_row], "negatives": texts[i:i + per_row]})
+    write_parquet(pa.Table.from_pylist(out_rows), dest)
     return dest
 
 
@@ -229,24 +263,23 @@ def run_round(cfg: LoopConfig, out: Path, r: int, prev_model: str, history: list
                          ("data", "candidates", "exclusion", "cross_encoder", "filter", "sampling", "output")})
     mcfg.candidates.model = prev_model
     mine_dir = rdir / "mine"
-    t0 = time.perf_counter()
     logger.info("round %d/%d: mining %s with BM25 + dense(%s)%s", r, cfg.loop.rounds, mcfg.data.split, prev_model,
                 " + cross-encoder filter" if mcfg.cross_encoder.model else "")
     if (mine_dir / "manifest.json").is_file():
         manifest = json.loads((mine_dir / "manifest.json").read_text())
     else:
         manifest = run_mining(mcfg, mine_dir)
-    timings["mine_s"] = time.perf_counter() - t0
+    timings["mine_s"] = float(manifest["timings"]["total_s"])
     _fault(f"round{r}:mine")
     # 2. train model r
     if cfg.loop.mode == "restart" and r > 1:
-        triples = _union_triples([out / f"round_{k}" / "mine" for k in range(1, r + 1)], rdir / "union.parquet")
+        triples = _union_triples([out / f"round_{k}" / "mine" for k in range(1, r + 1)], rdir / "union.parquet",
+                                 max(1, cfg.train.negatives))
         base = cfg.loop.base_model
     else:
         triples, base = mine_dir, prev_model
     tcfg = dataclasses.replace(cfg.train, triples=str(triples), out=str(rdir / "train"), base_model=base,
                                overwrite=False)
-    t0 = time.perf_counter()
     tm = rdir / "train" / "metrics.json"
     logger.info("round %d/%d: training from %s on %s", r, cfg.loop.rounds, base, triples)
     if tm.is_file():
@@ -255,13 +288,12 @@ def run_round(cfg: LoopConfig, out: Path, r: int, prev_model: str, history: list
         from .train import run_training
 
         train = run_training(tcfg)
-    timings["train_s"] = time.perf_counter() - t0
+    timings["train_s"] = float(train["seconds"]["total"])
     _fault(f"round{r}:train")
     # 3. evaluate model r on dev and test
-    t0 = time.perf_counter()
     logger.info("round %d/%d: evaluating %s", r, cfg.loop.rounds, train["model"])
     ev = _evaluate(cfg, train["model"], rdir / "eval.json")
-    timings["eval_s"] = time.perf_counter() - t0
+    timings["eval_s"] = float(ev["seconds"])
     churn = None
     if r > 1:
         prev, cur = _negatives(out / f"round_{r - 1}" / "mine"), _negatives(mine_dir)
@@ -286,6 +318,12 @@ def run_round(cfg: LoopConfig, out: Path, r: int, prev_model: str, history: list
     return result
 
 
+def best_round(devs: list[float]) -> tuple[int, int]:
+    """The best round by dev metric (the earliest on ties) and how many rounds have passed since it."""
+    best = max(range(len(devs)), key=lambda i: (devs[i], -i))
+    return best, len(devs) - 1 - best
+
+
 def run_loop(cfg: LoopConfig) -> dict:
     """Run (or resume) the loop; returns ``{"rounds", "best_round", "table"}`` and writes the report."""
     out = Path(cfg.loop.out)
@@ -296,21 +334,19 @@ def run_loop(cfg: LoopConfig) -> dict:
     rounds = [{"round": 0, "model": cfg.loop.base_model,
                "metrics": {s: v["metrics"] for s, v in base_eval["splits"].items()},
                "timings": {"eval_s": base_eval["seconds"]}}]
-    best, since_best, stopped = 0, 0, None
+    best, stopped = 0, None
     prev_model = cfg.loop.base_model
     dev = cfg.loop.dev_split
     for r in range(1, cfg.loop.rounds + 1):
         res = run_round(cfg, out, r, prev_model, rounds)
         rounds.append(res)
         prev_model = res["model"]
-        if res["metrics"][dev]["ndcg@10"] > rounds[best]["metrics"][dev]["ndcg@10"]:
-            best, since_best = r, 0
-        else:
-            since_best += 1
-            if since_best >= cfg.loop.patience and r < cfg.loop.rounds:
-                stopped = f"dev nDCG@10 did not improve for {since_best} round(s) after round {best}"
-                logger.info("stopping: %s", stopped)
-                break
+        devs = [x["metrics"][dev]["ndcg@10"] for x in rounds]
+        best, since_best = best_round(devs)
+        if since_best >= cfg.loop.patience and r < cfg.loop.rounds:
+            stopped = f"dev nDCG@10 did not improve for {since_best} round(s) after round {best}"
+            logger.info("stopping: %s", stopped)
+            break
     summary = {"rounds": rounds, "best_round": best, "best_model": rounds[best]["model"], "stopped": stopped,
                "seconds": time.perf_counter() - t0}
     table = render_table(rounds, cfg)

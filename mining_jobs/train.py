@@ -68,6 +68,8 @@ class TrainConfig:
     dev_pool_depth: int = 100
     eval_steps: int = field(default=0, metadata={"help": "evaluate and checkpoint every N steps (0 = per epoch)"})
     save_total_limit: int = 2
+    query_prompt: str = field(default="", metadata={"help": "text prepended to queries (training and dev)"})
+    doc_prompt: str = field(default="", metadata={"help": "text prepended to positives, negatives and dev documents"})
     overwrite: bool = False
 
     def validate(self) -> None:
@@ -86,9 +88,21 @@ class TrainConfig:
             raise TrainError("--epochs must be > 0 (or give --max-steps)")
         if self.dev_corpus not in ("full", "pooled"):
             raise TrainError(f"--dev-corpus {self.dev_corpus!r}: expected full or pooled")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise TrainError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.eval_steps < 0:
+            raise TrainError(f"--eval-steps must be >= 0, got {self.eval_steps}")
+        if self.save_total_limit < 1:
+            raise TrainError(f"--save-total-limit must be >= 1, got {self.save_total_limit}")
 
     def fingerprint(self) -> str:
-        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("out", "overwrite")}
+        """Hash of what changes the trained model: the settings and the triples file (path, size, mtime)."""
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("out", "overwrite", "save_total_limit")}
+        try:
+            st = _triples_path(self.triples).stat()
+            d["triples_file"] = [st.st_size, st.st_mtime_ns]
+        except TrainError:
+            pass
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -193,19 +207,20 @@ class RetrievalEvaluator(_base_evaluator()):
     """
 
     def __init__(self, col: Collection, doc_ids: list[str] | None = None, name: str = "dev",
-                 max_seq_length: int | None = None, batch_size: int = 64, bf16: bool = False) -> None:
+                 max_seq_length: int | None = None, batch_size: int = 64, bf16: bool = False,
+                 query_prompt: str = "", doc_prompt: str = "") -> None:
         super().__init__()
         self.name = name
         self.col = col
         texts = dict(zip(col.doc_ids, col.doc_texts(), strict=True))
         self.doc_ids = doc_ids if doc_ids is not None else col.doc_ids
-        self.doc_texts = [texts[d] for d in self.doc_ids]
+        self.doc_texts = [doc_prompt + texts[d] for d in self.doc_ids]
+        self.query_texts = [query_prompt + q for q in col.queries.values()]
         self.max_seq_length = max_seq_length
         self.batch_size = batch_size
         self.bf16 = bf16
         self.primary_metric = "ndcg@10"
         self.greater_is_better = True
-        self.history: list[dict[str, float]] = []
 
     def evaluate(self, model) -> dict[str, float]:
         import contextlib
@@ -220,7 +235,7 @@ class RetrievalEvaluator(_base_evaluator()):
             with torch.inference_mode(), ctx:
                 d = model.encode(self.doc_texts, batch_size=self.batch_size, normalize_embeddings=True,
                                  convert_to_numpy=True, show_progress_bar=show_progress())
-                q = model.encode(list(self.col.queries.values()), batch_size=self.batch_size,
+                q = model.encode(self.query_texts, batch_size=self.batch_size,
                                  normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
         finally:
             model.max_seq_length = old
@@ -235,10 +250,7 @@ class RetrievalEvaluator(_base_evaluator()):
 
     def __call__(self, model, output_path: str | None = None, epoch: float = -1, steps: int = -1
                  ) -> dict[str, float]:
-        t0 = time.perf_counter()
         result = self.evaluate(model)
-        self.history.append({"epoch": float(epoch), "step": int(steps), **result,
-                             "seconds": time.perf_counter() - t0})
         logger.info("dev at step %s: %s", steps, ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
         self.primary_metric = "ndcg@10"
         return self.prefix_name_to_metrics(result, self.name)
@@ -247,8 +259,21 @@ class RetrievalEvaluator(_base_evaluator()):
 # ---------------------------------------------------------------------------------------------- the job
 
 
-def _prepare(out: Path, cfg: TrainConfig) -> bool:
-    """Create ``out`` or check it holds the same unfinished job; returns whether to resume."""
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest ``checkpoint-N`` whose ``trainer_state.json`` (written last by the trainer) exists; newer,
+    incomplete ones (a kill during a save) are deleted so the trainer never picks them up."""
+    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if
+                   p.name.split("-")[-1].isdigit() else -1, reverse=True)
+    for ckpt in found:
+        if (ckpt / "trainer_state.json").is_file():
+            return ckpt
+        logger.warning("removing incomplete checkpoint %s", ckpt)
+        shutil.rmtree(ckpt, ignore_errors=True)
+    return None
+
+
+def _prepare(out: Path, cfg: TrainConfig) -> Path | None:
+    """Create ``out`` or check it holds the same unfinished job; returns the checkpoint to resume from."""
     state = out / "train.json"
     if state.is_file():
         old = json.loads(state.read_text())
@@ -261,12 +286,12 @@ def _prepare(out: Path, cfg: TrainConfig) -> bool:
         elif (out / "metrics.json").is_file():
             raise TrainError(f"{out} already holds this finished model; pass --overwrite to train again")
         else:
-            return any((out / "checkpoints").glob("checkpoint-*"))
+            return last_complete_checkpoint(out / "checkpoints")
     elif out.exists() and any(out.iterdir()):
         raise TrainError(f"{out} is not empty and holds no hardneg training job (no train.json)")
     out.mkdir(parents=True, exist_ok=True)
     write_json(state, {"fingerprint": cfg.fingerprint(), "config": dataclasses.asdict(cfg), "created": time.time()})
-    return False
+    return None
 
 
 def run_training(cfg: TrainConfig, model=None) -> dict:
@@ -287,7 +312,6 @@ def run_training(cfg: TrainConfig, model=None) -> dict:
     import torch
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments, losses
-    from transformers import TrainerCallback
 
     try:
         from sentence_transformers.sentence_transformer.training_args import BatchSamplers
@@ -310,12 +334,16 @@ def run_training(cfg: TrainConfig, model=None) -> dict:
     if dev_col is not None:
         col = dev_col
         pool = pooled_doc_ids(col, cfg.dev_pool_depth) if cfg.dev_corpus == "pooled" else None
-        evaluator = RetrievalEvaluator(col, pool, "dev", max_seq_length=encode_len, bf16=bf16)
+        evaluator = RetrievalEvaluator(col, pool, "dev", max_seq_length=encode_len, bf16=bf16,
+                                       query_prompt=cfg.query_prompt, doc_prompt=cfg.doc_prompt)
         dev_info = {"data": cfg.dev_data, "split": cfg.dev_split, "queries": len(col.queries),
                     "corpus": cfg.dev_corpus, "documents": len(evaluator.doc_ids)}
-    steps_per_epoch = max(1, len(train_ds) // cfg.batch_size)
+    steps_per_epoch = max(1, -(-len(train_ds) // cfg.batch_size))
     eval_steps = cfg.eval_steps or steps_per_epoch
-    strategy = "steps"
+    strategy = "steps" if cfg.eval_steps else "epoch"
+    prompts = None
+    if cfg.query_prompt or cfg.doc_prompt:
+        prompts = {c: (cfg.query_prompt if c == "query" else cfg.doc_prompt) for c in data}
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out / "checkpoints"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
@@ -325,49 +353,65 @@ def run_training(cfg: TrainConfig, model=None) -> dict:
         eval_steps=eval_steps if evaluator else None, load_best_model_at_end=evaluator is not None,
         metric_for_best_model="eval_dev_ndcg@10" if evaluator else None, greater_is_better=True,
         report_to="none", disable_tqdm=not show_progress(), logging_steps=max(1, min(10, steps_per_epoch)),
-        dataloader_drop_last=False, save_only_model=False)
-
-    log: list[dict] = []
-
-    class _Log(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kw):  # noqa: ARG002
-            if logs:
-                log.append({"step": state.global_step, **logs})
+        dataloader_drop_last=False, save_only_model=False, prompts=prompts)
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_ds, loss=loss,
-                                             evaluator=evaluator, callbacks=[_Log()])
+                                             evaluator=evaluator)
         if not show_progress():
             from transformers.trainer_callback import PrinterCallback
 
             trainer.remove_callback(PrinterCallback)  # no raw log dicts on stdout under -q
         if resume:
-            logger.info("resuming training from the last checkpoint in %s", out / "checkpoints")
+            logger.info("resuming training from %s", resume)
         t0 = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=True if resume else None)
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         train_s = time.perf_counter() - t0
     model.max_seq_length = encode_len
+    # the trainer's state (restored on resume) holds every log and evaluation, also those before a kill
+    log = list(trainer.state.log_history)
+    history = [{"epoch": float(e.get("epoch", -1)), "step": int(e["step"]),
+                **{m: float(e[f"eval_dev_{m}"]) for m in EVAL_METRICS}} for e in log if "eval_dev_ndcg@10" in e]
+    best = trainer.state.best_model_checkpoint
+    final_dev = None
+    if evaluator is not None and history:
+        # the kept weights must be the best checkpoint's: re-evaluate them (the trainer only logs a failed load)
+        final_dev = evaluator.evaluate(model)
+        want = _best(history)["ndcg@10"]
+        if abs(final_dev["ndcg@10"] - want) > 1e-4:
+            raise TrainError(f"{out}: the kept weights score dev nDCG@10 {final_dev['ndcg@10']:.4f}, but the best "
+                             f"checkpoint ({best}) scored {want:.4f}; loading the best checkpoint failed")
     model_dir = out / "model"
     model.save(str(model_dir))
-    best = trainer.state.best_model_checkpoint
     summary = {
         "model": str(model_dir), "base_model": resolve_model_name(cfg.base_model) if isinstance(cfg.base_model, str)
         else str(cfg.base_model), "config": dataclasses.asdict(cfg),
         "data": {k: v for k, v in data_info.items() if k != "query_ids"}, "dev": dev_info,
-        "steps": trainer.state.global_step, "train_loss": float(result.training_loss),
-        "best_checkpoint": Path(best).name if best else None,
-        "best_dev": _best(evaluator.history) if evaluator else None,
-        "dev_history": evaluator.history if evaluator else [], "bf16": bf16, "resumed": resume,
+        "steps": trainer.state.global_step, "train_loss": _mean_loss(log),
+        "best_checkpoint": Path(best).name if best else None, "best_dev": _best(history), "final_dev": final_dev,
+        "dev_history": history, "bf16": bf16, "resumed_from": resume.name if resume else None,
         "seconds": {"train": train_s, "total": time.perf_counter() - t_start}, "versions": versions(),
     }
     write_json(out / "log.json", log)
     write_text(model_dir / "README.md", model_card(summary))
+    write_json(out / "metrics.json", summary)  # marks the job finished
     if os.environ.get("HARDNEG_KEEP_CHECKPOINTS", "") != "1":
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    write_json(out / "metrics.json", summary)  # written last: marks the job finished
     return summary
+
+
+def _mean_loss(log: list[dict]) -> float | None:
+    """Training loss averaged over all steps, from the logged per-interval means (each weighted by its steps)."""
+    total, steps, prev = 0.0, 0, 0
+    for e in log:
+        if "loss" in e and "step" in e:
+            n = int(e["step"]) - prev
+            total += float(e["loss"]) * n
+            steps += n
+            prev = int(e["step"])
+    return total / steps if steps else None
 
 
 def _warmup(ratio: float) -> dict[str, float]:

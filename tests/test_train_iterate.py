@@ -77,7 +77,8 @@ def test_bad_carved_split_is_named(data_root, split, msg):
 # ---------------------------------------------------------------------------------------------- train
 
 
-def test_mine_train_evaluate_end_to_end(env, tiny_bi_encoder, tiny_cross_encoder, capsys):
+def test_mine_train_evaluate_end_to_end(env, tiny_bi_encoder, tiny_cross_encoder, capsys, monkeypatch):
+    monkeypatch.setenv("HARDNEG_KEEP_CHECKPOINTS", "1")
     mined = _mined(env / "mine", tiny_bi_encoder, tiny_cross_encoder)
     out = env / "train"
     rc = main(["-q", "train", "--triples", str(mined), "--base-model", str(tiny_bi_encoder), "--out", str(out),
@@ -90,18 +91,25 @@ def test_mine_train_evaluate_end_to_end(env, tiny_bi_encoder, tiny_cross_encoder
     best = max(s["dev_history"], key=lambda h: h["ndcg@10"])
     assert s["best_dev"]["ndcg@10"] == best["ndcg@10"]
     assert s["best_checkpoint"] == f"checkpoint-{best['step']}"
-    # the saved model is the best checkpoint's, and it differs from the base model
+    assert s["final_dev"]["ndcg@10"] == pytest.approx(best["ndcg@10"], abs=1e-4)
+    # the saved model holds the best checkpoint's weights (not the last step's), and differs from the base model
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(out / "model"), device="cpu")
     assert model.max_seq_length == 64  # the base model's encoding limit, not the training limit (32)
     before, after = _weights(tiny_bi_encoder), _weights(out / "model")
     assert any(not np.array_equal(before[k], after[k]) for k in before)
+    kept = _weights(out / "checkpoints" / s["best_checkpoint"])
+    assert all(np.array_equal(kept[k], after[k]) for k in after)
+    if s["best_checkpoint"] != "checkpoint-6":
+        last = _weights(out / "checkpoints" / "checkpoint-6")
+        assert any(not np.array_equal(last[k], after[k]) for k in after)
     # evaluating the saved model reproduces the best dev metrics (full corpus, exact search)
     from mining_jobs.evaluate import evaluate_model
 
-    ev = evaluate_model(str(out / "model"), "adi", [DEV], cache_dir=str(env / "evcache"))
+    ev = evaluate_model(str(out / "model"), "adi", [DEV, "test"], cache_dir=str(env / "evcache"))
     assert ev[DEV]["metrics"]["ndcg@10"] == pytest.approx(best["ndcg@10"], abs=1e-4)
+    assert ev["test"]["metrics"]["num_queries"] == 35 and ev["test"]["embedding_cache"] == "miss"
     card = (out / "model" / "README.md").read_text()
     for needle in (str(tiny_bi_encoder), "triples.parquet", "relative_margin", "Dev metrics", "adi", "ndcg@10"):
         assert needle in card
@@ -150,7 +158,8 @@ def test_sigkilled_training_resumes_from_its_checkpoint(env, tiny_bi_encoder, ti
     def cmd(out: Path) -> list[str]:
         return [sys.executable, "-m", "mining_jobs.cli", "-q", "train", "--triples", str(mined), "--base-model",
                 str(tiny_bi_encoder), "--out", str(out), "--batch-size", "4", "--max-steps", "8", "--eval-steps", "2",
-                "--max-seq-length", "32", "--save-total-limit", "10"]
+                "--max-seq-length", "32", "--save-total-limit", "10", "--dev-data", "adi", "--dev-split", DEV,
+                "--dev-corpus", "full"]
 
     ref = subprocess.run(cmd(env / "ref"), env=senv, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr[-2000:]
@@ -173,7 +182,14 @@ def test_sigkilled_training_resumes_from_its_checkpoint(env, tiny_bi_encoder, ti
     again = subprocess.run(cmd(out), env=senv, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     s = json.loads((out / "metrics.json").read_text())
-    assert s["resumed"] is True and s["steps"] == 8
+    r = json.loads((env / "ref" / "metrics.json").read_text())
+    assert s["resumed_from"] is not None and int(s["resumed_from"].split("-")[1]) >= 4 and s["steps"] == 8
+    assert r["resumed_from"] is None
+    # the evaluations from before the kill are part of the record, as in the uninterrupted run
+    assert [h["step"] for h in s["dev_history"]] == [h["step"] for h in r["dev_history"]] == [2, 4, 6, 8]
+    for hs, hr in zip(s["dev_history"], r["dev_history"], strict=True):
+        assert hs["ndcg@10"] == pytest.approx(hr["ndcg@10"], abs=1e-4)
+    assert s["best_checkpoint"] == r["best_checkpoint"]
     a, b = _weights(env / "ref" / "model"), _weights(out / "model")
     for k in a:
         np.testing.assert_allclose(a[k], b[k], atol=1e-5, err_msg=k)
@@ -190,7 +206,7 @@ rounds = {rounds}
 base_model = {json.dumps(str(bi))}
 data = "adi"
 dev_split = "{DEV}"
-test_split = "test"
+test_split = ""
 patience = 3
 {loop_extra}
 [mine.data]
@@ -230,7 +246,7 @@ def test_iterate_three_rounds_report(env, tiny_bi_encoder, tiny_cross_encoder, c
                                       str(out / f"round_{r - 1}" / "train" / "model"))
         mine_manifest = json.loads((out / f"round_{r}" / "mine" / "manifest.json").read_text())
         assert mine_manifest["config"]["candidates"]["model"] == rj["started_from"]
-        assert set(rj["metrics"]) == {DEV, "test"}
+        assert set(rj["metrics"]) == {DEV}
         assert rj["negatives"]["kept"] + rj["negatives"]["filtered"] > 0
         assert all(k in rj["timings"] for k in ("mine_s", "train_s", "eval_s"))
         if r > 1:
@@ -250,28 +266,49 @@ def test_iterate_three_rounds_report(env, tiny_bi_encoder, tiny_cross_encoder, c
     assert "best round" in printed
 
 
-def test_iterate_stops_when_dev_drops_and_restart_mode_uses_union(env, tiny_bi_encoder, tiny_cross_encoder):
+def test_best_round_and_patience():
+    from mining_jobs.iterate import best_round
+
+    assert best_round([0.5, 0.6, 0.55]) == (1, 1)
+    assert best_round([0.5, 0.6, 0.7]) == (2, 0)
+    assert best_round([0.5, 0.5, 0.4]) == (0, 2)  # a tie is not an improvement
+
+
+def test_iterate_stops_when_dev_stops_improving(env, tiny_bi_encoder, tiny_cross_encoder):
     cfg = _loop_toml(env / "loop.toml", tiny_bi_encoder, tiny_cross_encoder, env / "scores.sqlite", rounds=3)
+    from mining_jobs.iterate import best_round, run_loop
+
+    res = run_loop(load_loop_config(cfg, ["loop.patience=1"], out=str(env / "loop")))
+    devs = [r["metrics"][DEV]["ndcg@10"] for r in res["rounds"]]
+    # patience 1: the loop ends after the first round that is not better than the best before it
+    first_drop = next((i for i in range(1, len(devs)) if devs[i] <= max(devs[:i])), None)
+    expected_rounds = 3 if first_drop is None or first_drop == 3 else first_drop
+    assert len(res["rounds"]) == expected_rounds + 1
+    assert (res["stopped"] is not None) == (expected_rounds < 3)
+    assert res["best_round"] == best_round(devs)[0]
+
+
+def test_restart_mode_trains_the_base_model_on_every_rounds_negatives(env, tiny_bi_encoder, tiny_cross_encoder):
+    cfg = _loop_toml(env / "loop.toml", tiny_bi_encoder, tiny_cross_encoder, env / "scores.sqlite", rounds=2)
     out = env / "loop"
-    c = load_loop_config(cfg, ["loop.patience=1", "loop.mode=restart"], out=str(out))
     from mining_jobs.iterate import run_loop
 
-    res = run_loop(c)
-    rounds = res["rounds"]
-    devs = [r["metrics"][DEV]["ndcg@10"] for r in rounds]
-    # patience 1: the loop ends at the first round that is not better than the best so far
-    first_drop = next((i for i in range(1, len(devs)) if devs[i] <= max(devs[:i])), None)
-    if first_drop is not None and first_drop < 3:
-        assert len(rounds) == first_drop + 1 and res["stopped"]
-    else:
-        assert len(rounds) == 4 and res["stopped"] is None
-    assert res["best_round"] == int(np.argmax(devs))
-    if len(rounds) > 2:  # restart mode: round 2 trains the base model on round 1 + round 2 negatives
-        r2 = json.loads((out / "round_2" / "round.json").read_text())
-        assert r2["started_from"] == str(tiny_bi_encoder)
-        union = pq.read_table(out / "round_2" / "union.parquet")
-        n1 = sum(map(len, pq.read_table(out / "round_1" / "mine" / "triples.parquet")["negative_ids"].to_pylist()))
-        assert sum(map(len, union["negative_ids"].to_pylist())) >= n1
+    run_loop(load_loop_config(cfg, ["loop.mode=restart"], out=str(out)))
+    r2 = json.loads((out / "round_2" / "round.json").read_text())
+    assert r2["started_from"] == str(tiny_bi_encoder)
+    union = pq.read_table(out / "round_2" / "union.parquet")
+    assert max(map(len, union["negative_ids"].to_pylist())) <= 1  # train.negatives = 1: one negative per row
+
+    def pairs(t):
+        return {(q, d) for q, ds in zip(t["query_id"].to_pylist(), t["negative_ids"].to_pylist(), strict=True)
+                for d in ds}
+
+    expected = pairs(pq.read_table(out / "round_1" / "mine" / "triples.parquet")) | \
+        pairs(pq.read_table(out / "round_2" / "mine" / "triples.parquet"))
+    assert pairs(union) == expected
+    train = json.loads((out / "round_2" / "train" / "metrics.json").read_text())
+    assert train["data"]["path"] == str(out / "round_2" / "union.parquet")
+    assert train["data"]["rows"] == sum(1 for x in union["negative_ids"].to_pylist() if x)
 
 
 def test_iterate_killed_mid_round_resumes_to_the_same_result(env, tiny_bi_encoder, tiny_cross_encoder, data_root):
@@ -291,8 +328,12 @@ def test_iterate_killed_mid_round_resumes_to_the_same_result(env, tiny_bi_encode
     out = env / "out"
     assert (out / "round_1" / "round.json").exists() and (out / "round_2" / "mine" / "manifest.json").exists()
     assert not (out / "round_2" / "round.json").exists() and not (out / "report.md").exists()
+    done = {p: p.stat().st_mtime_ns for p in (out / "round_1" / "round.json", out / "round_2" / "mine" / "manifest.json",
+                                              out / "round_1" / "train" / "model" / "model.safetensors")}
     again = subprocess.run(cmd("out"), env=senv, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
+    # finished stages were reused, not redone
+    assert {p: p.stat().st_mtime_ns for p in done} == done
     for r in (1, 2):
         for f in ("triples.parquet", "candidates.parquet"):
             assert (env / "ref" / f"round_{r}" / "mine" / f).read_bytes() == (out / f"round_{r}" / "mine" / f).read_bytes()
@@ -310,6 +351,10 @@ def test_iterate_killed_mid_round_resumes_to_the_same_result(env, tiny_bi_encode
     ("mine.filter.relative_margin=2", "'filter.relative_margin' must be in"),
     ("train.out=x", "train.out: set by the loop"),
     ("mine.candidates.dense=false", "mine.candidates.dense"),
+    ("train.max_steps=2.5", "train.max_steps: expected an integer"),
+    ('mine.data.split="train"', "loop.dev_split = 'train:dev' shares queries with mine.data.split = 'train'"),
+    ('mine.data.split="train:fit:0.1"', "shares queries"),
+    ('loop.test_split="train:dev:0.3"', "loop.test_split = 'train:dev:0.3' shares queries"),
 ])
 def test_loop_config_errors_name_the_field(tmp_path, override, msg):
     with pytest.raises(ConfigError, match=msg.replace("(", r"\(").replace("'", "'")):
