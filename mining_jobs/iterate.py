@@ -347,6 +347,7 @@ def run_loop(cfg: LoopConfig) -> dict:
             stopped = f"dev nDCG@10 did not improve for {since_best} round(s) after round {best}"
             logger.info("stopping: %s", stopped)
             break
+    _p_values(out, rounds, cfg.loop.test_split or dev)
     summary = {"rounds": rounds, "best_round": best, "best_model": rounds[best]["model"], "stopped": stopped,
                "seconds": time.perf_counter() - t0}
     table = render_table(rounds, cfg)
@@ -359,10 +360,21 @@ def run_loop(cfg: LoopConfig) -> dict:
 # ---------------------------------------------------------------------------------------------- report
 
 
+def _p_values(out: Path, rounds: list[dict], split: str) -> None:
+    """Paired randomization test of each round's per-query nDCG@10 on ``split`` against round 0's."""
+    from retriever.metrics import randomization_test
+
+    per_q = [json.loads((out / f"round_{r['round']}" / "eval.json").read_text())["splits"][split]["per_query"]
+             for r in rounds]
+    for r, pq_ in zip(rounds[1:], per_q[1:], strict=True):
+        r["p_vs_base"] = {"split": split, "p": randomization_test(per_q[0]["ndcg@10"], pq_["ndcg@10"])["p_value"]}
+
+
 def render_table(rounds: list[dict], cfg: LoopConfig) -> str:
     splits = [cfg.loop.dev_split] + ([cfg.loop.test_split] if cfg.loop.test_split else [])
     head = ["round"] + [f"{s} {m}" for s in splits for m in EVAL_METRICS] + \
-        ["neg kept", "neg filtered", "churn (retained)", "mine s", "train s", "eval s"]
+        [f"p vs base ({cfg.loop.test_split or cfg.loop.dev_split} ndcg@10)", "neg kept", "neg filtered",
+         "churn (retained)", "mine s", "train s", "eval s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rounds:
         cells = [str(r["round"]) + (" (base)" if r["round"] == 0 else "")]
@@ -370,7 +382,8 @@ def render_table(rounds: list[dict], cfg: LoopConfig) -> str:
         n = r.get("negatives") or {}
         ch = r.get("churn")
         t = r.get("timings", {})
-        cells += [str(n.get("kept", "-")), str(n.get("filtered", "-")),
+        cells += [f"{r['p_vs_base']['p']:.4f}" if r.get("p_vs_base") else "-",
+                  str(n.get("kept", "-")), str(n.get("filtered", "-")),
                   f"{ch['retained_share']:.1%}" if ch and ch.get("retained_share") is not None else "-",
                   *(f"{t[k]:.0f}" if k in t else "-" for k in ("mine_s", "train_s", "eval_s"))]
         lines.append("| " + " | ".join(cells) + " |")
@@ -385,6 +398,7 @@ def render_report(summary: dict, table: str, cfg: LoopConfig, has_png: bool) -> 
              f"Best round by dev nDCG@10: **{summary['best_round']}** (`{summary['best_model']}`).",
              "" if not summary["stopped"] else f"\nStopped early: {summary['stopped']}.", "", table, "",
              "churn (retained): share of the previous round's mined negatives (query, document) mined again.",
+             "p vs base: paired randomization test (10,000 resamples) of per-query nDCG@10 against round 0.",
              "neg kept / filtered: candidates that passed / failed the cross-encoder false-negative filter.", ""]
     if has_png:
         lines += ["![metrics over rounds](metrics.png)", ""]

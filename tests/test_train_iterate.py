@@ -261,7 +261,8 @@ def test_iterate_three_rounds_report(env, tiny_bi_encoder, tiny_cross_encoder, c
         if r > 1:
             assert rj["negatives"]["embedding_cache"] == "hit"
     report = (out / "report.md").read_text()
-    assert "| 3 |" in report and "churn (retained)" in report and "metrics.png" in report
+    assert "| 3 |" in report and "churn (retained)" in report and "metrics.png" in report and "p vs base" in report
+    assert all(0 <= r["p_vs_base"]["p"] <= 1 for r in summary["rounds"][1:])
     assert (out / "metrics.png").stat().st_size > 1000
     assert "best round" in printed
 
