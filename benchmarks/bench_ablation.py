@@ -234,7 +234,10 @@ def render(results: dict[str, dict], args, machine: str, elapsed: float) -> str:
                 t = M.randomization_test(results[ref]["test_per_query"]["ndcg@10"], res["test_per_query"]["ndcg@10"])
                 row.append(f"{t['p_value']:.4f}")
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", f"Total benchmark time {elapsed / 60:.1f} min.", "", "## Machine", "", machine, "",
+    spent = {r: results[r].get("seconds") for r in order if results[r].get("seconds")}
+    lines += ["", "Minutes per row (training + encoding the corpus for dev/test): "
+              + ", ".join(f"{r} {v / 60:.1f}" for r, v in spent.items())
+              + f". This invocation: {elapsed / 60:.1f} min (rows finished earlier are reused).", "", "## Machine", "", machine, "",
               "## Commands", "", "```", *args.commands, "```", ""]
     return "\n".join(lines)
 
@@ -287,8 +290,12 @@ def main() -> None:
             results[row] = res
         else:
             raise SystemExit(f"unknown row {row!r}; rows: {', '.join(ROWS)}")
-        partial = {k: v for k, v in results.items()}
-        write_text(Path(args.result), render(partial, args, markdown(describe()), time.perf_counter() - t0))
+        write_text(Path(args.result), render(results, args, markdown(describe()), time.perf_counter() - t0))
+        write_json(Path(args.result).with_suffix(".json"), {
+            "machine": describe(), "commands": args.commands,
+            "settings": {k: v for k, v in vars(args).items() if k != "commands"},
+            "rows": {k: {"label": v["label"], "dev": v["dev"], "test": v["test"],
+                         "test_per_query_ndcg@10": v["test_per_query"]["ndcg@10"]} for k, v in results.items()}})
     print(Path(args.result).read_text())
 
 
