@@ -234,6 +234,17 @@ def render(results: dict[str, dict], args, machine: str, elapsed: float) -> str:
                 t = M.randomization_test(results[ref]["test_per_query"]["ndcg@10"], res["test_per_query"]["ndcg@10"])
                 row.append(f"{t['p_value']:.4f}")
         lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "## Reading the table", "",
+              "- Single-round rows all train the same 50 steps. ANCE rounds warm-start from the previous round and "
+              "add 50 steps each: round 2 has trained 100 steps in all, round 3 150. Part of their gain may come "
+              "from the extra steps, which this table does not separate from the re-mined negatives.",
+              "- hardneg mines BM25 top-N plus dense top-N candidates and excludes near duplicates of the positives "
+              "(cosine >= 0.95). sentence-transformers' miner mines dense top-N only. Both rank the candidates with "
+              "the same cross-encoder scores (the same cross-fitted models, read from one score cache) and use the "
+              "same relative margin, 0.1 on probabilities. Both keep the top surviving negative.",
+              "- The cross-encoder (`make reranker`) was cross-fitted on all of SciFact train, dev queries included. "
+              "It only judges the training queries' candidates. Dev metrics come from the bi-encoder alone.",
+              ""]
     spent = {r: results[r].get("seconds") for r in order if results[r].get("seconds")}
     lines += ["", "Minutes per row (training + encoding the corpus for dev/test): "
               + ", ".join(f"{r} {v / 60:.1f}" for r, v in spent.items())
