@@ -121,14 +121,14 @@ class CachedFoldCrossEncoder:
         import numpy as np
         import torch
 
-        from retriever.rerank import score_with_cache
+        from retriever.rerank import score_with_cache, sigmoid
 
         pairs = [tuple(p) for p in pairs]
         qids = [self.qid[q] for q, _ in pairs]
         dids = [self.did.get(d, f"text:{hash(d)}") for _, d in pairs]
         logits, n_new = score_with_cache(self.model, qids, dids, pairs, self.cache, show_progress=False)
         self.pairs_scored += n_new
-        probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        probs = sigmoid(logits)
         return torch.tensor(probs, dtype=torch.float32) if convert_to_tensor else probs.astype(np.float32)
 
 

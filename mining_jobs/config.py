@@ -211,20 +211,22 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML config file as nested dicts; a missing file or invalid TOML raises ``ConfigError`` naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict[str, dict[str, Any]] | None = None) -> MineConfig:
     """TOML file (optional) + ``base`` values + ``--set`` overrides, later ones winning; validated."""
-    raw: dict[str, dict[str, Any]] = {}
-    source = "config"
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            raw = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{p}: invalid TOML: {exc}") from None
-        source = str(p)
+    raw: dict[str, dict[str, Any]] = read_toml(path) if path else {}
+    source = str(path) if path else "config"
     for sname, values in (base or {}).items():
         raw.setdefault(sname, {}).update(values)
     for text in overrides or []:

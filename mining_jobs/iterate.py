@@ -25,7 +25,6 @@ import logging
 import os
 import signal
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ import pyarrow.parquet as pq
 
 from retriever.errors import HardnegError
 
-from .config import ConfigError, MineConfig, from_dict, parse_override
+from .config import ConfigError, MineConfig, from_dict, parse_override, read_toml
 from .evaluate import evaluate_model
 from .files import versions, write_json, write_parquet, write_text
 from .train import EVAL_METRICS, TrainConfig
@@ -102,15 +101,7 @@ def load_loop_config(path: str | os.PathLike | None, overrides: list[str] | None
                      out: str | None = None) -> LoopConfig:
     """``[loop]``, ``[train]`` and ``[mine.<section>]`` tables of a TOML file, then ``--set`` overrides
     (``loop.rounds=2``, ``train.lr=3e-5``, ``mine.filter.relative_margin=0.2``)."""
-    raw: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            raw = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+    raw: dict[str, Any] = read_toml(path) if path else {}
     for text in overrides or []:
         section, key, value = parse_override(text)
         target = raw.setdefault(section, {})

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from retriever import metrics as M
 from retriever.data import Collection, load_collection
+from retriever.dense_index import DenseIndex
 from retriever.encoder import load_model, resolve_bf16, resolve_model_name
 from retriever.errors import HardnegError
 from retriever.progress import show_progress
@@ -239,13 +240,7 @@ class RetrievalEvaluator(_base_evaluator()):
                                  normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
         finally:
             model.max_seq_length = old
-        scores = np.asarray(q, dtype=np.float32) @ np.asarray(d, dtype=np.float32).T
-        k = min(100, scores.shape[1])
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        run = {}
-        for i, qid in enumerate(self.col.queries):
-            idx = top[i][np.argsort(-scores[i, top[i]], kind="stable")]
-            run[qid] = {self.doc_ids[j]: float(scores[i, j]) for j in idx}
+        run = DenseIndex("flat").add(self.doc_ids, d).search(q, k=100, query_ids=list(self.col.queries))
         return M.evaluate(self.col.qrels, run, EVAL_METRICS)
 
     def __call__(self, model, output_path: str | None = None, epoch: float = -1, steps: int = -1
