@@ -47,6 +47,7 @@ class CandidatesSection:
     index: str = _f("flat", "faiss index", ("flat", "hnsw", "ivf"))
     bf16: str = _f("auto", "bf16 autocast for the bi-encoder", ("auto", "on", "off"))
     batch_size: int = _f(64, "bi-encoder batch size")
+    max_seq_length: int | None = _f(None, "bi-encoder token limit (unset = the model's own)")
     query_prompt: str = _f("", "text prepended to queries for the bi-encoder")
     doc_prompt: str = _f("", "text prepended to documents for the bi-encoder")
 
@@ -76,8 +77,13 @@ class FilterSection:
                                             "positive's probability (sigmoid of the logits)")
     max_score: float | None = _f(None, "drop a candidate whose logit is above this")
     min_score: float | None = _f(None, "drop a candidate whose logit is below this")
-    range_min: int = _f(0, "skip the best range_min candidates (by cross-encoder score, else by fused rank)")
+    range_min: int = _f(0, "skip the best range_min candidates (in rank_by order)")
     range_max: int | None = _f(None, "consider only candidates ranked below range_max")
+    rank_by: str = _f("cross_encoder", "order of the candidates for the rank window and 'top' sampling: by "
+                      "cross-encoder score (every candidate is scored), or by retrieval (fused) rank, where the "
+                      "cross-encoder only judges: with 'top' or 'positive-aware' sampling, candidates are scored in "
+                      "retrieval order until num_negatives pass the filter, the rest are never scored (much faster)",
+                      ("cross_encoder", "retrieval"))
 
 
 @dataclass
@@ -180,6 +186,7 @@ def validate(cfg: MineConfig, source: str = "config") -> None:
         (c.bm25 or c.dense, "candidates.bm25", "at least one of candidates.bm25 and candidates.dense must be true"),
         (c.bm25_k >= 1, "candidates.bm25_k", "must be >= 1"),
         (c.dense_k >= 1, "candidates.dense_k", "must be >= 1"),
+        (c.max_seq_length is None or c.max_seq_length >= 8, "candidates.max_seq_length", "must be >= 8"),
         (s.num_negatives >= 1, "sampling.num_negatives", "must be >= 1"),
         (o.shard_size >= 1, "output.shard_size", "must be >= 1"),
         (fl.range_min >= 0, "filter.range_min", "must be >= 0"),

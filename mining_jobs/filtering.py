@@ -38,21 +38,39 @@ def filter_reason(score: float, pos: float, cfg: FilterSection) -> str | None:
 def apply_filter(cands: list[Candidate], pos_score: float | None, cfg: FilterSection) -> list[Candidate]:
     """Mark filtered candidates and return the survivors, best first.
 
-    Candidates still pending are ordered by cross-encoder score (else by fused rank); those outside
-    ``[range_min, range_max)`` get ``filtered:rank_window``; with a positive score, the score rules apply.
+    Candidates still pending are ordered by cross-encoder score (else, or with ``rank_by = "retrieval"``, by
+    fused rank); those outside ``[range_min, range_max)`` get ``filtered:rank_window``; with a positive score,
+    the score rules apply. With a positive score, a candidate left unscored (lazy scoring in retrieval order)
+    gets ``not_scored`` and is never a negative.
     """
     pending = [c for c in cands if c.fate == "pending"]
-    if pos_score is not None:
+    if pos_score is not None and cfg.rank_by == "cross_encoder":
         pending.sort(key=lambda c: (-(c.ce_score if c.ce_score is not None else -np.inf), -c.fused(), c.doc))
     kept = []
     for rank, c in enumerate(pending):
         if rank < cfg.range_min or (cfg.range_max is not None and rank >= cfg.range_max):
             c.fate = "filtered:rank_window"
             continue
-        if pos_score is not None and c.ce_score is not None:
+        if pos_score is not None and c.ce_score is None:
+            c.fate = "not_scored"
+            continue
+        if pos_score is not None:
             reason = filter_reason(c.ce_score, pos_score, cfg)
             if reason:
                 c.fate = reason
                 continue
         kept.append(c)
     return kept
+
+
+def in_window(cands: list[Candidate], cfg: FilterSection) -> list[Candidate]:
+    """The pending candidates inside ``[range_min, range_max)`` of retrieval (fused) order."""
+    pending = [c for c in cands if c.fate == "pending"]
+    return pending[cfg.range_min:cfg.range_max]
+
+
+def accepts(score: float, pos: float, cfg: FilterSection, positive_aware_ratio: float | None) -> bool:
+    """Whether a candidate with logit ``score`` passes the filter (and the positive-aware ratio, if given)."""
+    if filter_reason(score, pos, cfg) is not None:
+        return False
+    return positive_aware_ratio is None or float(sigmoid(score)) < positive_aware_ratio * float(sigmoid(pos))

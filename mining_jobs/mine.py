@@ -24,10 +24,10 @@ from retriever.progress import show_progress
 from retriever.rerank import ScoreCache, load_reranker, score_with_cache
 from retriever.text import TokenizerConfig
 
-from .candidates import mark_exclusions, normalized_hash, union_candidates
+from .candidates import Candidate, mark_exclusions, normalized_hash, union_candidates
 from .config import MineConfig
 from .files import write_parquet, write_text
-from .filtering import apply_filter, reduce_positive
+from .filtering import accepts, apply_filter, in_window, reduce_positive
 from .inputs import MiningInput, leak_guard, load_input
 from .sampling import sample
 
@@ -116,7 +116,7 @@ def build_resources(cfg: MineConfig, timings: dict[str, float]) -> Resources:
     if c.dense or cfg.exclusion.near_duplicate_cosine > 0:
         t0 = time.perf_counter()
         encoder = Encoder(c.model, bf16=c.bf16, batch_size=c.batch_size, query_prompt=c.query_prompt,
-                          doc_prompt=c.doc_prompt)
+                          doc_prompt=c.doc_prompt, max_seq_length=c.max_seq_length)
         emb, info = encode_corpus(encoder, texts, inp.corpus_fingerprint(), EmbeddingCache())
         timings["corpus_encode_s"] = time.perf_counter() - t0
         timings["embedding_cache"] = info["cache"]  # type: ignore[assignment]
@@ -150,30 +150,12 @@ def mine_shard(res: Resources, cfg: MineConfig, qids: list[str], counters: dict[
         positives.append(pos)
         mark_exclusions(cl, set(pos), qid, res.doc_ids, res.hashes, cfg.exclusion.drop_self, res.emb,
                         cfg.exclusion.near_duplicate_cosine, res.banned)
-    # cross-encoder: every (query, positive) and (query, pending candidate) of the shard in one call
     pos_scores: list[float | None] = [None] * len(qids)
     pos_lists: list[list[float]] = [[] for _ in qids]
     if res.reranker is not None:
         t0 = time.perf_counter()
-        keys_q, keys_d, pairs, slots = [], [], [], []
-        for i, (qid, cl) in enumerate(zip(qids, cands, strict=True)):
-            for p in positives[i]:
-                keys_q.append(qid), keys_d.append(res.doc_ids[p]), pairs.append((qtexts[i], res.texts[p]))
-                slots.append((i, None))
-            for cand in cl:
-                if cand.fate == "pending":
-                    keys_q.append(qid), keys_d.append(res.doc_ids[cand.doc])
-                    pairs.append((qtexts[i], res.texts[cand.doc]))
-                    slots.append((i, cand))
-        scores, n_new = score_with_cache(res.reranker, keys_q, keys_d, pairs, res.score_cache, show_progress=False)
-        for (i, cand), s in zip(slots, scores, strict=True):
-            if cand is None:
-                pos_lists[i].append(float(s))
-            else:
-                cand.ce_score = float(s)
+        pos_lists = score_shard(res, cfg, qids, qtexts, cands, positives, counters)
         pos_scores = [reduce_positive(p, cfg.cross_encoder.positive_reduce) for p in pos_lists]
-        counters["ce_pairs"] += len(pairs)
-        counters["ce_pairs_scored"] += n_new
         counters["score_s"] += time.perf_counter() - t0
     triples, rows = [], []
     for i, (qid, cl) in enumerate(zip(qids, cands, strict=True)):
@@ -194,6 +176,58 @@ def mine_shard(res: Resources, cfg: MineConfig, qids: list[str], counters: dict[
                          "positive_score": pos_scores[i], "fate": cand.fate})
     return (pa.Table.from_pylist(triples, schema=TRIPLE_SCHEMA),
             pa.Table.from_pylist(rows, schema=CANDIDATE_SCHEMA))
+
+
+def lazy_scoring(cfg: MineConfig) -> bool:
+    """Candidates are scored in retrieval order only until ``num_negatives`` pass the filter."""
+    return cfg.filter.rank_by == "retrieval" and cfg.sampling.strategy in ("top", "positive-aware")
+
+
+def score_shard(res: Resources, cfg: MineConfig, qids: list[str], qtexts: list[str], cands: list[list[Candidate]],
+                positives: list[list[int]], counters: dict[str, float]) -> list[list[float]]:
+    """Cross-encoder scores for a shard: every (query, positive) pair, and the pending candidates (all of
+    them; or, with lazy scoring, in retrieval order and only as many as still needed). Each round is one
+    call whose batches span the shard's queries. Sets ``ce_score`` on candidates; returns positive scores."""
+    pos_lists: list[list[float]] = [[] for _ in qids]
+    lazy = lazy_scoring(cfg)
+    n = cfg.sampling.num_negatives
+    ratio = cfg.sampling.positive_aware_ratio if cfg.sampling.strategy == "positive-aware" else None
+    windows = [in_window(cl, cfg.filter) for cl in cands] if lazy else None
+    first = True
+    while True:
+        slots: list[tuple[int, Candidate | None]] = []
+        if first:
+            slots += [(i, None) for i in range(len(qids)) for _ in positives[i]]
+        for i, cl in enumerate(cands):
+            if not lazy:
+                if first:
+                    slots += [(i, c) for c in cl if c.fate == "pending"]
+                continue
+            need = n if first else n - sum(
+                1 for c in windows[i] if c.ce_score is not None
+                and accepts(c.ce_score, reduce_positive(pos_lists[i], cfg.cross_encoder.positive_reduce),
+                            cfg.filter, ratio))
+            if need > 0:
+                slots += [(i, c) for c in [c for c in windows[i] if c.ce_score is None][:need]]
+        if not slots:
+            break
+        pos_iter = {i: iter(positives[i]) for i in range(len(qids))}
+        docs = [c.doc if c is not None else next(pos_iter[i]) for i, c in slots]
+        scores, n_new = score_with_cache(
+            res.reranker, [qids[i] for i, _ in slots], [res.doc_ids[d] for d in docs],
+            [(qtexts[i], res.texts[d]) for (i, _), d in zip(slots, docs, strict=True)], res.score_cache,
+            show_progress=False)
+        for (i, cand), s in zip(slots, scores, strict=True):
+            if cand is None:
+                pos_lists[i].append(float(s))
+            else:
+                cand.ce_score = float(s)
+        counters["ce_pairs"] += len(slots)
+        counters["ce_pairs_scored"] += n_new
+        first = False
+        if not lazy:
+            break
+    return pos_lists
 
 
 def input_fingerprints(res: Resources) -> dict[str, str | None]:

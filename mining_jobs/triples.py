@@ -221,6 +221,7 @@ def render_report(m: dict, has_png: bool) -> str:
                "filtered:absolute_margin": "logit too close to the positive's",
                "filtered:max_score": "logit above filter.max_score", "filtered:min_score": "logit below filter.min_score",
                "filtered:rank_window": "outside [range_min, range_max)",
+               "not_scored": "never scored: enough negatives passed the filter above it (filter.rank_by = retrieval)",
                "filtered:positive_aware": "above positive_aware_ratio x the positive's probability"}
     for fate, count in c["fates"].items():
         lines.append(f"| {fate} | {count} | {meaning.get(fate, '')} |")

@@ -239,6 +239,58 @@ def test_second_run_reuses_score_cache(adi_run, tiny_cross_encoder, env, tmp_pat
     assert "of which 0 were scored now" in (out / "report.md").read_text()
 
 
+def test_rank_by_retrieval_scores_lazily_and_takes_the_first_survivors(adi_run, tiny_cross_encoder, env, tmp_path):
+    """filter.rank_by = retrieval: candidates are scored in fused-rank order only until num_negatives pass the
+    filter; the negatives equal the first survivors in retrieval order of the fully scored run."""
+    out = tmp_path / "lazy"
+    assert mine(out, *_adi_args(tiny_cross_encoder, adi_run.scores, "--set", "filter.rank_by=retrieval")) == 0
+    m = read_manifest(out)
+    cfg = load_config(overrides=[f"cross_encoder.model={json.dumps(m['config']['cross_encoder']['model'])}"])
+    n = m["config"]["sampling"]["num_negatives"]
+    full_by_q, lazy_by_q = defaultdict(list), defaultdict(list)
+    for c in adi_run.cands:
+        full_by_q[c["query_id"]].append(c)
+    for c in read_rows(out / "candidates.parquet"):
+        lazy_by_q[c["query_id"]].append(c)
+    expected, n_scored = {}, 0
+    for q, rows in full_by_q.items():
+        pending = [c for c in rows if c["fate"] not in EXCLUDED]
+        fused = [sum(1 / (60 + r) for r in (c["bm25_rank"], c["dense_rank"]) if r is not None) for c in pending]
+        assert fused == sorted(fused, reverse=True)  # rows are in retrieval order
+        survivors = [c["doc_id"] for c in pending if filter_reason(c["ce_score"], c["positive_score"], cfg.filter) is None]
+        expected[q] = survivors[:n]
+        lazy = [c for c in lazy_by_q[q] if c["fate"] not in EXCLUDED]
+        assert [c["doc_id"] for c in lazy] == [c["doc_id"] for c in pending]
+        scored = [c["ce_score"] is not None for c in lazy]
+        # a scored prefix, then only unscored candidates, which are never negatives
+        assert scored == sorted(scored, reverse=True), q
+        assert all(c["fate"] == "not_scored" for c in lazy if c["ce_score"] is None)
+        assert all(c["fate"] != "not_scored" for c in lazy if c["ce_score"] is not None)
+        if len(survivors) >= n:  # it stopped as soon as it had n survivors
+            last = max(i for i, c in enumerate(lazy) if c["doc_id"] in expected[q])
+            assert sum(scored) == last + 1, q
+        else:
+            assert all(scored), q
+        n_scored += sum(scored)
+    got = {}
+    for r in read_rows(out / "triples.parquet"):
+        got[r["query_id"]] = r["negative_ids"]
+    assert got == expected
+    assert m["counts"]["ce_pairs"] == n_scored + len(adi_run.triples)
+    # every candidate left unscored is a pair saved against the fully scored run
+    assert m["counts"]["fates"]["not_scored"] > 0
+    assert adi_run.manifest["counts"]["ce_pairs"] - m["counts"]["ce_pairs"] == m["counts"]["fates"]["not_scored"] and "never scored" in (out / "report.md").read_text()
+
+
+def test_rank_by_retrieval_with_random_sampling_scores_every_candidate(adi_run, tiny_cross_encoder, env, tmp_path):
+    out = tmp_path / "lazy_random"
+    assert mine(out, *_adi_args(tiny_cross_encoder, adi_run.scores, "--set", "filter.rank_by=retrieval",
+                                "--set", "sampling.strategy=random")) == 0
+    m = read_manifest(out)
+    assert m["counts"]["ce_pairs"] == adi_run.manifest["counts"]["ce_pairs"]
+    assert "not_scored" not in m["counts"]["fates"]
+
+
 def test_rerun_into_finished_folder_is_refused(adi_run, tiny_cross_encoder, env, capsys):
     before = (adi_run.out / "manifest.json").read_bytes()
     assert mine(adi_run.out, *_adi_args(tiny_cross_encoder, adi_run.scores)) == 2
