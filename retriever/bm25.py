@@ -51,6 +51,8 @@ class BM25Index:
         self.doc_ids: list[str] = []
         self._model = None
         self._tokenized: list[list[str]] | None = None  # kept for rank_bm25 save
+        self._term_docs = None  # bm25s: (vocabulary x documents) CSR matrix of per-term BM25 scores
+        self.chunk_cells = 50_000_000  # bm25s: queries per sparse product x documents stays below this
 
     # ------------------------------------------------------------------------------------------ build
     def index(self, doc_ids: Sequence[str], texts: Sequence[str], show_progress: bool | None = None) -> BM25Index:
@@ -74,6 +76,7 @@ class BM25Index:
             self._model = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
             self._model.index(tokens, show_progress=show_progress)
             self._tokenized = None
+            self._term_docs = None
         else:
             self._model = _rank_bm25_model(tokens, self.k1, self.b)
             self._tokenized = tokens
@@ -90,9 +93,7 @@ class BM25Index:
         q_tokens = [self.tokenizer(q) for q in queries]
         n = len(q_tokens)
         if self.backend == "bm25s":
-            docs, scores = self._model.retrieve(q_tokens, k=k, show_progress=show_progress, n_threads=0)
-            docs = np.asarray(docs, dtype=np.int64)
-            scores = np.asarray(scores, dtype=np.float32)
+            docs, scores = self._search_sparse(q_tokens, k)
         else:
             docs = np.empty((n, k), dtype=np.int64)
             scores = np.empty((n, k), dtype=np.float32)
@@ -103,6 +104,47 @@ class BM25Index:
                 top = top[np.lexsort((top, -s[top]))]
                 docs[i], scores[i] = top, s[top]
         docs[scores <= 0] = -1  # a document sharing no term with the query is not a result
+        return docs, scores
+
+    def _search_sparse(self, q_tokens: list[list[str]], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """bm25s scores for a batch of queries as one sparse product: (queries x vocabulary) counts times the
+        index's (vocabulary x documents) BM25 scores; then a top-k per row over the documents that share a term
+        with the query. The same scores as ``bm25s.BM25.retrieve`` (a sum over query tokens, repeats counted),
+        without its per-query Python loop. Ties are broken by document position."""
+        import scipy.sparse as sp
+
+        if self._term_docs is None:
+            sc = self._model.scores
+            n_terms = len(sc["indptr"]) - 1
+            # bm25s stores one column per term (CSC over documents x terms): its transpose is term-major CSR
+            self._term_docs = sp.csc_matrix((sc["data"], sc["indices"], sc["indptr"]),
+                                            shape=(sc["num_docs"], n_terms)).T.tocsr()
+        vocab = self._model.vocab_dict
+        n_docs = self._term_docs.shape[1]
+        n = len(q_tokens)
+        docs = np.full((n, k), -1, dtype=np.int64)
+        scores = np.zeros((n, k), dtype=np.float32)
+        chunk = int(max(1, min(1024, self.chunk_cells // max(n_docs, 1))))  # bounds the sparse product's size
+        for start in range(0, n, chunk):
+            rows, cols = [], []
+            for i, toks in enumerate(q_tokens[start:start + chunk]):
+                ids = [vocab[t] for t in toks if t in vocab]
+                rows.extend([i] * len(ids))
+                cols.extend(ids)
+            q = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
+                              shape=(min(chunk, n - start), self._term_docs.shape[0]))  # duplicates are summed
+            prod = (q @ self._term_docs).tocsr()
+            for i in range(prod.shape[0]):
+                lo, hi = prod.indptr[i], prod.indptr[i + 1]
+                d, s = prod.indices[lo:hi], prod.data[lo:hi]
+                keep = s > 0
+                d, s = d[keep], s[keep]
+                if len(s) > k:
+                    part = np.argpartition(-s, k - 1)[:k]
+                    d, s = d[part], s[part]
+                order = np.lexsort((d, -s))
+                docs[start + i, :len(order)] = d[order]
+                scores[start + i, :len(order)] = s[order]
         return docs, scores
 
     def search(self, queries: Sequence[str], k: int = 100, query_ids: Sequence[str] | None = None,
@@ -152,6 +194,7 @@ class BM25Index:
             import bm25s
 
             idx._model = bm25s.BM25.load(str(folder / "bm25s"), show_progress=False)
+            idx._term_docs = None
         else:
             with (folder / "tokens.jsonl").open(encoding="utf-8") as fh:
                 tokens = [json.loads(line) for line in fh]

@@ -272,6 +272,28 @@ def test_backends_agree_on_adi(adi):
     assert np.mean(taus) >= 0.8
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("chunk_cells", [50_000_000, 200])
+def test_sparse_search_equals_bm25s_retrieve(adi, chunk_cells):
+    """The batched sparse product returns bm25s's own scores and documents (ties aside), in chunks of queries
+    too, with repeated and unknown query words."""
+    idx = BM25Index("bm25s").index(adi.doc_ids, adi.doc_texts(), show_progress=False)
+    idx.chunk_cells = chunk_cells  # 200 cells / 82 documents: two queries per product
+    queries = [adi.queries[q] for q in adi.queries] + ["retrieval retrieval retrieval of documents",
+                                                        "zzzunknownword retrieval", "zzzunknownword"]
+    docs, scores = idx.search_arrays(queries, k=15)
+    ref_docs, ref_scores = idx._model.retrieve([idx.tokenizer(q) for q in queries], k=15, show_progress=False,
+                                               n_threads=0)
+    ref_scores = np.asarray(ref_scores, dtype=np.float32)
+    assert scores == pytest.approx(np.where(ref_scores > 0, ref_scores, 0), abs=1e-5)
+    for row, ref_row, srow in zip(docs, np.asarray(ref_docs), ref_scores, strict=True):
+        strict = srow > srow[srow > 0].min() + 1e-5 if (srow > 0).any() else srow > 0  # above the lowest tie
+        assert set(ref_row[strict]) <= set(row[row >= 0])
+        assert (row >= 0).sum() == (srow > 0).sum()
+    assert (docs[-1] == -1).all() and scores[-1].sum() == 0
+    assert scores[-3][0] > scores[-2][0] > 0  # a repeated word counts each time, as in bm25s
+
+
 # ----------------------------------------------------------------------------------------- save/load
 
 
