@@ -45,6 +45,8 @@ class CandidatesSection:
     dense_k: int = _f(30, "dense candidates per query")
     model: str = _f("default", "bi-encoder: hub name or local path; 'default' = packaged all-MiniLM-L6-v2")
     index: str = _f("flat", "faiss index", ("flat", "hnsw", "ivf"))
+    ivf_nlist: int | None = _f(None, "ivf: number of cells (unset = 4 x sqrt(documents))")
+    ivf_nprobe: int = _f(16, "ivf: cells visited per query")
     bf16: str = _f("auto", "bf16 autocast for the bi-encoder", ("auto", "on", "off"))
     batch_size: int = _f(64, "bi-encoder batch size")
     max_seq_length: int | None = _f(None, "bi-encoder token limit (unset = the model's own)")
@@ -186,6 +188,8 @@ def validate(cfg: MineConfig, source: str = "config") -> None:
         (c.bm25 or c.dense, "candidates.bm25", "at least one of candidates.bm25 and candidates.dense must be true"),
         (c.bm25_k >= 1, "candidates.bm25_k", "must be >= 1"),
         (c.dense_k >= 1, "candidates.dense_k", "must be >= 1"),
+        (c.ivf_nlist is None or c.ivf_nlist >= 1, "candidates.ivf_nlist", "must be >= 1"),
+        (c.ivf_nprobe >= 1, "candidates.ivf_nprobe", "must be >= 1"),
         (c.max_seq_length is None or c.max_seq_length >= 8, "candidates.max_seq_length", "must be >= 8"),
         (s.num_negatives >= 1, "sampling.num_negatives", "must be >= 1"),
         (o.shard_size >= 1, "output.shard_size", "must be >= 1"),

@@ -121,7 +121,9 @@ def build_resources(cfg: MineConfig, timings: dict[str, float]) -> Resources:
         timings["corpus_encode_s"] = time.perf_counter() - t0
         timings["embedding_cache"] = info["cache"]  # type: ignore[assignment]
         if c.dense:
-            dense = DenseIndex(c.index).add(doc_ids, emb)
+            t0 = time.perf_counter()
+            dense = DenseIndex(c.index, nlist=c.ivf_nlist, nprobe=c.ivf_nprobe).add(doc_ids, emb)
+            timings["dense_index_s"] = time.perf_counter() - t0
     reranker = cache = None
     if cfg.cross_encoder.model:
         x = cfg.cross_encoder

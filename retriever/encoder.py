@@ -161,8 +161,28 @@ class Encoder:
 
         return torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16)
 
+    chunk_size = 16384  # texts per encode call: bounds the transient memory of one call on large corpora
+
     def encode(self, texts: Sequence[str], prompt: str = "", show_progress: bool | None = None) -> np.ndarray:
-        """Embeddings as a float32 array of shape ``(len(texts), dim)``."""
+        """Embeddings as a float32 array of shape ``(len(texts), dim)``.
+
+        Large inputs are encoded ``chunk_size`` texts at a time into one preallocated array, so memory stays
+        at the result plus one chunk (the model sorts each chunk by length)."""
+        if len(texts) <= self.chunk_size:
+            return self._encode(texts, prompt, show_progress)
+        from tqdm.auto import tqdm
+
+        out: np.ndarray | None = None
+        with tqdm(total=len(texts), desc="encode", unit="text", disable=not _show(show_progress)) as bar:
+            for start in range(0, len(texts), self.chunk_size):
+                part = self._encode(texts[start:start + self.chunk_size], prompt, False)
+                if out is None:
+                    out = np.empty((len(texts), part.shape[1]), dtype=np.float32)
+                out[start:start + len(part)] = part
+                bar.update(len(part))
+        return out
+
+    def _encode(self, texts: Sequence[str], prompt: str, show_progress: bool | None) -> np.ndarray:
         import torch
 
         texts = [prompt + t for t in texts] if prompt else list(texts)

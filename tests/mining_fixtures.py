@@ -13,31 +13,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from mining_jobs.cli import main
+from retriever.small_models import build_small_bi_encoder, build_small_cross_encoder
 
 OUTPUT_FILES = ("triples.parquet", "ntuple.parquet", "triplets.parquet", "candidates.parquet", "manifest.json",
                 "report.md", "scores.png")
 
 
 def build_tiny_cross_encoder(folder: Path) -> Path:
-    """A 2-layer, 32-wide BERT with a one-logit head, random weights (seed 0), and the packaged MiniLM's
-    tokenizer, saved where ``sentence_transformers.CrossEncoder(folder)`` loads it.
-
-    ``initializer_range=0.5`` (instead of BERT's 0.02) spreads the logits over several units, so the
-    false-negative filter has something to separate: with the default all logits are ~0.0117."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from retriever.encoder import default_model_path
-
-    tok = AutoTokenizer.from_pretrained(default_model_path())
-    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, num_labels=1, initializer_range=0.5)
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(config)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    """A 2-layer, 32-wide BERT cross-encoder with random weights (seed 0): see ``build_small_cross_encoder``."""
+    return build_small_cross_encoder(folder, hidden=32, layers=2, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -95,25 +79,8 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def build_tiny_bi_encoder(folder: Path) -> Path:
-    """A 2-layer, 32-wide BERT with mean pooling and normalisation, random weights (seed 0), the packaged
-    MiniLM's tokenizer, saved as a sentence-transformers folder (max_seq_length 64)."""
-    import torch
-    from sentence_transformers import SentenceTransformer, models
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from retriever.encoder import default_model_path
-
-    tok = AutoTokenizer.from_pretrained(default_model_path())
-    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64)
-    torch.manual_seed(0)
-    raw = folder.parent / f"{folder.name}_backbone"
-    BertModel(config).save_pretrained(raw)
-    tok.save_pretrained(raw)
-    st = SentenceTransformer(modules=[models.Transformer(str(raw), max_seq_length=64), models.Pooling(32, "mean"),
-                                      models.Normalize()], device="cpu")
-    st.save(str(folder))
-    return folder
+    """A 2-layer, 32-wide BERT bi-encoder with random weights (seed 0), max_seq_length 64."""
+    return build_small_bi_encoder(folder, hidden=32, layers=2, max_seq_length=64, seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -82,6 +82,16 @@ def test_encode_is_deterministic_and_empty_input(encoder: Encoder):
     assert empty.shape == (0, DIM)
 
 
+def test_chunked_encoding_equals_one_call(encoder: Encoder, monkeypatch):
+    """Past ``chunk_size`` texts, encoding goes chunk by chunk into one array: same rows, same order."""
+    texts = [f"{s} ({i})" for i, s in enumerate(SENTENCES * 3)]
+    whole = encoder.encode(texts, prompt="p: ", show_progress=False)
+    monkeypatch.setattr(encoder, "chunk_size", 4)
+    chunked = encoder.encode(texts, prompt="p: ", show_progress=False)
+    assert chunked.shape == whole.shape and chunked.dtype == np.float32
+    np.testing.assert_allclose(chunked, whole, atol=1e-5)
+
+
 def test_prompts_change_embeddings(encoder: Encoder):
     plain = encoder.encode(SENTENCES[:2], show_progress=False)
     prompted = encoder.encode(SENTENCES[:2], prompt="query: ", show_progress=False)

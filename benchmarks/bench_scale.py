@@ -1,0 +1,210 @@
+"""Scale: `hardneg mine` on generated corpora of 10k, 100k and 1M short documents with 10,000 queries.
+
+A memory and throughput test, so the text is synthetic: each document is 10-20 pseudo-words, mostly from its
+topic's 50 words plus a few common words (Zipf); each query is 4-6 words of its one positive document. The
+models are small and random (a 2-layer, 64-wide BERT bi-encoder and cross-encoder with the MiniLM tokenizer,
+`retriever.small_models`): they cost what a small model costs and judge nothing.
+
+Every run is the full job in a fresh process with a cold cache: BM25 (bm25s) top-30 + dense top-30 from a
+faiss IVF index (sqrt(documents) cells, 16 probed), the cross-encoder filter with rank_by = retrieval,
+3 negatives per query, shards of 256 queries. Reported: time per stage, peak resident memory (ru_maxrss),
+and the resident memory after the first and the last shard (memory must not grow with the queries mined).
+One more 1M run mines only --few-queries queries: its peak is compared with the 10,000-query run's.
+
+Run: python -m benchmarks.bench_scale [--sizes 10000 100000 1000000] [--queries 10000]
+Writes benchmarks/results/scale.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).parent
+RESULT = "scale"
+CONSONANTS = list("bcdfghjklmnprstvwxz")
+VOWELS = list("aeiou")
+
+
+def _words(ids: np.ndarray) -> list[str]:
+    """Pseudo-words of three syllables, one per id (95^3 > 850k distinct)."""
+    syl = [c + v for c in CONSONANTS for v in VOWELS]
+    n = len(syl)
+    return [syl[i % n] + syl[(i // n) % n] + syl[(i // (n * n)) % n] for i in ids.tolist()]
+
+
+def generate(folder: Path, n_docs: int, n_queries: int, seed: int = 0) -> dict:
+    """Write a BEIR folder (corpus, queries, qrels/train.tsv) unless the same one is already there."""
+    meta = {"documents": n_docs, "queries": n_queries, "seed": seed, "version": 1}
+    if (folder / "meta.json").is_file() and json.loads((folder / "meta.json").read_text()) == meta:
+        return meta
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    n_topics = max(10, n_docs // 500)
+    topic_words, common = 50, 2000
+    vocab = np.array(_words(np.arange(n_topics * topic_words + common)), dtype=object)
+    topics = rng.integers(0, n_topics, n_docs)
+    lengths = rng.integers(10, 21, n_docs)
+    zipf = 1.0 / np.arange(1, common + 1)
+    zipf /= zipf.sum()
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    pos = np.sort(rng.choice(n_docs, size=min(n_queries, n_docs), replace=False))
+    pos_set = set(pos.tolist())
+    pos_words: dict[int, list[str]] = {}
+    with (folder / "corpus.jsonl").open("w") as fh:
+        for start in range(0, n_docs, 100_000):
+            stop = min(n_docs, start + 100_000)
+            width = 20
+            own = topics[start:stop, None] * topic_words + rng.integers(0, topic_words, (stop - start, width))
+            com = n_topics * topic_words + rng.choice(common, size=(stop - start, width), p=zipf)
+            pick = np.where(rng.random((stop - start, width)) < 0.8, own, com)
+            for i in range(stop - start):
+                words = vocab[pick[i, :lengths[start + i]]].tolist()
+                d = start + i
+                if d in pos_set:
+                    pos_words[d] = words
+                fh.write(json.dumps({"_id": f"d{d}", "title": "", "text": " ".join(words)}) + "\n")
+    with (folder / "queries.jsonl").open("w") as qf, (folder / "qrels" / "train.tsv").open("w") as rf:
+        rf.write("query-id\tcorpus-id\tscore\n")
+        for j, d in enumerate(pos.tolist()):
+            words = pos_words[d]
+            k = int(rng.integers(4, 7))
+            q = " ".join(words[i] for i in sorted(rng.choice(len(words), size=min(k, len(words)), replace=False)))
+            qf.write(json.dumps({"_id": f"q{j}", "text": q}) + "\n")
+            rf.write(f"q{j}\td{d}\t1\n")
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return {**meta, "generate_s": time.perf_counter() - t0}
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child(spec: dict) -> dict:
+    import mining_jobs.mine as mm
+    from mining_jobs.config import load_config
+
+    after_shard: list[float] = []
+    orig = mm.mine_shard
+
+    def mine_shard(*a, **k):
+        out = orig(*a, **k)
+        after_shard.append(_rss_mb())
+        return out
+
+    mm.mine_shard = mine_shard
+    n_docs = spec["documents"]
+    cfg = load_config(overrides=[
+        f"data.name={json.dumps(spec['data'])}", "data.split=train", "candidates.bm25_k=30", "candidates.dense_k=30",
+        f"candidates.model={json.dumps(spec['bi_encoder'])}", "candidates.index=ivf",
+        f"candidates.ivf_nlist={max(16, int(np.sqrt(n_docs)))}", "candidates.ivf_nprobe=16",
+        "candidates.batch_size=256", f"cross_encoder.model={json.dumps(spec['cross_encoder'])}",
+        "cross_encoder.max_length=64", "cross_encoder.batch_size=128", "filter.rank_by=retrieval",
+        "sampling.num_negatives=3", "output.shard_size=256", "output.overwrite=true"])
+    t0 = time.perf_counter()
+    manifest = mm.run_mining(cfg, spec["out"])
+    return {"wall_s": time.perf_counter() - t0, "timings": manifest["timings"],
+            "queries": manifest["counts"]["queries"], "candidates": manifest["counts"]["candidates"],
+            "ce_pairs": manifest["counts"]["ce_pairs"], "rss_after_first_shard_mb": after_shard[0],
+            "rss_after_last_shard_mb": after_shard[-1], "rss_after_shards_mb": after_shard}
+
+
+def run_child(spec: dict) -> dict:
+    with tempfile.TemporaryDirectory() as cache, tempfile.NamedTemporaryFile(suffix=".json") as res:
+        env = {**os.environ, "HARDNEG_CACHE": cache, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+        subprocess.run([sys.executable, "-m", "benchmarks.bench_scale", "--child", json.dumps(spec),
+                        "--result", res.name], check=True, env=env, cwd=HERE.parent)
+        return json.loads(Path(res.name).read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--queries", type=int, default=10_000)
+    ap.add_argument("--few-queries", type=int, default=1_000, help="queries of the extra run on the largest corpus")
+    ap.add_argument("--work", default="runs/scale")
+    args = ap.parse_args()
+    if args.child:
+        res = child(json.loads(args.child))
+        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        Path(args.result).write_text(json.dumps(res))
+        return
+
+    from benchmarks.machine import describe, markdown
+    from retriever.small_models import build_small_bi_encoder, build_small_cross_encoder
+
+    work = Path(args.work).resolve()
+    bi = build_small_bi_encoder(work / "models" / "bi", hidden=64, layers=2, max_seq_length=64)
+    ce = build_small_cross_encoder(work / "models" / "ce", hidden=64, layers=2)
+    plan = [(n, args.queries) for n in args.sizes] + [(max(args.sizes), args.few_queries)]
+    rows = []
+    for n_docs, n_q in plan:
+        data = work / f"data_{n_docs}_{n_q}"
+        gen = generate(data, n_docs, n_q)
+        spec = {"data": str(data), "documents": n_docs, "bi_encoder": str(bi), "cross_encoder": str(ce),
+                "out": str(work / f"out_{n_docs}_{n_q}")}
+        r = run_child(spec)
+        row = {"documents": n_docs, "queries_requested": n_q, "generate_s": gen.get("generate_s"), **r}
+        rows.append(row)
+        print(f"[{n_docs} docs, {r['queries']} queries] {r['wall_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB, "
+              f"RSS after first/last shard {r['rss_after_first_shard_mb']:.0f}/{r['rss_after_last_shard_mb']:.0f} MB",
+              flush=True)
+        (work / "partial.json").write_text(json.dumps(rows, indent=2))
+    main_rows = [r for r in rows if r["queries_requested"] == args.queries]
+    big = [r for r in rows if r["documents"] == max(args.sizes)]
+    peak_ok = all(r["peak_rss_mb"] < 6 * 1024 for r in rows)
+    summary = {"peak_rss_mb_largest": max(r["peak_rss_mb"] for r in big), "pass_<6GB": peak_ok,
+               "peak_rss_mb_by_queries": {str(r["queries"]): r["peak_rss_mb"] for r in big},
+               "time_growth": {str(r["documents"]): r["wall_s"] / main_rows[0]["wall_s"] for r in main_rows}}
+    t = lambda r, k: r["timings"].get(k, 0.0)  # noqa: E731
+    lines = [f"# Mining at scale: generated corpora, {args.queries:,} queries\n",
+             "Synthetic short documents (10-20 pseudo-words) and queries (4-6 words of their positive); small random "
+             "models (2-layer, 64-wide BERT bi-encoder and cross-encoder); BM25 top-30 + dense top-30 from faiss IVF "
+             "(sqrt(N) cells, 16 probed); cross-encoder filter with rank_by = retrieval; 3 negatives; shards of 256 "
+             "queries; cold cache; one process per run.\n",
+             "| documents | queries | total s | load s | BM25 index s | encode corpus s | dense index s | retrieve s | "
+             "cross-encoder s | other s | peak RSS MB | RSS after 1st / last shard MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        known = sum(t(r, k) for k in ("load_s", "bm25_index_s", "corpus_encode_s", "dense_index_s", "retrieve_s",
+                                      "score_s"))
+        lines.append(f"| {r['documents']:,} | {r['queries']:,} | {r['wall_s']:.1f} | {t(r, 'load_s'):.1f} | "
+                     f"{t(r, 'bm25_index_s'):.1f} | {t(r, 'corpus_encode_s'):.1f} | {t(r, 'dense_index_s'):.1f} | "
+                     f"{t(r, 'retrieve_s'):.1f} | {t(r, 'score_s'):.1f} | {r['wall_s'] - known:.1f} | "
+                     f"{r['peak_rss_mb']:.0f} | {r['rss_after_first_shard_mb']:.0f} / "
+                     f"{r['rss_after_last_shard_mb']:.0f} |")
+    growth = ", ".join(f"{int(k):,} docs: {v:.1f}x" for k, v in summary["time_growth"].items())
+    lines += ["", f"- time relative to the smallest corpus: {growth}",
+              f"- peak resident memory of the largest run: **{summary['peak_rss_mb_largest'] / 1024:.2f} GB** "
+              f"(target < 6 GB: {'met' if peak_ok else 'NOT met'})",
+              "- peak resident memory on the largest corpus by queries mined: "
+              + ", ".join(f"{int(q):,} queries: {m:.0f} MB" for q, m in summary["peak_rss_mb_by_queries"].items()),
+              "- resident memory after the first and after the last shard: the shards do not accumulate "
+              "(each shard's candidates and triples go to disk)",
+              "", "## Machine", markdown(describe()), "## Command",
+              f"`python -m benchmarks.bench_scale --sizes {' '.join(map(str, args.sizes))} --queries {args.queries} "
+              f"--few-queries {args.few_queries}`", ""]
+    res_dir = HERE / "results"
+    res_dir.mkdir(exist_ok=True)
+    (res_dir / f"{RESULT}.json").write_text(json.dumps({"summary": summary, "runs": rows, "args": vars(args),
+                                                         "machine": describe()}, indent=2))
+    (res_dir / f"{RESULT}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
