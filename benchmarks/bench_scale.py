@@ -2,14 +2,14 @@
 
 A memory and throughput test, so the text is synthetic: each document is 10-20 pseudo-words, mostly from its
 topic's 50 words plus a few common words (Zipf); each query is 4-6 words of its one positive document. The
-models are small and random (a 2-layer, 64-wide BERT bi-encoder and cross-encoder with the MiniLM tokenizer,
-`retriever.small_models`): they cost what a small model costs and judge nothing.
+models are small and random (a 1-layer, 32-wide BERT bi-encoder (32 tokens) and cross-encoder (64 tokens) with
+the MiniLM tokenizer, `retriever.small_models`): they cost what a small model costs and judge nothing.
 
 Every run is the full job in a fresh process with a cold cache: BM25 (bm25s) top-30 + dense top-30 from a
-faiss IVF index (sqrt(documents) cells, 16 probed), the cross-encoder filter with rank_by = retrieval,
+faiss IVF index (sqrt(documents) cells, 16 probed), with --cross-encoder the small cross-encoder filter,
 3 negatives per query, shards of 256 queries. Reported: time per stage, peak resident memory (ru_maxrss),
-and the resident memory after the first and the last shard (memory must not grow with the queries mined).
-One more 1M run mines only --few-queries queries: its peak is compared with the 10,000-query run's.
+and the resident memory after every shard (memory must not grow with the queries mined). With --few-queries N,
+one more run on the largest corpus mines only N queries, to compare its peak.
 
 Run: python -m benchmarks.bench_scale [--sizes 10000 100000 1000000] [--queries 10000]
 Writes benchmarks/results/scale.{md,json}.
@@ -110,8 +110,9 @@ def child(spec: dict) -> dict:
         f"data.name={json.dumps(spec['data'])}", "data.split=train", "candidates.bm25_k=30", "candidates.dense_k=30",
         f"candidates.model={json.dumps(spec['bi_encoder'])}", "candidates.index=ivf",
         f"candidates.ivf_nlist={max(16, int(np.sqrt(n_docs)))}", "candidates.ivf_nprobe=16",
-        "candidates.batch_size=256", f"cross_encoder.model={json.dumps(spec['cross_encoder'])}",
-        "cross_encoder.max_length=64", "cross_encoder.batch_size=128", "filter.rank_by=retrieval",
+        "candidates.batch_size=256",
+        *([f"cross_encoder.model={json.dumps(spec['cross_encoder'])}", "cross_encoder.max_length=64",
+           "cross_encoder.batch_size=256"] if spec["cross_encoder"] else []),
         "sampling.num_negatives=3", "output.shard_size=256", "output.overwrite=true"])
     t0 = time.perf_counter()
     manifest = mm.run_mining(cfg, spec["out"])
@@ -123,7 +124,10 @@ def child(spec: dict) -> dict:
 
 def run_child(spec: dict) -> dict:
     with tempfile.TemporaryDirectory() as cache, tempfile.NamedTemporaryFile(suffix=".json") as res:
-        env = {**os.environ, "HARDNEG_CACHE": cache, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+        # torch on one thread: for a 64-wide model the thread pool's per-operator synchronisation costs more
+        # than the arithmetic (measured: 2 threads encode ~30x slower than 1 here)
+        env = {**os.environ, "HARDNEG_CACHE": cache, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1",
+               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         subprocess.run([sys.executable, "-m", "benchmarks.bench_scale", "--child", json.dumps(spec),
                         "--result", res.name], check=True, env=env, cwd=HERE.parent)
         return json.loads(Path(res.name).read_text())
@@ -135,7 +139,10 @@ def main() -> None:
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--queries", type=int, default=10_000)
-    ap.add_argument("--few-queries", type=int, default=1_000, help="queries of the extra run on the largest corpus")
+    ap.add_argument("--few-queries", type=int, default=0,
+                    help="also mine this many queries on the largest corpus, to compare peak memory (0 = skip)")
+    ap.add_argument("--cross-encoder", action="store_true",
+                    help="also run the small random cross-encoder filter (its cost grows with the queries, not the corpus)")
     ap.add_argument("--work", default="runs/scale")
     args = ap.parse_args()
     if args.child:
@@ -148,14 +155,14 @@ def main() -> None:
     from retriever.small_models import build_small_bi_encoder, build_small_cross_encoder
 
     work = Path(args.work).resolve()
-    bi = build_small_bi_encoder(work / "models" / "bi", hidden=64, layers=2, max_seq_length=64)
-    ce = build_small_cross_encoder(work / "models" / "ce", hidden=64, layers=2)
-    plan = [(n, args.queries) for n in args.sizes] + [(max(args.sizes), args.few_queries)]
+    bi = build_small_bi_encoder(work / "models" / "bi", hidden=32, layers=1, max_seq_length=32)
+    ce = build_small_cross_encoder(work / "models" / "ce", hidden=32, layers=1) if args.cross_encoder else None
+    plan = [(n, args.queries) for n in args.sizes] + ([(max(args.sizes), args.few_queries)] if args.few_queries else [])
     rows = []
     for n_docs, n_q in plan:
         data = work / f"data_{n_docs}_{n_q}"
         gen = generate(data, n_docs, n_q)
-        spec = {"data": str(data), "documents": n_docs, "bi_encoder": str(bi), "cross_encoder": str(ce),
+        spec = {"data": str(data), "documents": n_docs, "bi_encoder": str(bi), "cross_encoder": str(ce) if ce else "",
                 "out": str(work / f"out_{n_docs}_{n_q}")}
         r = run_child(spec)
         row = {"documents": n_docs, "queries_requested": n_q, "generate_s": gen.get("generate_s"), **r}
@@ -173,11 +180,11 @@ def main() -> None:
     t = lambda r, k: r["timings"].get(k, 0.0)  # noqa: E731
     lines = [f"# Mining at scale: generated corpora, {args.queries:,} queries\n",
              "Synthetic short documents (10-20 pseudo-words) and queries (4-6 words of their positive); small random "
-             "models (2-layer, 64-wide BERT bi-encoder and cross-encoder); BM25 top-30 + dense top-30 from faiss IVF "
-             "(sqrt(N) cells, 16 probed); cross-encoder filter with rank_by = retrieval; 3 negatives; shards of 256 "
-             "queries; cold cache; one process per run.\n",
+             "models (1-layer, 32-wide BERT bi-encoder and cross-encoder); BM25 top-30 + dense top-30 from faiss IVF "
+             f"(sqrt(N) cells, 16 probed); {'the cross-encoder filter' if args.cross_encoder else 'no cross-encoder (its cost is per (query, candidate) pair, not per document: see vs_sentence_transformers.md)'}; 3 negatives; shards of 256 "
+             "queries; cold cache; one process per run, torch on one thread (faster for models this small).\n",
              "| documents | queries | total s | load s | BM25 index s | encode corpus s | dense index s | retrieve s | "
-             "cross-encoder s | other s | peak RSS MB | RSS after 1st / last shard MB |",
+             "cross-encoder s | other s | peak RSS MB | RSS after 1st / max / last shard MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         known = sum(t(r, k) for k in ("load_s", "bm25_index_s", "corpus_encode_s", "dense_index_s", "retrieve_s",
@@ -186,18 +193,20 @@ def main() -> None:
                      f"{t(r, 'bm25_index_s'):.1f} | {t(r, 'corpus_encode_s'):.1f} | {t(r, 'dense_index_s'):.1f} | "
                      f"{t(r, 'retrieve_s'):.1f} | {t(r, 'score_s'):.1f} | {r['wall_s'] - known:.1f} | "
                      f"{r['peak_rss_mb']:.0f} | {r['rss_after_first_shard_mb']:.0f} / "
-                     f"{r['rss_after_last_shard_mb']:.0f} |")
+                     f"{max(r['rss_after_shards_mb']):.0f} / {r['rss_after_last_shard_mb']:.0f} |")
     growth = ", ".join(f"{int(k):,} docs: {v:.1f}x" for k, v in summary["time_growth"].items())
     lines += ["", f"- time relative to the smallest corpus: {growth}",
               f"- peak resident memory of the largest run: **{summary['peak_rss_mb_largest'] / 1024:.2f} GB** "
               f"(target < 6 GB: {'met' if peak_ok else 'NOT met'})",
               "- peak resident memory on the largest corpus by queries mined: "
               + ", ".join(f"{int(q):,} queries: {m:.0f} MB" for q, m in summary["peak_rss_mb_by_queries"].items()),
-              "- resident memory after the first and after the last shard: the shards do not accumulate "
-              "(each shard's candidates and triples go to disk)",
+              "- resident memory after each shard of the largest run: first "
+              f"{big[0]['rss_after_first_shard_mb']:.0f} MB, max {max(big[0]['rss_after_shards_mb']):.0f} MB, "
+              f"last {big[0]['rss_after_last_shard_mb']:.0f} MB over {len(big[0]['rss_after_shards_mb'])} shards "
+              "(each shard's candidates and triples go to disk; nothing accumulates per query)",
               "", "## Machine", markdown(describe()), "## Command",
               f"`python -m benchmarks.bench_scale --sizes {' '.join(map(str, args.sizes))} --queries {args.queries} "
-              f"--few-queries {args.few_queries}`", ""]
+              f"{f' --few-queries {args.few_queries}' if args.few_queries else ''}{' --cross-encoder' if args.cross_encoder else ''}`", ""]
     res_dir = HERE / "results"
     res_dir.mkdir(exist_ok=True)
     (res_dir / f"{RESULT}.json").write_text(json.dumps({"summary": summary, "runs": rows, "args": vars(args),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 from datasets import Dataset, concatenate_datasets
 
-from retriever.data import Collection, load_beir, load_collection, read_corpus, resolve_data
+from retriever.data import Collection, column, load_beir, load_collection, read_corpus, resolve_data
 from retriever.errors import DataError
 
 from .candidates import normalized_hash
@@ -95,10 +95,10 @@ def _load_pairs(cfg: DataSection) -> MiningInput:
             raise DataError(f"{path}: pairs table needs columns 'query' and 'positive'; has {table.column_names}")
     if table.num_rows == 0:
         raise DataError(f"{path}: pairs table is empty")
-    ids = corpus["_id"]
+    ids = column(corpus, "_id")
     id_set = set(ids)
     text_to_id: dict[str, str] = {}  # normalized hash of "title text" and of the text alone -> doc id
-    for i, t, x in zip(ids, corpus["title"], corpus["text"], strict=True):
+    for i, t, x in zip(ids, column(corpus, "title"), column(corpus, "text"), strict=True):
         text_to_id.setdefault(normalized_hash(f"{t} {x}"), i)
         text_to_id.setdefault(normalized_hash(x), i)
     added: dict[str, str] = {}

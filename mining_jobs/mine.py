@@ -17,6 +17,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from retriever.bm25 import BM25Index
+from retriever.data import column
 from retriever.dense_index import DenseIndex
 from retriever.encoder import EmbeddingCache, Encoder, encode_corpus
 from retriever.errors import HardnegError
@@ -101,7 +102,7 @@ def build_resources(cfg: MineConfig, timings: dict[str, float]) -> Resources:
     t0 = time.perf_counter()
     inp = load_input(cfg.data)
     banned_ids = leak_guard(inp, cfg.data)
-    doc_ids = inp.corpus["_id"]
+    doc_ids = column(inp.corpus, "_id")
     doc_pos = {d: i for i, d in enumerate(doc_ids)}
     texts = inp.doc_texts()
     hashes = [normalized_hash(t) for t in texts]
