@@ -117,7 +117,10 @@ class BM25Index:
             sc = self._model.scores
             n_terms = len(sc["indptr"]) - 1
             # bm25s stores one column per term (CSC over documents x terms): its transpose is term-major CSR
-            self._term_docs = sp.csc_matrix((sc["data"], sc["indices"], sc["indptr"]),
+            # float64: bm25s numbers its terms in a per-process order (set iteration), and the product sums a
+            # query's terms in that order; in float64 the sum of a few float32 scores is exact, so the float32
+            # result does not depend on the order (a resumed job gets the bytes of an uninterrupted one)
+            self._term_docs = sp.csc_matrix((sc["data"].astype(np.float64), sc["indices"], sc["indptr"]),
                                             shape=(sc["num_docs"], n_terms)).T.tocsr()
         vocab = self._model.vocab_dict
         n_docs = self._term_docs.shape[1]
@@ -131,12 +134,12 @@ class BM25Index:
                 ids = [vocab[t] for t in toks if t in vocab]
                 rows.extend([i] * len(ids))
                 cols.extend(ids)
-            q = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
+            q = sp.csr_matrix((np.ones(len(rows), dtype=np.float64), (rows, cols)),
                               shape=(min(chunk, n - start), self._term_docs.shape[0]))  # duplicates are summed
             prod = (q @ self._term_docs).tocsr()
             for i in range(prod.shape[0]):
                 lo, hi = prod.indptr[i], prod.indptr[i + 1]
-                d, s = prod.indices[lo:hi], prod.data[lo:hi]
+                d, s = prod.indices[lo:hi], prod.data[lo:hi].astype(np.float32)
                 keep = s > 0
                 d, s = d[keep], s[keep]
                 if len(s) > k:
