@@ -196,6 +196,7 @@ def score_shard(res: Resources, cfg: MineConfig, qids: list[str], qtexts: list[s
     n = cfg.sampling.num_negatives
     ratio = cfg.sampling.positive_aware_ratio if cfg.sampling.strategy == "positive-aware" else None
     windows = [in_window(cl, cfg.filter) for cl in cands] if lazy else None
+    ref: list[float] = []  # per query: the positive score candidates are compared with (after round one)
     first = True
     while True:
         slots: list[tuple[int, Candidate | None]] = []
@@ -207,9 +208,7 @@ def score_shard(res: Resources, cfg: MineConfig, qids: list[str], qtexts: list[s
                     slots += [(i, c) for c in cl if c.fate == "pending"]
                 continue
             need = n if first else n - sum(
-                1 for c in windows[i] if c.ce_score is not None
-                and accepts(c.ce_score, reduce_positive(pos_lists[i], cfg.cross_encoder.positive_reduce),
-                            cfg.filter, ratio))
+                1 for c in windows[i] if c.ce_score is not None and accepts(c.ce_score, ref[i], cfg.filter, ratio))
             if need > 0:
                 slots += [(i, c) for c in [c for c in windows[i] if c.ce_score is None][:need]]
         if not slots:
@@ -227,6 +226,8 @@ def score_shard(res: Resources, cfg: MineConfig, qids: list[str], qtexts: list[s
                 cand.ce_score = float(s)
         counters["ce_pairs"] += len(slots)
         counters["ce_pairs_scored"] += n_new
+        if first and lazy:  # every positive is scored in the first round: its reference score is final
+            ref = [reduce_positive(p, cfg.cross_encoder.positive_reduce) for p in pos_lists]
         first = False
         if not lazy:
             break
