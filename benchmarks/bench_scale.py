@@ -151,7 +151,7 @@ def main() -> None:
         Path(args.result).write_text(json.dumps(res))
         return
 
-    from benchmarks.machine import describe, markdown
+    from benchmarks.machine import describe, markdown, write_result
     from retriever.small_models import build_small_bi_encoder, build_small_cross_encoder
 
     work = Path(args.work).resolve()
@@ -207,12 +207,7 @@ def main() -> None:
               "", "## Machine", markdown(describe()), "## Command",
               f"`python -m benchmarks.bench_scale --sizes {' '.join(map(str, args.sizes))} --queries {args.queries} "
               f"{f' --few-queries {args.few_queries}' if args.few_queries else ''}{' --cross-encoder' if args.cross_encoder else ''}`", ""]
-    res_dir = HERE / "results"
-    res_dir.mkdir(exist_ok=True)
-    (res_dir / f"{RESULT}.json").write_text(json.dumps({"summary": summary, "runs": rows, "args": vars(args),
-                                                         "machine": describe()}, indent=2))
-    (res_dir / f"{RESULT}.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_result(RESULT, {"summary": summary, "runs": rows, "args": vars(args)}, lines)
 
 
 if __name__ == "__main__":

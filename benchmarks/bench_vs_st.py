@@ -173,7 +173,7 @@ def main() -> None:
         return
 
     from benchmarks.bench_planted import plant
-    from benchmarks.machine import describe, markdown
+    from benchmarks.machine import describe, markdown, write_result
 
     os.environ.setdefault("HARDNEG_DATA", str(HERE.parent.parent / "shared" / "data"))
     work = Path(args.work).resolve()
@@ -278,12 +278,7 @@ def main() -> None:
               "", "## Machine", markdown(describe()), "## Command",
               f"`python -m benchmarks.bench_vs_st --cross-encoder {args.cross_encoder} --repeats {args.repeats}"
               f"{' --full-scoring' if args.full_scoring else ''}{' --remine ' + args.remine if args.remine else ''}`", ""]
-    res_dir = HERE / "results"
-    res_dir.mkdir(exist_ok=True)
-    (res_dir / f"{RESULT}.json").write_text(json.dumps({"summary": summary, "runs": runs, "args": vars(args),
-                                                         "spec": spec, "machine": describe()}, indent=2))
-    (res_dir / f"{RESULT}.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_result(RESULT, {"summary": summary, "runs": runs, "args": vars(args), "spec": spec}, lines)
 
 
 if __name__ == "__main__":

@@ -40,3 +40,14 @@ def markdown(info: dict[str, object]) -> str:
     return (f"- CPU: {info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch threads), "
             f"{info['memory_gb']} GiB RAM\n- SIMD flags: {' '.join(info['simd_flags'])}\n"  # type: ignore[arg-type]
             f"- Python {info['python']} on {info['platform']}\n- {v}\n")
+
+
+def write_result(name: str, data: dict[str, object], lines: list[str]) -> None:
+    """Write ``results/<name>.json`` (``data`` plus the machine) and ``results/<name>.md``; print the Markdown."""
+    import json
+
+    res_dir = Path(__file__).parent / "results"
+    res_dir.mkdir(exist_ok=True)
+    (res_dir / f"{name}.json").write_text(json.dumps({**data, "machine": describe()}, indent=2))
+    (res_dir / f"{name}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
