@@ -130,6 +130,60 @@ def _add_iterate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="loop folder (overrides loop.out)")
 
 
+def _client_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", help="job service URL (default $HARDNEG_SERVER or http://127.0.0.1:8750)")
+    p.add_argument("--token-file", help="file holding the bearer token (default $HARDNEG_TOKEN)")
+
+
+def _add_service(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the job service's HTTP API (jobs are run by `hardneg worker`)",
+                       description="FastAPI + uvicorn over the job store in --home. Binds 127.0.0.1 by default; "
+                                   "another address needs a bearer token ($HARDNEG_TOKEN or --token-file).")
+    p.add_argument("--home", help="service folder: jobs.sqlite, runs/, logs/ (default $HARDNEG_HOME or ~/.hardneg)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8750)
+    p.add_argument("--token-file", help="file holding the bearer token (default $HARDNEG_TOKEN)")
+    p = sub.add_parser("worker", help="run queued jobs of the service, one at a time",
+                       description="Claims queued jobs from the job store in --home (several workers never take "
+                                   "the same job), runs them, reports progress, honours cancellation. A job whose "
+                                   "worker died is taken over when its lease expires and resumes from its run "
+                                   "folder. SIGTERM gives the current job back at its next checkpoint.")
+    p.add_argument("--home", help="service folder (default $HARDNEG_HOME or ~/.hardneg)")
+    p.add_argument("--name", help="worker name in the job records (default host:pid)")
+    p.add_argument("--lease", type=float, default=60.0, help="seconds a job stays this worker's without a "
+                   "heartbeat; a dead worker's job is taken over after this (default 60)")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between looks at an empty queue")
+    p.add_argument("--max-jobs", type=int, default=None, help="exit after running this many jobs")
+    p.add_argument("--exit-when-idle", action="store_true", help="exit when the queue is empty")
+    p = sub.add_parser("submit", help="submit a job to the service",
+                       description="Send a job config (TOML or JSON file, plus --set overrides) to the service; "
+                                   "prints the job id. Strings 'job:<id>[/path]' name another job's run folder.")
+    p.add_argument("kind", help="mine, train-reranker, train, evaluate or iterate")
+    p.add_argument("--config", help="TOML or JSON file (for mine: examples/mine.toml; iterate: examples/ance.toml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. filter.relative_margin=0.2 or lr=3e-5 (repeatable)")
+    p.add_argument("--name", default="", help="a label for the job")
+    p.add_argument("--wait", action="store_true", help="wait for the job and print its result")
+    _client_flags(p)
+    p = sub.add_parser("status", help="list the service's jobs, or show one")
+    p.add_argument("job_id", nargs="?")
+    p.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    p.add_argument("--json", action="store_true", help="print the raw JSON")
+    _client_flags(p)
+    p = sub.add_parser("wait", help="wait until a job ends; exit 0 when it succeeded")
+    p.add_argument("job_id")
+    p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    _client_flags(p)
+    p = sub.add_parser("fetch", help="download an artifact of a job (without a name: list them)")
+    p.add_argument("job_id")
+    p.add_argument("name", nargs="?", help="file in the run folder, e.g. triples.parquet, report.md")
+    p.add_argument("-o", "--out", default=".", help="destination file or folder (default .)")
+    _client_flags(p)
+    p = sub.add_parser("cancel", help="cancel a job (a running job stops at its next checkpoint)")
+    p.add_argument("job_id")
+    _client_flags(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hardneg", description="Hard-negative mining for dense retrievers.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -141,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_reranker(sub)
     _add_train(sub)
     _add_iterate(sub)
+    _add_service(sub)
     return parser
 
 
@@ -245,6 +300,134 @@ def _cmd_iterate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    serve(args.home, host=args.host, port=args.port, token_file=args.token_file)
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from .jobstore import open_store
+    from .worker import Worker
+
+    w = Worker(open_store(args.home), name=args.name, lease_s=args.lease, poll_s=args.poll)
+    w.install_signal_handlers()
+    n = w.serve(max_jobs=args.max_jobs, exit_when_idle=args.exit_when_idle)
+    print(f"worker {w.name}: ran {n} job(s)")
+    return 0
+
+
+def _client(args: argparse.Namespace):
+    from .client import Client
+
+    return Client(args.server, token_file=args.token_file)
+
+
+def _submitted_config(path: str | None, overrides: list[str]) -> dict:
+    import json
+
+    from .config import ConfigError, parse_override, read_toml
+
+    raw: dict = {}
+    if path:
+        if path.endswith(".json"):
+            try:
+                raw = json.loads(Path(path).read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ConfigError(f"{path}: {exc}") from None
+        else:
+            raw = read_toml(path)
+    for text in overrides:
+        if "=" not in text:
+            raise ConfigError(f"--set {text!r}: expected key=value")
+        key = text.split("=", 1)[0].strip()
+        _, _, value = parse_override(text if "." in key else "x." + text)
+        target = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = value
+    return raw
+
+
+def _print_job(job: dict) -> None:
+    import json
+
+    from .client import describe
+
+    print(describe(job))
+    print(f"  run folder: {job['run_dir']}")
+    if job.get("worker"):
+        print(f"  worker: {job['worker']} (attempt {job['attempts']})")
+    t = job.get("timings") or {}
+    if t.get("running_s") is not None:
+        print(f"  queued {t['queued_s']:.1f} s, running {t['running_s']:.1f} s")
+    if job.get("metrics"):
+        print("  metrics: " + json.dumps(job["metrics"], indent=2).replace("\n", "\n  "))
+    if job.get("error"):
+        print("  error: " + job["error"].strip().splitlines()[0])
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    client = _client(args)
+    job = client.submit(args.kind, _submitted_config(args.config, args.set), name=args.name)
+    print(job["id"])
+    if args.wait:
+        return _wait(client, job["id"], None)
+    return 0
+
+
+def _wait(client, job_id: str, timeout: float | None) -> int:
+    from .client import describe
+
+    job = client.wait(job_id, timeout=timeout, on_update=lambda j: print(describe(j), flush=True))
+    _print_job(job)
+    return 0 if job["state"] == "succeeded" else 1
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from .client import describe
+
+    client = _client(args)
+    if args.job_id:
+        job = client.job(args.job_id)
+        print(json.dumps(job, indent=2)) if args.json else _print_job(job)
+        return 0
+    jobs = client.jobs(state=args.state)
+    if args.json:
+        print(json.dumps(jobs, indent=2))
+    else:
+        for j in jobs:
+            print(describe(j))
+        if not jobs:
+            print("no jobs")
+    return 0
+
+
+def _cmd_wait(args: argparse.Namespace) -> int:
+    return _wait(_client(args), args.job_id, args.timeout)
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if not args.name:
+        for a in client.artifacts(args.job_id):
+            print(f"{a['bytes']:>12,}  {a['name']}")
+        return 0
+    print(client.fetch(args.job_id, args.name, args.out))
+    return 0
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    from .client import describe
+
+    print(describe(_client(args).cancel(args.job_id)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
@@ -256,7 +439,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(level if name != "bm25s" else max(level, logging.WARNING))
     try:
         commands = {"evaluate": _cmd_evaluate, "compare": _cmd_compare, "mine": _cmd_mine,
-                    "train-reranker": _cmd_train_reranker, "train": _cmd_train, "iterate": _cmd_iterate}
+                    "train-reranker": _cmd_train_reranker, "train": _cmd_train, "iterate": _cmd_iterate,
+                    "serve": _cmd_serve, "worker": _cmd_worker, "submit": _cmd_submit, "status": _cmd_status,
+                    "wait": _cmd_wait, "fetch": _cmd_fetch, "cancel": _cmd_cancel}
         return commands[args.command](args)
     except (HardnegError, RunFolderError, ValueError, OSError) as exc:  # FileExistsError is an OSError
         print(f"hardneg {args.command}: error: {exc}", file=sys.stderr)

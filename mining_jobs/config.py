@@ -15,7 +15,12 @@ from typing import Any
 
 
 class ConfigError(ValueError):
-    """A job config is invalid; the message names the field (``section.key``)."""
+    """A job config is invalid; the message names the field (``section.key``), and so does ``field`` when
+    the field is known (the job service returns it as the error's location)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def _f(default: Any, help: str, choices: tuple | None = None):
@@ -107,6 +112,17 @@ class OutputSection:
 
 
 @dataclass
+class RaySection:
+    address: str = _f("", "Ray cluster to join: '' = $RAY_ADDRESS when set, else start a local instance; 'auto' = "
+                          "the cluster this machine belongs to; 'ray://head:10001' = a remote cluster (Ray Client)")
+    num_cpus: int | None = _f(None, "CPUs of a local instance (unset = all); ignored when joining a cluster")
+    actors: int | None = _f(None, "mining actors (each holds the models once) (unset = the cluster's CPUs / "
+                                  "cpus_per_actor)")
+    cpus_per_actor: float = _f(1.0, "CPUs reserved by each actor (torch uses as many threads)")
+    encode_block: int = _f(2048, "documents per corpus-encoding task")
+
+
+@dataclass
 class MineConfig:
     data: DataSection = field(default_factory=DataSection)
     candidates: CandidatesSection = field(default_factory=CandidatesSection)
@@ -115,28 +131,41 @@ class MineConfig:
     filter: FilterSection = field(default_factory=FilterSection)
     sampling: SamplingSection = field(default_factory=SamplingSection)
     output: OutputSection = field(default_factory=OutputSection)
+    engine: str = _f("local", "where the heavy stages run: 'local' (this process) or 'ray' (Ray tasks over "
+                              "corpus blocks and query shards; needs pip install 'hardneg[ray]')", ("local", "ray"))
+    ray: RaySection = field(default_factory=RaySection)
 
-    def to_dict(self) -> dict[str, dict[str, Any]]:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes the output (``output.overwrite`` excluded)."""
+        """Hash of everything that changes the output (``output.overwrite``, the engine and its settings
+        excluded: every engine writes the same triples, and a job may resume on another engine)."""
         d = self.to_dict()
+        d.pop("engine")
+        d.pop("ray")
         d["output"] = {k: v for k, v in d["output"].items() if k not in ("overwrite", "score_cache")}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 _SECTION_TYPES = {"data": DataSection, "candidates": CandidatesSection, "exclusion": ExclusionSection,
                   "cross_encoder": CrossEncoderSection, "filter": FilterSection, "sampling": SamplingSection,
-                  "output": OutputSection}
+                  "output": OutputSection, "ray": RaySection}
+ENGINES = ("local", "ray")
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+def _coerce(value: Any, tp: Any, where: str, name: str | None = None) -> Any:
     hints = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    if any(typing.get_origin(h) is typing.Literal for h in hints):
+        allowed = [a for h in hints if typing.get_origin(h) is typing.Literal for a in typing.get_args(h)]
+        if value in allowed:
+            return value
+        raise ConfigError(f"{where}: expected one of {', '.join(map(str, allowed))}, got {value!r}", name)
+    hints = tuple(typing.get_origin(h) or h for h in hints)  # list[str] -> list
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and type(None) in hints):
         if type(None) in hints:
             return None
-        raise ConfigError(f"{where}: must not be empty")
+        raise ConfigError(f"{where}: must not be empty", name)
     for h in hints:
         if h is type(None):
             continue
@@ -152,25 +181,47 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         if h is list and isinstance(value, list):
             return value
-    names = " or ".join("none" if h is type(None) else getattr(h, "__name__", str(h)) for h in hints)
-    raise ConfigError(f"{where}: expected {names}, got {value!r}")
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
+             type(None): "none"}
+    names = " or ".join(words.get(h, getattr(h, "__name__", str(h))) for h in hints)
+    raise ConfigError(f"{where}: expected {names}, got {value!r}", name)
+
+
+def set_fields(obj: Any, values: dict[str, Any], where: str) -> None:
+    """Set the fields of a flat dataclass from a dict, checking names and types against its annotations;
+    errors name the field (``where.key``, or ``key`` when ``where`` is empty)."""
+    hints = typing.get_type_hints(type(obj))
+    known = {f.name for f in fields(obj)}
+    for k, v in values.items():
+        name = f"{where}.{k}" if where else k
+        if k not in known:
+            raise ConfigError(f"{where or 'config'}: unknown key '{k}'; known keys: {', '.join(sorted(known))}",
+                              name)
+        setattr(obj, k, _coerce(v, hints[k], name, name))
 
 
 def from_dict(raw: dict[str, Any], source: str = "config") -> MineConfig:
     """Build a config from nested dicts; unknown sections or keys and wrong types raise ``ConfigError``."""
     cfg = MineConfig()
     for sname, values in raw.items():
+        if sname == "engine":
+            if values not in ENGINES:
+                raise ConfigError(f"{source}: 'engine' = {values!r}; expected one of {', '.join(ENGINES)}", "engine")
+            cfg.engine = values
+            continue
         if sname not in _SECTION_TYPES:
-            raise ConfigError(f"{source}: unknown section [{sname}]; expected one of {', '.join(_SECTION_TYPES)}")
+            raise ConfigError(f"{source}: unknown section [{sname}]; expected one of {', '.join(_SECTION_TYPES)}",
+                              sname)
         if not isinstance(values, dict):
-            raise ConfigError(f"{source}: [{sname}] must be a table of keys")
+            raise ConfigError(f"{source}: [{sname}] must be a table of keys", sname)
         section = getattr(cfg, sname)
         hints = typing.get_type_hints(type(section))
         known = {f.name: f for f in fields(section)}
         for key, value in values.items():
             if key not in known:
-                raise ConfigError(f"{source}: unknown key '{sname}.{key}'; known keys: {', '.join(known)}")
-            setattr(section, key, _coerce(value, hints[key], f"{source}: '{sname}.{key}'"))
+                raise ConfigError(f"{source}: unknown key '{sname}.{key}'; known keys: {', '.join(known)}",
+                                  f"{sname}.{key}")
+            setattr(section, key, _coerce(value, hints[key], f"{source}: '{sname}.{key}'", f"{sname}.{key}"))
     validate(cfg, source)
     return cfg
 
@@ -182,7 +233,7 @@ def validate(cfg: MineConfig, source: str = "config") -> None:
             choices = f.metadata.get("choices")
             if choices and getattr(section, f.name) not in choices:
                 raise ConfigError(f"{source}: '{sname}.{f.name}' = {getattr(section, f.name)!r}; "
-                                  f"expected one of {', '.join(choices)}")
+                                  f"expected one of {', '.join(choices)}", f"{sname}.{f.name}")
     c, s, fl, o = cfg.candidates, cfg.sampling, cfg.filter, cfg.output
     checks = [
         (c.bm25 or c.dense, "candidates.bm25", "at least one of candidates.bm25 and candidates.dense must be true"),
@@ -192,6 +243,10 @@ def validate(cfg: MineConfig, source: str = "config") -> None:
         (c.ivf_nprobe >= 1, "candidates.ivf_nprobe", "must be >= 1"),
         (c.max_seq_length is None or c.max_seq_length >= 8, "candidates.max_seq_length", "must be >= 8"),
         (s.num_negatives >= 1, "sampling.num_negatives", "must be >= 1"),
+        (cfg.ray.num_cpus is None or cfg.ray.num_cpus >= 1, "ray.num_cpus", "must be >= 1"),
+        (cfg.ray.actors is None or cfg.ray.actors >= 1, "ray.actors", "must be >= 1"),
+        (cfg.ray.cpus_per_actor > 0, "ray.cpus_per_actor", "must be > 0"),
+        (cfg.ray.encode_block >= 1, "ray.encode_block", "must be >= 1"),
         (o.shard_size >= 1, "output.shard_size", "must be >= 1"),
         (fl.range_min >= 0, "filter.range_min", "must be >= 0"),
         (fl.range_max is None or fl.range_max > fl.range_min, "filter.range_max", "must be > filter.range_min"),
@@ -206,7 +261,7 @@ def validate(cfg: MineConfig, source: str = "config") -> None:
     ]
     for ok, name, msg in checks:
         if not ok:
-            raise ConfigError(f"{source}: '{name}' {msg}")
+            raise ConfigError(f"{source}: '{name}' {msg}", name)
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -248,7 +303,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def describe_fields() -> str:
     """Every field with its default and help, as commented TOML (the example config is generated from it)."""
-    out = []
+    out = ["# " + next(f for f in fields(MineConfig) if f.name == "engine").metadata["help"] + " (local | ray)",
+           'engine = "local"', ""]
     default = MineConfig()
     for sname, stype in _SECTION_TYPES.items():
         out.append(f"[{sname}]")

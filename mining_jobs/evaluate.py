@@ -14,6 +14,7 @@ from retriever.data import Collection, load_collection
 from retriever.dense_index import DenseIndex
 from retriever.encoder import EmbeddingCache, Encoder, encode_corpus
 from retriever.fusion import reciprocal_rank_fusion
+from retriever.progress import stage
 from retriever.runs import Run, drop_self, write_trec
 from retriever.text import TokenizerConfig
 
@@ -121,9 +122,11 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, dict[str, float]]:
     runs: dict[str, Run] = {}
     need = set(cfg.retrievers)
     if need & {"bm25", "hybrid"}:
-        runs["bm25"] = bm25_run(col, cfg, texts, timings)
+        with stage("bm25"):
+            runs["bm25"] = bm25_run(col, cfg, texts, timings)
     if need & {"dense", "hybrid"}:
-        runs["dense"] = dense_run(col, cfg, texts, timings, info)
+        with stage("dense"):
+            runs["dense"] = dense_run(col, cfg, texts, timings, info)
     if "hybrid" in need:
         runs["hybrid"] = reciprocal_rank_fusion([runs["bm25"], runs["dense"]], k=cfg.rrf_k, top_k=cfg.top_k)
     if cfg.drop_self:

@@ -33,8 +33,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from retriever.errors import HardnegError
+from retriever.progress import stage
 
-from .config import ConfigError, MineConfig, from_dict, parse_override, read_toml
+from .config import ConfigError, MineConfig, from_dict, parse_override, read_toml, set_fields
 from .evaluate import evaluate_model
 from .files import versions, write_json, write_parquet, write_text
 from .train import EVAL_METRICS, TrainConfig
@@ -78,25 +79,6 @@ class LoopConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _set_fields(obj: Any, values: dict[str, Any], where: str) -> None:
-    known = {f.name: f for f in dataclasses.fields(obj)}
-    for k, v in values.items():
-        if k not in known:
-            raise ConfigError(f"{where}: unknown key '{k}'; known keys: {', '.join(known)}")
-        default = getattr(obj, k)
-        if isinstance(default, bool) and not isinstance(v, bool):
-            raise ConfigError(f"{where}.{k}: expected true or false, got {v!r}")
-        if isinstance(default, int | float) and not isinstance(default, bool):
-            if isinstance(v, bool) or not isinstance(v, int | float):
-                raise ConfigError(f"{where}.{k}: expected a number, got {v!r}")
-            if isinstance(default, int) and not isinstance(v, int):
-                raise ConfigError(f"{where}.{k}: expected an integer, got {v!r}")
-            v = float(v) if isinstance(default, float) else v
-        if isinstance(default, str) and not isinstance(v, str):
-            raise ConfigError(f"{where}.{k}: expected a string, got {v!r}")
-        setattr(obj, k, v)
-
-
 def load_loop_config(path: str | os.PathLike | None, overrides: list[str] | None = None,
                      out: str | None = None) -> LoopConfig:
     """``[loop]``, ``[train]`` and ``[mine.<section>]`` tables of a TOML file, then ``--set`` overrides
@@ -109,30 +91,43 @@ def load_loop_config(path: str | os.PathLike | None, overrides: list[str] | None
         for part in parts[:-1]:
             target = target.setdefault(part, {})
         target[parts[-1]] = value
+    return loop_config_from_dict(raw, str(path or "config"), out)
+
+
+def loop_config_from_dict(raw: dict[str, Any], source: str = "config", out: str | None = None) -> LoopConfig:
+    """A loop config from nested dicts (``loop``, ``mine``, ``train``), validated; errors name the field."""
     unknown = set(raw) - {"loop", "mine", "train"}
     if unknown:
-        raise ConfigError(f"{path or 'config'}: unknown section [{sorted(unknown)[0]}]; expected loop, mine, train")
+        raise ConfigError(f"{source}: unknown section [{sorted(unknown)[0]}]; expected loop, mine, train",
+                          sorted(unknown)[0])
+    for sname, values in raw.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{sname}] must be a table of keys", sname)
     cfg = LoopConfig()
-    _set_fields(cfg.loop, raw.get("loop", {}), "loop")
-    cfg.mine = from_dict(raw.get("mine", {}), "mine")
+    set_fields(cfg.loop, raw.get("loop", {}), "loop")
+    try:
+        cfg.mine = from_dict(raw.get("mine", {}), "mine")
+    except ConfigError as exc:
+        raise ConfigError(str(exc), f"mine.{exc.field}" if exc.field else "mine") from None
     train = dict(raw.get("train", {}))
     for k in ("triples", "out", "base_model", "overwrite"):
         if k in train:
-            raise ConfigError(f"train.{k}: set by the loop (loop.base_model, loop.out); remove it")
-    _set_fields(cfg.train, train, "train")
+            raise ConfigError(f"train.{k}: set by the loop (loop.base_model, loop.out); remove it", f"train.{k}")
+    set_fields(cfg.train, train, "train")
     if out:
         cfg.loop.out = out
     lp = cfg.loop
     if lp.rounds < 1:
-        raise ConfigError(f"loop.rounds must be >= 1, got {lp.rounds}")
+        raise ConfigError(f"loop.rounds must be >= 1, got {lp.rounds}", "loop.rounds")
     if lp.mode not in ("warm", "restart"):
-        raise ConfigError(f"loop.mode {lp.mode!r}: expected warm or restart")
+        raise ConfigError(f"loop.mode {lp.mode!r}: expected warm or restart", "loop.mode")
     if lp.patience < 1:
-        raise ConfigError(f"loop.patience must be >= 1, got {lp.patience}")
+        raise ConfigError(f"loop.patience must be >= 1, got {lp.patience}", "loop.patience")
     if not lp.dev_split:
-        raise ConfigError("loop.dev_split: the loop needs a dev split to choose the best round")
+        raise ConfigError("loop.dev_split: the loop needs a dev split to choose the best round", "loop.dev_split")
     if not cfg.mine.candidates.dense:
-        raise ConfigError("mine.candidates.dense: the loop mines with the current model; it must be true")
+        raise ConfigError("mine.candidates.dense: the loop mines with the current model; it must be true",
+                          "mine.candidates.dense")
     cfg.mine.data.name = cfg.mine.data.name if "name" in raw.get("mine", {}).get("data", {}) else lp.data
     if "split" not in raw.get("mine", {}).get("data", {}):
         cfg.mine.data.split = "train:fit"
@@ -162,7 +157,7 @@ def _check_splits(cfg: LoopConfig) -> None:
         disjoint = {mp, p} == {"fit", "dev"} and mf == f
         if not disjoint:
             raise ConfigError(f"{key} = {split!r} shares queries with mine.data.split = {cfg.mine.data.split!r}; "
-                              f"mine '{b}:fit' and evaluate on '{b}:dev' (same fraction), or use another split")
+                              f"mine '{b}:fit' and evaluate on '{b}:dev' (same fraction), or use another split", key)
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -251,7 +246,8 @@ def run_round(cfg: LoopConfig, out: Path, r: int, prev_model: str, history: list
     from .mine import run_mining
 
     mcfg = MineConfig(**{k: dataclasses.replace(getattr(cfg.mine, k)) for k in
-                         ("data", "candidates", "exclusion", "cross_encoder", "filter", "sampling", "output")})
+                         ("data", "candidates", "exclusion", "cross_encoder", "filter", "sampling", "output", "ray")},
+                      engine=cfg.mine.engine)
     mcfg.candidates.model = prev_model
     mine_dir = rdir / "mine"
     logger.info("round %d/%d: mining %s with BM25 + dense(%s)%s", r, cfg.loop.rounds, mcfg.data.split, prev_model,
@@ -259,7 +255,8 @@ def run_round(cfg: LoopConfig, out: Path, r: int, prev_model: str, history: list
     if (mine_dir / "manifest.json").is_file():
         manifest = json.loads((mine_dir / "manifest.json").read_text())
     else:
-        manifest = run_mining(mcfg, mine_dir)
+        with stage("mine"):
+            manifest = run_mining(mcfg, mine_dir)
     timings["mine_s"] = float(manifest["timings"]["total_s"])
     _fault(f"round{r}:mine")
     # 2. train model r
@@ -283,7 +280,8 @@ def run_round(cfg: LoopConfig, out: Path, r: int, prev_model: str, history: list
     _fault(f"round{r}:train")
     # 3. evaluate model r on dev and test
     logger.info("round %d/%d: evaluating %s", r, cfg.loop.rounds, train["model"])
-    ev = _evaluate(cfg, train["model"], rdir / "eval.json")
+    with stage("evaluate"):
+        ev = _evaluate(cfg, train["model"], rdir / "eval.json")
     timings["eval_s"] = float(ev["seconds"])
     churn = None
     if r > 1:
@@ -321,7 +319,8 @@ def run_loop(cfg: LoopConfig) -> dict:
     _prepare(out, cfg)
     t0 = time.perf_counter()
     logger.info("round 0: evaluating the base model %s", cfg.loop.base_model)
-    base_eval = _evaluate(cfg, cfg.loop.base_model, out / "round_0" / "eval.json")
+    with stage("round_0"):
+        base_eval = _evaluate(cfg, cfg.loop.base_model, out / "round_0" / "eval.json")
     rounds = [{"round": 0, "model": cfg.loop.base_model,
                "metrics": {s: v["metrics"] for s, v in base_eval["splits"].items()},
                "timings": {"eval_s": base_eval["seconds"]}}]
@@ -329,7 +328,8 @@ def run_loop(cfg: LoopConfig) -> dict:
     prev_model = cfg.loop.base_model
     dev = cfg.loop.dev_split
     for r in range(1, cfg.loop.rounds + 1):
-        res = run_round(cfg, out, r, prev_model, rounds)
+        with stage(f"round_{r}"):
+            res = run_round(cfg, out, r, prev_model, rounds)
         rounds.append(res)
         prev_model = res["model"]
         devs = [x["metrics"][dev]["ndcg@10"] for x in rounds]

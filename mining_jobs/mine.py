@@ -21,7 +21,7 @@ from retriever.data import column
 from retriever.dense_index import DenseIndex
 from retriever.encoder import EmbeddingCache, Encoder, encode_corpus
 from retriever.errors import HardnegError
-from retriever.progress import show_progress
+from retriever.progress import report, show_progress, stage
 from retriever.rerank import ScoreCache, load_reranker, score_with_cache
 from retriever.text import TokenizerConfig
 
@@ -98,7 +98,7 @@ def prepare_folder(out: Path, cfg: MineConfig) -> dict:
     return state
 
 
-def build_resources(cfg: MineConfig, timings: dict[str, float]) -> Resources:
+def build_resources(cfg: MineConfig, timings: dict[str, float], engine=None) -> Resources:
     t0 = time.perf_counter()
     inp = load_input(cfg.data)
     banned_ids = leak_guard(inp, cfg.data)
@@ -118,7 +118,10 @@ def build_resources(cfg: MineConfig, timings: dict[str, float]) -> Resources:
         t0 = time.perf_counter()
         encoder = Encoder(c.model, bf16=c.bf16, batch_size=c.batch_size, query_prompt=c.query_prompt,
                           doc_prompt=c.doc_prompt, max_seq_length=c.max_seq_length)
-        emb, info = encode_corpus(encoder, texts, inp.corpus_fingerprint(), EmbeddingCache())
+        if engine is None:
+            emb, info = encode_corpus(encoder, texts, inp.corpus_fingerprint(), EmbeddingCache())
+        else:
+            emb, info = engine.encode_corpus(encoder, texts, inp.corpus_fingerprint(), EmbeddingCache())
         timings["corpus_encode_s"] = time.perf_counter() - t0
         timings["embedding_cache"] = info["cache"]  # type: ignore[assignment]
         if c.dense:
@@ -263,28 +266,44 @@ def run_mining(cfg: MineConfig, out: str | os.PathLike) -> dict:
     state = prepare_folder(out, cfg)
     t_job = time.perf_counter()
     timings: dict[str, float] = {}
-    res = build_resources(cfg, timings)
-    check_inputs(out, state, input_fingerprints(res))
-    size = cfg.output.shard_size
-    shards = [res.qids[i:i + size] for i in range(0, len(res.qids), size)]
-    counters = {"retrieve_s": 0.0, "score_s": 0.0, "ce_pairs": 0, "ce_pairs_scored": 0, "shards_resumed": 0}
-    bar = tqdm(total=len(res.qids), desc="mine", unit="q", disable=not show_progress())
+    from .engine import make_engine
+
+    engine = make_engine(cfg)
     try:
+        with stage("prepare"):
+            res = build_resources(cfg, timings, engine)
+        check_inputs(out, state, input_fingerprints(res))
+        size = cfg.output.shard_size
+        shards = [res.qids[i:i + size] for i in range(0, len(res.qids), size)]
+        counters = {"retrieve_s": 0.0, "score_s": 0.0, "ce_pairs": 0, "ce_pairs_scored": 0, "shards_resumed": 0}
+        pending = []
         for k, qids in enumerate(shards):
             cpath, tpath = shard_paths(out, k)
             if tpath.exists() and cpath.exists():
                 counters["shards_resumed"] += 1
-                bar.update(len(qids))
-                continue
-            triples, cands = mine_shard(res, cfg, qids, counters)
-            write_parquet(cands, cpath)
-            write_parquet(triples, tpath)  # written last: its presence marks the shard finished
-            bar.update(len(qids))
+            else:
+                pending.append((k, qids))
+        done = len(shards) - len(pending)
+        bar = tqdm(total=len(shards), initial=done, desc=f"mine ({engine.name})", unit="shard",
+                   disable=not show_progress())
+        try:
+            with stage("shards", len(shards)):
+                report(done, len(shards))
+                for k, triples, cands in engine.mine_shards(res, cfg, pending, counters):
+                    cpath, tpath = shard_paths(out, k)
+                    write_parquet(cands, cpath)
+                    write_parquet(triples, tpath)  # written last: its presence marks the shard finished
+                    done += 1
+                    bar.update(1)
+                    report(done, len(shards))
+        finally:
+            bar.close()
+            if res.score_cache is not None:
+                res.score_cache.close()
     finally:
-        bar.close()
-        if res.score_cache is not None:
-            res.score_cache.close()
+        engine.close()
     from .triples import finalize
 
     timings.update({k: v for k, v in counters.items() if k.endswith("_s")})
-    return finalize(out, cfg, res, len(shards), counters, timings, time.perf_counter() - t_job)
+    with stage("finalize"):
+        return finalize(out, cfg, res, len(shards), counters, timings, time.perf_counter() - t_job)

@@ -27,7 +27,7 @@ from retriever.data import Collection, load_collection
 from retriever.dense_index import DenseIndex
 from retriever.encoder import load_model, resolve_bf16, resolve_model_name
 from retriever.errors import HardnegError
-from retriever.progress import show_progress
+from retriever.progress import report, show_progress, stage
 
 from .files import versions, write_json, write_text
 
@@ -359,10 +359,12 @@ def run_training(cfg: TrainConfig, model=None) -> dict:
             from transformers.trainer_callback import PrinterCallback
 
             trainer.remove_callback(PrinterCallback)  # no raw log dicts on stdout under -q
+        trainer.add_callback(_progress_callback())
         if resume:
             logger.info("resuming training from %s", resume)
         t0 = time.perf_counter()
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        with stage("train"):
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         train_s = time.perf_counter() - t0
     model.max_seq_length = encode_len
     # the trainer's state (restored on resume) holds every log and evaluation, also those before a kill
@@ -395,6 +397,17 @@ def run_training(cfg: TrainConfig, model=None) -> dict:
     if os.environ.get("HARDNEG_KEEP_CHECKPOINTS", "") != "1":
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return summary
+
+
+def _progress_callback():
+    """A trainer callback that reports each optimizer step (a checkpoint where a job can be cancelled)."""
+    from transformers import TrainerCallback
+
+    class _Progress(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            report(state.global_step, state.max_steps or None)
+
+    return _Progress()
 
 
 def _mean_loss(log: list[dict]) -> float | None:

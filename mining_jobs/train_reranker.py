@@ -14,6 +14,7 @@ import numpy as np
 from retriever import metrics as M
 from retriever.bm25 import BM25Index
 from retriever.data import Collection, load_collection
+from retriever.progress import stage
 from retriever.rerank import FOLDS_FILE
 from retriever.rerank_train import Group, TrainArgs, train_cross_encoder
 
@@ -114,8 +115,9 @@ def run_train_reranker(job: RerankerJob) -> dict:
         groups = bm25_groups(col, texts, bm25, train_q, job.negatives, job.bm25_depth, job.train.seed + k)
         name = f"fold_{k}" if job.folds > 1 else "model"
         logger.info("training %s on %d queries (%d groups)", name, len(train_q), len(groups))
-        stats.append({"model": name, "train_queries": len(train_q),
-                      **train_cross_encoder(groups, out / name, job.train)})
+        with stage(name):
+            stats.append({"model": name, "train_queries": len(train_q),
+                          **train_cross_encoder(groups, out / name, job.train)})
         models.append(name)
     meta = {"folds": job.folds, "models": models, "assignment": assignment, "data": job.data, "split": job.split,
             "backbone": job.train.backbone, "train_args": asdict(job.train), "negatives": job.negatives,
@@ -124,8 +126,9 @@ def run_train_reranker(job: RerankerJob) -> dict:
     report = {**meta, "train_seconds": time.perf_counter() - t0}
     report.pop("assignment")
     if job.eval_split:
-        report["eval"] = rerank_eval(out, job.data, job.eval_split, job.eval_depth, job.train.max_length,
-                                     job.max_eval_queries)
+        with stage("evaluate"):
+            report["eval"] = rerank_eval(out, job.data, job.eval_split, job.eval_depth, job.train.max_length,
+                                         job.max_eval_queries)
     write_json(out / "report.json", report)
     write_text(out / "report.md", render(report))
     return report

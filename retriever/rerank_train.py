@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .encoder import BF16Mode, resolve_bf16, resolve_model_name
+from .progress import report
 from .progress import show_progress as _show
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ def train_cross_encoder(groups: Sequence[Group], out: str | os.PathLike, args: T
             last = float(loss.detach())
             bar.update(1)
             bar.set_postfix(loss=f"{last:.3f}")
+            report(step, total)
     bar.close()
     model.eval()
     out = Path(out)

@@ -338,7 +338,7 @@ def test_load_config_unknown_key_names_section_and_key(tmp_path):
 
 
 def test_load_config_wrong_type_names_field(tmp_path):
-    with pytest.raises(ConfigError, match=r"'sampling\.num_negatives'.*expected int"):
+    with pytest.raises(ConfigError, match=r"'sampling\.num_negatives'.*expected an integer"):
         load_config(_toml(tmp_path, '[sampling]\nnum_negatives = "five"\n'))
     with pytest.raises(ConfigError, match=r"'candidates\.dense'"):
         load_config(overrides=["candidates.dense=3"])

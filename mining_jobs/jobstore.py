@@ -1,0 +1,295 @@
+"""The job store of the mining service: jobs with their kind, resolved config, state, stage, progress,
+timings and run folder. ``JobStore`` is the interface; ``SQLiteJobStore`` (one file under the service home)
+is the default. No job is run here: workers claim jobs and report back through this interface."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retriever.errors import HardnegError
+
+KINDS = ("mine", "train-reranker", "train", "evaluate", "iterate")
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL = ("succeeded", "failed", "cancelled")
+HOME_ENV = "HARDNEG_HOME"
+
+
+class JobStoreError(HardnegError):
+    """An operation the job's state does not allow (e.g. cancelling a finished job)."""
+
+
+def default_home() -> Path:
+    """``$HARDNEG_HOME``, else ``~/.hardneg``: the service's folder (job store, run folders, logs)."""
+    return Path(os.environ.get(HOME_ENV) or Path.home() / ".hardneg").expanduser()
+
+
+@dataclass
+class Job:
+    """One job as the store holds it. Times are Unix seconds; ``progress`` is ``{"done", "total"}`` of the
+    current ``stage`` (e.g. ``round_1/mine/shards``)."""
+
+    id: str
+    kind: str
+    config: dict[str, Any]
+    state: str = "queued"
+    stage: str = ""
+    progress: dict[str, Any] = field(default_factory=dict)
+    run_dir: str = ""
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    heartbeat_at: float | None = None
+    lease_until: float | None = None
+    worker: str | None = None
+    attempts: int = 0
+    cancel_requested: bool = False
+    error: str | None = None
+    metrics: dict[str, Any] | None = None
+    name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        end = self.finished_at or time.time()
+        d["timings"] = {"queued_s": ((self.started_at or end) - self.created_at),
+                        "running_s": (end - self.started_at) if self.started_at else None}
+        return d
+
+
+class JobStore(ABC):
+    """What the service needs from a job store. A server database can replace SQLite behind it."""
+
+    home: Path
+
+    def run_dir(self, job_id: str) -> Path:
+        return self.home / "runs" / job_id
+
+    def log_path(self, job_id: str) -> Path:
+        return self.home / "logs" / f"{job_id}.log"
+
+    @abstractmethod
+    def create(self, kind: str, config: dict[str, Any], name: str = "", job_id: str | None = None) -> Job:
+        """Add a queued job; ``config`` is already resolved and validated."""
+
+    @abstractmethod
+    def get(self, job_id: str) -> Job | None: ...
+
+    @abstractmethod
+    def list(self, state: str | None = None, kind: str | None = None, limit: int = 100) -> list[Job]:
+        """Newest first."""
+
+    @abstractmethod
+    def claim(self, worker: str, lease_s: float) -> Job | None:
+        """Atomically take the oldest queued job, or a running job whose lease expired (its worker died),
+        for ``worker``; no two callers ever get the same job for the same lease."""
+
+    @abstractmethod
+    def heartbeat(self, job_id: str, worker: str, lease_s: float) -> Job | None:
+        """Extend the lease; ``None`` when ``worker`` no longer holds the job."""
+
+    @abstractmethod
+    def progress(self, job_id: str, worker: str, stage: str, done: int, total: int | None) -> Job | None:
+        """Record the stage and progress; ``None`` when ``worker`` no longer holds the job."""
+
+    @abstractmethod
+    def finish(self, job_id: str, worker: str, state: str, error: str | None = None,
+               metrics: dict[str, Any] | None = None) -> bool:
+        """Move a held job to a terminal state; False when ``worker`` no longer holds it."""
+
+    @abstractmethod
+    def requeue(self, job_id: str, worker: str) -> bool:
+        """Give a held job back (a worker shutting down); it resumes from its run folder."""
+
+    @abstractmethod
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued job at once; ask the worker of a running one to stop at its next checkpoint.
+        Raises ``KeyError`` for an unknown id and ``JobStoreError`` for a finished job."""
+
+
+_COLUMNS = ("id", "kind", "config", "state", "stage", "progress", "run_dir", "created_at", "started_at",
+            "finished_at", "heartbeat_at", "lease_until", "worker", "attempts", "cancel_requested", "error",
+            "metrics", "name")
+_JSON = ("config", "progress", "metrics")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    kind TEXT NOT NULL,
+    config TEXT NOT NULL,
+    state TEXT NOT NULL,
+    stage TEXT NOT NULL DEFAULT '',
+    progress TEXT NOT NULL DEFAULT '{}',
+    run_dir TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    heartbeat_at REAL,
+    lease_until REAL,
+    worker TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    metrics TEXT,
+    name TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+SCHEMA_VERSION = "1"
+
+
+class SQLiteJobStore(JobStore):
+    """The default store: ``<home>/jobs.sqlite`` in WAL mode, one short connection per operation (safe
+    across threads and processes). Claims run in ``BEGIN IMMEDIATE`` transactions, so two workers never
+    take the same job."""
+
+    def __init__(self, home: str | os.PathLike | None = None) -> None:
+        self.home = Path(home).expanduser() if home else default_home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.path = self.home / "jobs.sqlite"
+        db = sqlite3.connect(str(self.path), timeout=60)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+        finally:
+            db.close()
+        with self._tx(immediate=True) as db:
+            row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            elif row[0] != SCHEMA_VERSION:
+                raise JobStoreError(f"{self.path}: job store schema {row[0]}, this hardneg reads {SCHEMA_VERSION}")
+
+    @contextmanager
+    def _tx(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=60000")
+            db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    @staticmethod
+    def _job(row: sqlite3.Row | tuple) -> Job:
+        d = dict(zip(_COLUMNS, row, strict=True))
+        for k in _JSON:
+            d[k] = json.loads(d[k]) if d[k] is not None else None
+        d["progress"] = d["progress"] or {}
+        d["cancel_requested"] = bool(d["cancel_requested"])
+        return Job(**d)
+
+    def _get(self, db: sqlite3.Connection, job_id: str) -> Job | None:
+        row = db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return self._job(row) if row else None
+
+    def create(self, kind: str, config: dict[str, Any], name: str = "", job_id: str | None = None) -> Job:
+        if kind not in KINDS:
+            raise JobStoreError(f"unknown job kind {kind!r}; expected one of {', '.join(KINDS)}")
+        job_id = job_id or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+        now = time.time()
+        with self._tx(immediate=True) as db:
+            db.execute("INSERT INTO jobs (id, kind, config, state, run_dir, created_at, name) "
+                       "VALUES (?, ?, ?, 'queued', ?, ?, ?)",
+                       (job_id, kind, json.dumps(config), str(self.run_dir(job_id)), now, name))
+            return self._get(db, job_id)  # type: ignore[return-value]
+
+    def get(self, job_id: str) -> Job | None:
+        with self._tx() as db:
+            return self._get(db, job_id)
+
+    def list(self, state: str | None = None, kind: str | None = None, limit: int = 100) -> list[Job]:
+        where, args = [], []
+        if state:
+            where.append("state=?")
+            args.append(state)
+        if kind:
+            where.append("kind=?")
+            args.append(kind)
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._tx() as db:
+            rows = db.execute(sql + " ORDER BY seq DESC LIMIT ?", (*args, int(limit))).fetchall()
+        return [self._job(r) for r in rows]
+
+    def claim(self, worker: str, lease_s: float) -> Job | None:
+        now = time.time()
+        with self._tx(immediate=True) as db:
+            while True:
+                row = db.execute("SELECT id, state, cancel_requested FROM jobs WHERE state='queued' OR "
+                                 "(state='running' AND lease_until < ?) ORDER BY seq LIMIT 1", (now,)).fetchone()
+                if row is None:
+                    return None
+                job_id, state, cancel = row
+                if state == "running" and cancel:  # its worker died after a cancel request: nothing to resume
+                    db.execute("UPDATE jobs SET state='cancelled', finished_at=?, lease_until=NULL WHERE id=?",
+                               (now, job_id))
+                    continue
+                db.execute("UPDATE jobs SET state='running', worker=?, heartbeat_at=?, lease_until=?, "
+                           "started_at=COALESCE(started_at, ?), attempts=attempts+1 WHERE id=?",
+                           (worker, now, now + lease_s, now, job_id))
+                return self._get(db, job_id)
+
+    def _held(self, db: sqlite3.Connection, job_id: str, worker: str, sets: str, args: tuple) -> Job | None:
+        cur = db.execute(f"UPDATE jobs SET {sets} WHERE id=? AND worker=? AND state='running'",
+                         (*args, job_id, worker))
+        return self._get(db, job_id) if cur.rowcount else None
+
+    def heartbeat(self, job_id: str, worker: str, lease_s: float) -> Job | None:
+        now = time.time()
+        with self._tx(immediate=True) as db:
+            return self._held(db, job_id, worker, "heartbeat_at=?, lease_until=?", (now, now + lease_s))
+
+    def progress(self, job_id: str, worker: str, stage: str, done: int, total: int | None) -> Job | None:
+        with self._tx(immediate=True) as db:
+            return self._held(db, job_id, worker, "stage=?, progress=?",
+                              (stage, json.dumps({"done": done, "total": total})))
+
+    def finish(self, job_id: str, worker: str, state: str, error: str | None = None,
+               metrics: dict[str, Any] | None = None) -> bool:
+        if state not in TERMINAL:
+            raise JobStoreError(f"finish: {state!r} is not a terminal state ({', '.join(TERMINAL)})")
+        with self._tx(immediate=True) as db:
+            return self._held(db, job_id, worker, "state=?, finished_at=?, error=?, metrics=?, lease_until=NULL",
+                              (state, time.time(), error, json.dumps(metrics) if metrics is not None else None)
+                              ) is not None
+
+    def requeue(self, job_id: str, worker: str) -> bool:
+        with self._tx(immediate=True) as db:
+            return self._held(db, job_id, worker, "state='queued', worker=NULL, lease_until=NULL", ()) is not None
+
+    def cancel(self, job_id: str) -> Job:
+        with self._tx(immediate=True) as db:
+            job = self._get(db, job_id)
+            if job is None:
+                raise KeyError(job_id)
+            if job.state in TERMINAL:
+                raise JobStoreError(f"job {job_id} is already {job.state}")
+            if job.state == "queued":
+                db.execute("UPDATE jobs SET state='cancelled', cancel_requested=1, finished_at=? WHERE id=?",
+                           (time.time(), job_id))
+            else:
+                db.execute("UPDATE jobs SET cancel_requested=1 WHERE id=?", (job_id,))
+            return self._get(db, job_id)  # type: ignore[return-value]
+
+
+def open_store(home: str | os.PathLike | None = None) -> JobStore:
+    """The job store of a service home (SQLite, the only backend so far)."""
+    return SQLiteJobStore(home)

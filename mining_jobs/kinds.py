@@ -1,0 +1,278 @@
+"""The job kinds the service runs (mine, train-reranker, train, evaluate, iterate): each turns a submitted
+config (nested dicts, as in the TOML files) into a resolved, validated config, and runs it into a run folder
+through the same functions as the command line. Knows nothing about HTTP or the job store."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from retriever.errors import HardnegError
+
+from .config import ConfigError, from_dict, set_fields
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    resolve: Callable[[dict[str, Any]], dict[str, Any]]  # submitted -> resolved config; raises ConfigError
+    run: Callable[[dict[str, Any], Path], dict[str, Any]]  # resolved config, run folder -> summary metrics
+    doc: str
+
+
+def field_of(exc: Exception) -> str | None:
+    """The config field an error is about: ``exc.field`` when set, else the first ``'section.key'`` or
+    ``--option`` the message names."""
+    f = getattr(exc, "field", None)
+    if f:
+        return f
+    text = str(exc)
+    m = re.search(r"'([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)'", text) or re.search(r"^([a-z_]+(?:\.[a-z_]+)+)\b", text)
+    if m:
+        return m.group(1)
+    m = re.search(r"--([a-z][a-z0-9-]*)", text)
+    return m.group(1).replace("-", "_") if m else None
+
+
+def _table(raw: Any, where: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table of keys, got {type(raw).__name__}", where or None)
+    return raw
+
+
+def _forbid(raw: dict[str, Any], keys: tuple[str, ...], prefix: str = "") -> None:
+    for k in keys:
+        if k in raw:
+            raise ConfigError(f"{prefix}{k}: set by the service (each job writes into its own run folder); "
+                              "remove it", prefix + k)
+
+
+def _check_data(name: str, split: str | None, field: str, split_field: str | None) -> None:
+    """The collection (and split) exist where the workers read them; hub ids are not checked here."""
+    from retriever.data import available_splits, parse_split, resolve_data
+
+    try:
+        where = resolve_data(name)
+    except HardnegError as exc:
+        raise ConfigError(str(exc).replace("--data", field), field) from None
+    if split is None or not isinstance(where, Path):
+        return
+    try:
+        base = parse_split(split)[0]
+    except HardnegError as exc:
+        raise ConfigError(f"{split_field}: {exc}", split_field) from None
+    splits = available_splits(where)
+    if base not in splits:
+        raise ConfigError(f"{split_field} = {split!r}: {name} has the splits {', '.join(splits) or 'none'}",
+                          split_field)
+
+
+def _wrap(fn: Callable[[], Any]) -> Any:
+    """Run a validation and turn any ValueError / HardnegError into a ConfigError that names its field."""
+    try:
+        return fn()
+    except ConfigError:
+        raise
+    except (HardnegError, ValueError) as exc:
+        raise ConfigError(str(exc), field_of(exc)) from None
+
+
+# ---------------------------------------------------------------------------------------------- mine
+
+
+def _resolve_mine(raw: dict[str, Any]) -> dict[str, Any]:
+    if "output" in raw and isinstance(raw["output"], dict):
+        _forbid(raw["output"], ("overwrite",), "output.")
+    cfg = from_dict(_table(raw, ""), "config")
+    if not cfg.data.pairs:
+        _check_data(cfg.data.name, cfg.data.split, "data.name", "data.split")
+    return cfg.to_dict()
+
+
+def _run_mine(conf: dict[str, Any], out: Path) -> dict[str, Any]:
+    from .mine import run_mining
+
+    manifest_path = out / "manifest.json"
+    if manifest_path.is_file():  # finished before its worker could record it
+        manifest = json.loads(manifest_path.read_text())
+    else:
+        manifest = run_mining(from_dict(conf, "config"), out)
+    c = manifest["counts"]
+    return {"queries": c["queries"], "triples": c["triples"], "fates": c["fates"],
+            "queries_without_negatives": c["queries_without_negatives"], "ce_pairs": c.get("ce_pairs"),
+            "seconds": manifest["timings"]["total_s"]}
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+
+def _resolve_train(raw: dict[str, Any]) -> dict[str, Any]:
+    from .train import TrainConfig, _triples_path
+
+    _forbid(_table(raw, ""), ("out", "overwrite"))
+    cfg = TrainConfig()
+    set_fields(cfg, raw, "")
+    _wrap(cfg.validate)
+    _wrap(lambda: _triples_path(cfg.triples))
+    if cfg.dev_data:
+        _check_data(cfg.dev_data, cfg.dev_split, "dev_data", "dev_split")
+    d = dataclasses.asdict(cfg)
+    for k in ("out", "overwrite"):
+        d.pop(k)
+    return d
+
+
+def _run_train(conf: dict[str, Any], out: Path) -> dict[str, Any]:
+    from .train import TrainConfig, run_training
+
+    done = out / "metrics.json"
+    s = json.loads(done.read_text()) if done.is_file() else run_training(TrainConfig(**conf, out=str(out)))
+    return {"model": s["model"], "steps": s["steps"], "train_loss": s["train_loss"], "best_dev": s["best_dev"],
+            "seconds": s["seconds"]["total"]}
+
+
+# ---------------------------------------------------------------------------------------------- train-reranker
+
+
+def _reranker_job(raw: dict[str, Any], out: str = "", overwrite: bool = False):
+    from retriever.rerank_train import TrainArgs
+
+    from .train_reranker import RerankerJob
+
+    names = {f.name for f in dataclasses.fields(TrainArgs)}
+    _forbid(raw, ("out", "overwrite", "train"))
+    args = TrainArgs()
+    set_fields(args, {k: v for k, v in raw.items() if k in names}, "")
+    job = RerankerJob(train=args)
+    set_fields(job, {k: v for k, v in raw.items() if k not in names}, "")
+    job.eval_split = job.eval_split or None  # '' = no reranking report, as on the command line
+    _wrap(job.__post_init__)
+    for k in ("negatives", "bm25_depth", "eval_depth", "epochs", "max_length", "groups_per_batch"):
+        v = getattr(args, k) if k in names else getattr(job, k)
+        if v < 1:
+            raise ConfigError(f"{k} must be >= 1, got {v}", k)
+    if job.max_eval_queries is not None and job.max_eval_queries < 1:
+        raise ConfigError(f"max_eval_queries must be >= 1, got {job.max_eval_queries}", "max_eval_queries")
+    if args.lr <= 0 or args.head_lr <= 0:
+        raise ConfigError("lr and head_lr must be > 0", "lr" if args.lr <= 0 else "head_lr")
+    job.out, job.overwrite = out, overwrite
+    return job
+
+
+def _resolve_reranker(raw: dict[str, Any]) -> dict[str, Any]:
+    job = _reranker_job(_table(raw, ""))
+    _check_data(job.data, job.split, "data", "split")
+    if job.eval_split:
+        _check_data(job.data, job.eval_split, "data", "eval_split")
+    d = dataclasses.asdict(job)
+    d.update(d.pop("train"))
+    for k in ("out", "overwrite"):
+        d.pop(k)
+    return d
+
+
+def _run_reranker(conf: dict[str, Any], out: Path) -> dict[str, Any]:
+    from .train_reranker import run_train_reranker
+
+    done = out / "report.json"
+    # a fold set is retrained from its first fold when its worker died; overwrite only ever replaces this job's own
+    r = json.loads(done.read_text()) if done.is_file() else run_train_reranker(_reranker_job(conf, str(out), True))
+    return {"models": r["models"], "eval": r.get("eval"), "seconds": r["train_seconds"]}
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+
+
+def _resolve_evaluate(raw: dict[str, Any]) -> dict[str, Any]:
+    from .evaluate import EvalConfig
+
+    _forbid(_table(raw, ""), ("out", "overwrite"))
+    raw = dict(raw)
+    if isinstance(raw.get("retrievers"), str):
+        raw["retrievers"] = [r.strip() for r in raw["retrievers"].split(",") if r.strip()]
+    cfg = EvalConfig()
+    set_fields(cfg, raw, "")
+    cfg.cache_dir = cfg.cache_dir or None
+    if not all(isinstance(r, str) for r in cfg.retrievers):
+        raise ConfigError(f"retrievers: expected a list of names, got {cfg.retrievers!r}", "retrievers")
+    if not all(isinstance(m, str) for m in cfg.metrics):
+        raise ConfigError(f"metrics: expected a list of names, got {cfg.metrics!r}", "metrics")
+    _wrap(cfg.validate)
+    _check_data(cfg.data, cfg.split, "data", "split")
+    d = dataclasses.asdict(cfg)
+    for k in ("out", "overwrite"):
+        d.pop(k)
+    return d
+
+
+def _run_evaluate(conf: dict[str, Any], out: Path) -> dict[str, Any]:
+    from .evaluate import EvalConfig, run_evaluation
+
+    # evaluation is recomputed when its worker died (no partial state worth keeping)
+    return {"metrics": run_evaluation(EvalConfig(**conf, out=str(out), overwrite=True))}
+
+
+# ---------------------------------------------------------------------------------------------- iterate
+
+
+def _resolve_iterate(raw: dict[str, Any]) -> dict[str, Any]:
+    from .iterate import loop_config_from_dict
+
+    raw = _table(raw, "")
+    if isinstance(raw.get("loop"), dict):
+        _forbid(raw["loop"], ("out", "overwrite"), "loop.")
+    if isinstance(raw.get("mine"), dict) and isinstance(raw["mine"].get("output"), dict):
+        _forbid(raw["mine"]["output"], ("overwrite",), "mine.output.")
+    cfg = _wrap(lambda: loop_config_from_dict(raw, "config"))
+    _check_data(cfg.loop.data, cfg.loop.dev_split, "loop.data", "loop.dev_split")
+    if cfg.loop.test_split:
+        _check_data(cfg.loop.data, cfg.loop.test_split, "loop.data", "loop.test_split")
+    if not cfg.mine.data.pairs:
+        _check_data(cfg.mine.data.name, cfg.mine.data.split, "mine.data.name", "mine.data.split")
+    d = cfg.to_dict()
+    for k in ("out", "overwrite"):
+        d["loop"].pop(k)
+    for k in ("triples", "out", "base_model", "overwrite"):
+        d["train"].pop(k)
+    return d
+
+
+def _run_iterate(conf: dict[str, Any], out: Path) -> dict[str, Any]:
+    from .iterate import loop_config_from_dict, run_loop
+
+    cfg = loop_config_from_dict(json.loads(json.dumps(conf)), "config", out=str(out))
+    result = run_loop(cfg)
+    return {"best_round": result["best_round"], "best_model": result["best_model"], "stopped": result["stopped"],
+            "rounds": [{"round": r["round"], "metrics": r["metrics"]} for r in result["rounds"]],
+            "seconds": result["seconds"]}
+
+
+KINDS: dict[str, Kind] = {
+    "mine": Kind("mine", _resolve_mine, _run_mine, "mine hard negatives: the sections of examples/mine.toml"),
+    "train-reranker": Kind("train-reranker", _resolve_reranker, _run_reranker,
+                           "train a (cross-fitted) cross-encoder: the options of `hardneg train-reranker` "
+                           "(data, split, folds, epochs, lr, max_length, ...)"),
+    "train": Kind("train", _resolve_train, _run_train, "fine-tune a bi-encoder: the options of `hardneg train` "
+                  "(triples, base_model, loss, lr, max_steps, ...)"),
+    "evaluate": Kind("evaluate", _resolve_evaluate, _run_evaluate,
+                     "evaluate retrievers: the options of `hardneg evaluate` (data, split, retrievers, model, ...)"),
+    "iterate": Kind("iterate", _resolve_iterate, _run_iterate, "ANCE rounds: the [loop], [mine.*] and [train] "
+                    "tables of examples/ance.toml"),
+}
+
+
+def resolve(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """Validate a submitted config of ``kind``; returns the resolved config (every default filled in)."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown job kind {kind!r}; expected one of {', '.join(KINDS)}", "kind")
+    return KINDS[kind].resolve(raw)
+
+
+def run(kind: str, conf: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Run (or resume) a resolved job into its run folder; returns a summary of its results."""
+    return KINDS[kind].run(conf, out)

@@ -1,0 +1,267 @@
+"""``hardneg serve``: the job service's HTTP API (FastAPI). Submitting validates and stores a job; workers
+(``hardneg worker``) run it. Binds 127.0.0.1 by default; any other address needs a bearer token. Artifact
+names are confined to the job's run folder. Runs no job itself. Needs the ``service`` extra."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+try:
+    from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
+    from fastapi import Path as PathParam
+    from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+    from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+    from pydantic import BaseModel, Field
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("the job service needs FastAPI and uvicorn: pip install 'hardneg[service]'") from exc
+
+from retriever.errors import HardnegError
+
+from . import kinds as _kinds
+from .config import ConfigError
+from .jobstore import KINDS, STATES, Job, JobStore, JobStoreError
+
+TOKEN_ENV = "HARDNEG_TOKEN"
+JOB_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+JOB_REF_PREFIX = "job:"
+
+
+class ServiceError(HardnegError):
+    """The service cannot start as asked (e.g. a public bind without a token)."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(token_file: str | os.PathLike | None = None) -> str | None:
+    """The bearer token: from ``token_file`` when given, else ``$HARDNEG_TOKEN``; ``None`` when neither."""
+    if token_file:
+        p = Path(token_file)
+        if not p.is_file():
+            raise ServiceError(f"--token-file {p}: no such file")
+        token = p.read_text().strip()
+        if not token:
+            raise ServiceError(f"--token-file {p}: the file is empty")
+        return token
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def resolve_job_refs(value: Any, store: JobStore, where: str = "") -> Any:
+    """Replace ``"job:<id>"`` (or ``"job:<id>/sub/path"``) strings anywhere in a config by that job's run
+    folder (or a path inside it), so one job can use another's triples or models. The job must have
+    succeeded."""
+    if isinstance(value, dict):
+        return {k: resolve_job_refs(v, store, f"{where}.{k}" if where else k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_job_refs(v, store, where) for v in value]
+    if isinstance(value, str) and value.startswith(JOB_REF_PREFIX):
+        ref, _, sub = value[len(JOB_REF_PREFIX):].partition("/")
+        job = store.get(ref)
+        if job is None:
+            raise ConfigError(f"{where}: {value!r} names no job", where)
+        if job.state != "succeeded":
+            raise ConfigError(f"{where}: job {ref} is {job.state}; submit this job after it has succeeded", where)
+        root = Path(job.run_dir).resolve()
+        target = (root / sub).resolve() if sub else root
+        if not target.is_relative_to(root) or not target.exists():
+            raise ConfigError(f"{where}: {value!r}: no such path in job {ref}'s run folder", where)
+        return str(target)
+    return value
+
+
+class JobRequest(BaseModel):
+    kind: Literal["mine", "train-reranker", "train", "evaluate", "iterate"] = Field(
+        description="what to run: " + "; ".join(f"{k.name}: {k.doc}" for k in _kinds.KINDS.values()))
+    config: dict[str, Any] | None = Field(default=None, description="the job config as JSON (the TOML "
+                                          "file's tables as objects); strings 'job:<id>[/path]' name another "
+                                          "job's run folder")
+    config_toml: str | None = Field(default=None, description="the job config as TOML text (instead of "
+                                                              "config)")
+    name: str = Field(default="", max_length=200, description="a label for people")
+
+class Progress(BaseModel):
+    done: int | None = None
+    total: int | None = None
+
+class Timings(BaseModel):
+    queued_s: float
+    running_s: float | None
+
+class JobView(BaseModel):
+    id: str
+    kind: str
+    name: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    stage: str
+    progress: Progress
+    config: dict[str, Any]
+    run_dir: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    heartbeat_at: float | None
+    lease_until: float | None
+    worker: str | None
+    attempts: int
+    cancel_requested: bool
+    error: str | None
+    metrics: dict[str, Any] | None
+    timings: Timings
+
+class Artifact(BaseModel):
+    name: str
+    bytes: int
+
+class Message(BaseModel):
+    detail: str
+
+
+def create_app(store: JobStore, token: str | None = None):
+    """The FastAPI application over ``store``; with ``token`` every /jobs request needs
+    ``Authorization: Bearer <token>``."""
+    from . import __version__, kinds
+
+    def view(job: Job) -> dict[str, Any]:
+        return job.to_dict()
+
+    bearer = HTTPBearer(auto_error=False)
+
+    def authorize(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
+        if token is None:
+            return
+        if creds is None or not hmac.compare_digest(creds.credentials.encode(), token.encode()):
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    app = FastAPI(title="hardneg job service", version=__version__,
+                  description="Submit mining, training and evaluation jobs; workers (`hardneg worker`) run them.")
+    deps = [Depends(authorize)]
+    r401 = {401: {"model": Message, "description": "missing or wrong bearer token"}} if token else {}
+    r404 = {404: {"model": Message, "description": "no job with this id"}}
+
+    def get_job(job_id: str) -> Job:
+        job = store.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id!r}")
+        return job
+
+    def config_error(exc: ConfigError, prefix: str) -> JSONResponse:
+        field = kinds.field_of(exc)
+        loc = ["body", prefix, *(field.split(".") if field else [])]
+        return JSONResponse(status_code=422, content={"detail": [{"loc": loc, "msg": str(exc), "type": "config"}]})
+
+    @app.get("/health", summary="liveness", responses={200: {"description": "the service answers"}})
+    def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.post("/jobs", status_code=201, response_model=JobView, dependencies=deps,
+              summary="submit a job", responses={**r401})
+    def submit(req: JobRequest) -> Any:
+        if req.config is not None and req.config_toml is not None:
+            return config_error(ConfigError("give config or config_toml, not both", None), "config_toml")
+        raw: Any = req.config or {}
+        where = "config"
+        if req.config_toml is not None:
+            where = "config_toml"
+            try:
+                raw = tomllib.loads(req.config_toml)
+            except tomllib.TOMLDecodeError as exc:
+                return config_error(ConfigError(f"invalid TOML: {exc}", None), where)
+        try:
+            resolved = kinds.resolve(req.kind, resolve_job_refs(raw, store))
+        except ConfigError as exc:
+            return config_error(exc, where)
+        return view(store.create(req.kind, resolved, name=req.name))
+
+    @app.get("/jobs", response_model=list[JobView], dependencies=deps, summary="list jobs, newest first",
+             responses={**r401})
+    def list_jobs(state: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
+                  kind: Literal["mine", "train-reranker", "train", "evaluate", "iterate"] | None = None,
+                  limit: int = Query(100, ge=1, le=1000)) -> Any:
+        return [view(j) for j in store.list(state=state, kind=kind, limit=limit)]
+
+    @app.get("/jobs/{job_id}", response_model=JobView, dependencies=deps, summary="one job: state, stage, "
+             "progress, metrics", responses={**r401, **r404})
+    def show(job_id: str = PathParam(pattern=JOB_ID)) -> Any:
+        return view(get_job(job_id))
+
+    @app.delete("/jobs/{job_id}", response_model=JobView, dependencies=deps, summary="cancel a job",
+                description="A queued job is cancelled at once; a running job stops at its next checkpoint.",
+                responses={**r401, **r404, 409: {"model": Message, "description": "the job has already ended"}})
+    def cancel(job_id: str = PathParam(pattern=JOB_ID)) -> Any:
+        get_job(job_id)
+        try:
+            return view(store.cancel(job_id))
+        except JobStoreError as exc:
+            raise HTTPException(409, str(exc)) from None
+
+    @app.get("/jobs/{job_id}/artifacts", response_model=list[Artifact], dependencies=deps,
+             summary="the files of a job's run folder", responses={**r401, **r404})
+    def artifacts(job_id: str = PathParam(pattern=JOB_ID)) -> Any:
+        root = Path(get_job(job_id).run_dir)
+        if not root.is_dir():
+            return []
+        files = sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and
+                       not any(part.endswith(".tmp") for part in p.parts))
+        return [{"name": p.relative_to(root).as_posix(), "bytes": p.stat().st_size} for p in files]
+
+    @app.get("/jobs/{job_id}/artifacts/{name:path}", dependencies=deps, summary="download one file of a job's "
+             "run folder (e.g. triples.parquet, triples.jsonl, report.md, manifest.json)",
+             response_class=FileResponse,
+             responses={**r401, **r404, 200: {"content": {"application/octet-stream": {}}},
+                        400: {"model": Message, "description": "the name leaves the run folder"}})
+    def artifact(job_id: str = PathParam(pattern=JOB_ID), name: str = PathParam()) -> Any:
+        root = Path(get_job(job_id).run_dir).resolve()
+        parts = Path(name).parts
+        if not name or Path(name).is_absolute() or ".." in parts or "\x00" in name or "\\" in name:
+            raise HTTPException(400, f"artifact name {name!r} must be a relative path inside the run folder")
+        target = (root / name).resolve()
+        if not target.is_relative_to(root):
+            raise HTTPException(400, f"artifact name {name!r} leaves the run folder")
+        if not target.is_file():
+            raise HTTPException(404, f"job {job_id} has no artifact {name!r}")
+        return FileResponse(target, filename=target.name)
+
+    @app.get("/jobs/{job_id}/log", response_class=PlainTextResponse, dependencies=deps,
+             summary="the workers' log of a job", responses={**r401, **r404})
+    def job_log(job_id: str = PathParam(pattern=JOB_ID)) -> Any:
+        get_job(job_id)
+        path = store.log_path(job_id)
+        return path.read_text(errors="replace") if path.is_file() else ""
+
+    @app.exception_handler(JobStoreError)
+    def store_error(request: Request, exc: JobStoreError) -> JSONResponse:  # noqa: ARG001
+        return JSONResponse(status_code=409, content={"detail": str(exc)})
+
+    app.state.store = store
+    return app
+
+
+def serve(home: str | None, host: str = "127.0.0.1", port: int = 8750, token_file: str | None = None) -> None:
+    """Run the API with uvicorn until interrupted."""
+    from .jobstore import open_store
+
+    token = read_token(token_file)
+    if not is_loopback(host) and token is None:
+        raise ServiceError(f"--host {host} is not a loopback address: set ${TOKEN_ENV} or pass --token-file, "
+                           "so that requests must carry 'Authorization: Bearer <token>'")
+    try:
+        import uvicorn
+    except ImportError as exc:  # pragma: no cover
+        raise ImportError("the job service needs FastAPI and uvicorn: pip install 'hardneg[service]'") from exc
+    app = create_app(open_store(home), token)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+__all__ = ["KINDS", "STATES", "ServiceError", "create_app", "is_loopback", "read_token", "serve"]
