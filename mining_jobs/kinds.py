@@ -202,7 +202,10 @@ def _resolve_evaluate(raw: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"retrievers: expected a list of names, got {cfg.retrievers!r}", "retrievers")
     if not all(isinstance(m, str) for m in cfg.metrics):
         raise ConfigError(f"metrics: expected a list of names, got {cfg.metrics!r}", "metrics")
-    _wrap(cfg.validate)
+    try:
+        _wrap(cfg.validate)
+    except ConfigError as exc:  # the command line's --retriever is the config's retrievers
+        raise ConfigError(str(exc), "retrievers" if exc.field == "retriever" else exc.field) from None
     _check_data(cfg.data, cfg.split, "data", "split")
     d = dataclasses.asdict(cfg)
     for k in ("out", "overwrite"):

@@ -17,6 +17,8 @@ try:
     from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
     from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
     from pydantic import BaseModel, Field
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.routing import Match
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("the job service needs FastAPI and uvicorn: pip install 'hardneg[service]'") from exc
 
@@ -146,7 +148,7 @@ def create_app(store: JobStore, token: str | None = None):
 
     app = FastAPI(title="hardneg job service", version=__version__,
                   description="Submit mining, training and evaluation jobs; workers (`hardneg worker`) run them.")
-    deps = [Depends(authorize)]
+    deps = [Depends(authorize)] if token else []  # the spec declares bearer auth only when it is required
     r401 = {401: {"model": Message, "description": "missing or wrong bearer token"}} if token else {}
     r404 = {404: {"model": Message, "description": "no job with this id"}}
 
@@ -166,7 +168,8 @@ def create_app(store: JobStore, token: str | None = None):
         return {"status": "ok", "version": __version__}
 
     @app.post("/jobs", status_code=201, response_model=JobView, dependencies=deps,
-              summary="submit a job", responses={**r401})
+              summary="submit a job",
+              responses={**r401, 400: {"model": Message, "description": "the body is not JSON"}})
     def submit(req: JobRequest) -> Any:
         if req.config is not None and req.config_toml is not None:
             return config_error(ConfigError("give config or config_toml, not both", None), "config_toml")
@@ -218,8 +221,9 @@ def create_app(store: JobStore, token: str | None = None):
 
     @app.get("/jobs/{job_id}/artifacts/{name:path}", dependencies=deps, summary="download one file of a job's "
              "run folder (e.g. triples.parquet, triples.jsonl, report.md, manifest.json)",
-             response_class=FileResponse,
-             responses={**r401, **r404, 200: {"content": {"application/octet-stream": {}}},
+             response_model=None,
+             responses={**r401, **r404, 200: {"content": {"application/octet-stream": {"schema": {
+                 "type": "string", "format": "binary"}}}, "description": "the file"},
                         400: {"model": Message, "description": "the name leaves the run folder"}})
     def artifact(job_id: str = PathParam(pattern=JOB_ID), name: str = PathParam()) -> Any:
         root = Path(get_job(job_id).run_dir).resolve()
@@ -233,12 +237,24 @@ def create_app(store: JobStore, token: str | None = None):
             raise HTTPException(404, f"job {job_id} has no artifact {name!r}")
         return FileResponse(target, filename=target.name)
 
-    @app.get("/jobs/{job_id}/log", response_class=PlainTextResponse, dependencies=deps,
-             summary="the workers' log of a job", responses={**r401, **r404})
+    @app.get("/jobs/{job_id}/log", dependencies=deps, summary="the workers' log of a job", response_model=None,
+             responses={**r401, **r404, 200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                                              "description": "the log text"}})
     def job_log(job_id: str = PathParam(pattern=JOB_ID)) -> Any:
         get_job(job_id)
         path = store.log_path(job_id)
-        return path.read_text(errors="replace") if path.is_file() else ""
+        return PlainTextResponse(path.read_text(errors="replace") if path.is_file() else "")
+
+    @app.exception_handler(StarletteHTTPException)
+    def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names only the first matching route's methods
+            methods: set[str] = set()
+            for route in app.router.routes:
+                if route.matches(request.scope)[0] != Match.NONE:
+                    methods |= set(getattr(route, "methods", None) or ())
+            headers["Allow"] = ", ".join(sorted(methods))
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(JobStoreError)
     def store_error(request: Request, exc: JobStoreError) -> JSONResponse:  # noqa: ARG001
