@@ -267,9 +267,11 @@ class SQLiteJobStore(JobStore):
         if state not in TERMINAL:
             raise JobStoreError(f"finish: {state!r} is not a terminal state ({', '.join(TERMINAL)})")
         with self._tx(immediate=True) as db:
-            return self._held(db, job_id, worker, "state=?, finished_at=?, error=?, metrics=?, lease_until=NULL",
-                              (state, time.time(), error, json.dumps(metrics) if metrics is not None else None)
-                              ) is not None
+            # a succeeded job's stage reads 'done'; a failed or cancelled one keeps the stage where it stopped
+            return self._held(db, job_id, worker, "state=?, finished_at=?, error=?, metrics=?, lease_until=NULL, "
+                              "stage=CASE WHEN ?='succeeded' THEN 'done' ELSE stage END",
+                              (state, time.time(), error, json.dumps(metrics) if metrics is not None else None,
+                               state)) is not None
 
     def requeue(self, job_id: str, worker: str) -> bool:
         with self._tx(immediate=True) as db:

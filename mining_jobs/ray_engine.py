@@ -56,6 +56,7 @@ class RayEngine:
         self.section = section
         self._owns = _connect(ray, section)
         self._actors: list[Any] = []
+        self._running: dict[Any, Any] = {}  # object ref of a shard being mined -> the actor mining it
         self.stats: dict[str, Any] = {"encode_blocks": 0, "actors": 0, "shards": 0, "workers": set()}
 
     # ----------------------------------------------------------------------------------------- encoding
@@ -112,7 +113,7 @@ class RayEngine:
         with self._errors():
             ray.get([w.prepare.remote(shared, actor_config(cfg), expected, zero) for w in workers])
         todo = list(shards)
-        running: dict[Any, Any] = {}  # object ref of a shard's result -> the actor mining it
+        running = self._running
 
         def submit(worker: Any) -> None:
             if todo:
@@ -133,14 +134,12 @@ class RayEngine:
                 self.stats["workers"].add(pid)
                 yield k, triples, cands
         finally:
-            for ref in running:
-                ray.cancel(ref)
-            self._kill()
+            self._stop()
         logger.info("ray: %d shards mined by %d actors", self.stats["shards"], len(workers))
 
     def close(self) -> None:
         """Stop the actors; shut Ray down if this engine started or joined it (an existing one is left alone)."""
-        self._kill()
+        self._stop()
         if self._owns and self._ray.is_initialized():
             self._ray.shutdown()
         self._owns = False
@@ -162,9 +161,14 @@ class RayEngine:
         self.stats["actors"] = max(self.stats["actors"], len(self._actors))
         return self._actors[:n]
 
-    def _kill(self) -> None:
-        for actor in self._actors:
-            self._ray.kill(actor)
+    def _stop(self) -> None:
+        """Cancel the shards not yet mined and kill the actors (also when the consumer stopped early)."""
+        if self._ray.is_initialized():
+            for ref in self._running:
+                self._ray.cancel(ref)
+            for actor in self._actors:
+                self._ray.kill(actor)
+        self._running.clear()
         self._actors = []
 
     @contextmanager

@@ -67,7 +67,6 @@ class Worker:
 
     def run(self, job: Job) -> str:
         """Run one claimed job to a terminal state (or give it back); returns the state it was left in."""
-        logger.info("worker %s: job %s (%s), attempt %d", self.name, job.id, job.kind, job.attempts)
         out = Path(job.run_dir)
         out.parent.mkdir(parents=True, exist_ok=True)
         done = threading.Event()

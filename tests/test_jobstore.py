@@ -70,6 +70,7 @@ def test_expired_lease_is_taken_over_and_old_holder_is_locked_out(store):
     assert store.finish(job.id, "w2", "succeeded", metrics={"triples": 3})
     done = store.get(job.id)
     assert done.state == "succeeded" and done.metrics == {"triples": 3} and done.finished_at >= done.started_at
+    assert done.stage == "done"
 
 
 def test_cancel_queued_running_and_finished(store):
