@@ -1,5 +1,5 @@
-"""The Ray engine: corpus encoding in blocks and per-shard mining on Ray actors, with the job's read-only data
-shipped once through the object store. It decides nothing (``mine.mine_shard`` mines every shard) and writes no files."""
+"""Runs a mining job's heavy stages on Ray: corpus blocks and query shards on actors, the read-only data shipped
+once through the object store. It mines nothing itself (each shard is ``mine.mine_shard``) and writes no files."""
 
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ class RayEngine:
         self._ray: Any = ray
         self.section = section
         self._owns = _connect(ray, section)
+        self._worker_class = ray.remote(_Worker)
         self._actors: list[Any] = []
         self._running: dict[Any, Any] = {}  # object ref of a shard being mined -> the actor mining it
         self.stats: dict[str, Any] = {"encode_blocks": 0, "actors": 0, "shards": 0, "workers": set()}
@@ -155,7 +156,7 @@ class RayEngine:
     def _workers(self, n: int) -> list[Any]:
         """The first ``n`` actors, started as needed (encoding and mining share them: one start each)."""
         cpus = self.section.cpus_per_actor
-        remote = self._ray.remote(_Worker).options(num_cpus=cpus)
+        remote = self._worker_class.options(num_cpus=cpus)
         while len(self._actors) < n:
             self._actors.append(remote.remote(max(1, int(cpus))))
         self.stats["actors"] = max(self.stats["actors"], len(self._actors))

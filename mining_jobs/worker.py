@@ -74,7 +74,11 @@ class Worker:
 
         def beat() -> None:
             while not done.wait(self.lease_s / 4):
-                j = self.store.heartbeat(job.id, self.name, self.lease_s)
+                try:
+                    j = self.store.heartbeat(job.id, self.name, self.lease_s)
+                except Exception as exc:  # noqa: BLE001 - a busy store must not end the heartbeats
+                    logger.warning("job %s: heartbeat failed (%s); retrying", job.id, exc)
+                    continue
                 if j is None:
                     flags["lost"] = True
                     return

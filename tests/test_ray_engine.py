@@ -98,63 +98,65 @@ def test_ray_engine_mines_the_local_files(tmp_path, monkeypatch, data_root, tiny
 
 def test_ray_engine_cache_hit_and_early_stop(tmp_path, monkeypatch, data_root, tiny_cross_encoder, tiny_bi_encoder,
                                              torch_one_thread, ray_instance):
-    from mining_jobs.config import load_config
+    from mining_jobs.config import RaySection, load_config
     from mining_jobs.mine import build_resources
     from mining_jobs.ray_engine import RayEngine
-    from retriever.encoder import EmbeddingCache
+    from retriever.encoder import EmbeddingCache, Encoder
 
     mining_env(monkeypatch, data_root, tmp_path / "cache")
-    cfg = load_config(None, base={"data": {"name": "adi", "split": "test"},
-                                  "candidates": {"model": str(tiny_bi_encoder)},
-                                  "cross_encoder": {"model": str(tiny_cross_encoder)},
-                                  "output": {"score_cache": str(tmp_path / "scores.sqlite")}, "ray": {"actors": 2}})
-    engine = RayEngine(cfg.ray)
+    engine = RayEngine(RaySection(actors=2))
+    res = None
     try:
-        timings: dict = {}
-        res = build_resources(cfg, timings, engine)  # one block of 82 documents: encoded on an actor
-        assert timings["embedding_cache"] == "miss" and engine.stats["encode_blocks"] == 1
-        emb, info = engine.encode_corpus(res.encoder, res.texts, res.inp.corpus_fingerprint(), EmbeddingCache())
+        # a cached corpus is returned as is, without any actor
+        encoder, cache = Encoder(str(tiny_bi_encoder)), EmbeddingCache()
+        cached = np.random.default_rng(0).random((2, 32), dtype=np.float32)
+        cache.put(encoder.cache_key("fp"), cached)
+        emb, info = engine.encode_corpus(encoder, ["a", "b"], "fp", cache)
         assert info["cache"] == "hit" and info["engine"] == "ray" and info["blocks"] == 0
-        np.testing.assert_array_equal(emb, res.emb)
+        np.testing.assert_array_equal(emb, cached)
+        assert engine.stats["actors"] == 0
 
-        # the consumer stops after the first shard (a job cancelled between shards): the rest is cancelled
+        # the consumer stops after its first shard (a job cancelled between shards): the rest is cancelled
+        cfg = load_config(None, base={"data": {"name": "adi", "split": "test"}, "candidates": {"dense": False},
+                                      "cross_encoder": {"model": str(tiny_cross_encoder)},
+                                      "output": {"score_cache": str(tmp_path / "scores.sqlite")}})
+        res = build_resources(cfg, {}, engine)
         counters = {"retrieve_s": 0.0, "score_s": 0.0, "ce_pairs": 0, "ce_pairs_scored": 0, "shards_resumed": 0}
         shards = [(k, res.qids[i:i + 3]) for k, i in enumerate(range(0, len(res.qids), 3))]
-        actors = list(engine._actors)
         gen = engine.mine_shards(res, cfg, shards, counters)
         k, triples, _ = next(gen)
+        actors = list(engine._actors)
         gen.close()
         assert k in (0, 1) and triples.num_rows >= 3
-        assert engine.stats["shards"] == 1 and not engine._actors
+        assert len(actors) == 2 and engine.stats["shards"] == 1 and not engine._actors
         assert isinstance(counters["ce_pairs"], int) and counters["ce_pairs"] > 0
         for actor in actors:  # killed
             with pytest.raises(ray_instance.exceptions.RayActorError):
-                ray_instance.get(actor.encode.remote([]), timeout=60)
+                ray_instance.get(actor.mine.remote(0, []), timeout=60)
     finally:
         engine.close()
-        res.score_cache.close()
+        if res is not None:
+            res.score_cache.close()
     assert ray_instance.is_initialized()
 
 
-NO_RAY = "import sys; sys.modules['ray'] = None; from mining_jobs.cli import main; sys.exit(main(sys.argv[1:]))"
+NO_RAY = """import json, sys
+sys.modules["ray"] = None  # import ray fails
+from mining_jobs.cli import main
+print(json.dumps([main(args) for args in json.loads(sys.argv[1])]))
+"""
 
 
 def test_local_engine_needs_no_ray(tmp_path, data_root, tiny_cross_encoder):
-    env = subprocess_env(data_root, tmp_path / "cache")
-    args = ["-q", "mine", "--data", "adi", "--split", "test", "--cross-encoder", str(tiny_cross_encoder),
-            "--set", "candidates.dense=false", "--set", f"output.score_cache={json.dumps(str(tmp_path / 's.db'))}"]
-
-    def run(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", NO_RAY, *args, *extra], env=env, cwd=REPO,
-                              capture_output=True, text=True, timeout=300)
-
-    ok = run("--out", str(tmp_path / "local"))
-    assert ok.returncode == 0, ok.stderr[-3000:]
-    assert (tmp_path / "local" / "triples.parquet").is_file()
-
     toml = tmp_path / "ray.toml"
     toml.write_text('engine = "ray"\n')
-    bad = run("--config", str(toml), "--out", str(tmp_path / "ray"))
-    assert bad.returncode == 2, bad.stderr[-3000:]
-    assert "pip install 'hardneg[ray]'" in bad.stderr
-    assert "Traceback" not in bad.stderr
+    args = ["-q", "mine", "--data", "adi", "--split", "test", "--cross-encoder", str(tiny_cross_encoder),
+            "--set", "candidates.dense=false", "--set", f"output.score_cache={json.dumps(str(tmp_path / 's.db'))}"]
+    runs = [[*args, "--out", str(tmp_path / "local")], [*args, "--config", str(toml), "--out", str(tmp_path / "ray")]]
+    proc = subprocess.run([sys.executable, "-c", NO_RAY, json.dumps(runs)], env=subprocess_env(data_root, tmp_path),
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == [0, 2], proc.stderr[-3000:]  # local ran; ray refused
+    assert (tmp_path / "local" / "triples.parquet").is_file()
+    assert "hardneg mine: error: engine = 'ray' needs Ray: pip install 'hardneg[ray]'" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -229,3 +229,80 @@ def test_public_bind_needs_a_token_and_enforces_it(service, tmp_path):
     assert store.list() == []  # refused requests changed nothing
     job = Client(url, token_file=str(token_file)).submit("mine", mine_config(1, 1, "top"))
     assert [j.id for j in store.list()] == [job["id"]]
+
+
+def test_running_job_is_cancelled_at_its_next_checkpoint_and_the_worker_goes_on(tmp_path, data_root, monkeypatch):
+    import threading
+
+    from mining_jobs import kinds
+    from mining_jobs.worker import Worker
+
+    monkeypatch.setenv("HARDNEG_DATA", str(data_root))
+    monkeypatch.setenv("HARDNEG_CACHE", str(tmp_path / "cache"))
+    store = SQLiteJobStore(tmp_path / "home")
+    long = {"data": {"name": "cranfield", "split": "test"}, "candidates": {"dense": False},
+            "output": {"shard_size": 1}}  # 225 shards: many checkpoints
+    victim = store.create("mine", kinds.resolve("mine", long))
+    after = store.create("mine", kinds.resolve("mine", mine_config(2, 1, "top")))
+    worker = Worker(store, name="w", lease_s=30, poll_s=0.1)
+    thread = threading.Thread(target=worker.serve, kwargs={"max_jobs": 2})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while (store.get(victim.id).progress.get("done") or 0) < 2:
+            assert time.monotonic() < deadline, "the job made no progress"
+            time.sleep(0.02)
+        assert store.cancel(victim.id).cancel_requested
+    finally:
+        thread.join(timeout=300)
+    v, a = store.get(victim.id), store.get(after.id)
+    assert v.state == "cancelled" and v.stage == "shards" and v.progress["done"] < 225, (v.state, v.progress)
+    assert not (Path(v.run_dir) / "triples.parquet").exists()
+    assert a.state == "succeeded", a.error  # the worker went on with the next job
+
+
+def test_every_job_kind_runs_through_a_worker_and_chains_by_job_reference(tmp_path, data_root, monkeypatch,
+                                                                          tiny_cross_encoder, torch_one_thread):
+    """evaluate, mine, train (on the mined triples, named 'job:<id>'), train-reranker and iterate, each run by a
+    worker into its own run folder, with the command line's files there."""
+    from fastapi.testclient import TestClient
+
+    from mining_jobs.server import create_app
+    from mining_jobs.worker import Worker
+    from retriever.small_models import build_small_bi_encoder
+
+    for k, v in {"HARDNEG_DATA": str(data_root), "HARDNEG_CACHE": str(tmp_path / "cache"), "TQDM_DISABLE": "1",
+                 "HF_HUB_OFFLINE": "1"}.items():
+        monkeypatch.setenv(k, v)
+    bi = str(build_small_bi_encoder(tmp_path / "bi"))
+    store = SQLiteJobStore(tmp_path / "home")
+    api = TestClient(create_app(store))
+    worker = Worker(store, name="w", lease_s=60, poll_s=0.1)
+
+    def run(kind: str, config: dict) -> dict:
+        r = api.post("/jobs", json={"kind": kind, "config": config})
+        assert r.status_code == 201, r.text
+        assert worker.serve(max_jobs=1) == 1
+        job = api.get(f"/jobs/{r.json()['id']}").json()
+        assert job["state"] == "succeeded", job["error"]
+        return job
+
+    ev = run("evaluate", {"data": "adi", "split": "test", "retrievers": ["bm25", "dense"], "model": bi})
+    assert set(ev["metrics"]["metrics"]) == {"bm25", "dense"}
+    assert (Path(ev["run_dir"]) / "bm25" / "metrics.json").is_file()
+    mined = run("mine", {"data": {"name": "adi", "split": "test"}, "candidates": {"model": bi},
+                         "sampling": {"num_negatives": 2}})
+    assert mined["metrics"]["triples"] > 0
+    trained = run("train", {"triples": f"job:{mined['id']}", "base_model": bi, "max_steps": 2, "batch_size": 8})
+    assert trained["metrics"]["steps"] == 2 and Path(trained["metrics"]["model"]).is_dir()
+    assert trained["config"]["triples"] == str(Path(mined["run_dir"]).resolve())
+    ce = run("train-reranker", {"data": "adi", "split": "test", "folds": 1, "epochs": 1, "backbone":
+                                str(tiny_cross_encoder), "max_length": 64, "eval_split": ""})
+    assert ce["metrics"]["models"] == ["model"] and (Path(ce["run_dir"]) / "folds.json").is_file()
+    loop = run("iterate", {"loop": {"data": "adi", "rounds": 1, "base_model": bi, "dev_split": "test:dev",
+                                    "test_split": ""},
+                           "mine": {"data": {"split": "test:fit"}, "cross_encoder": {"model": f"job:{ce['id']}"}},
+                           "train": {"max_steps": 2, "batch_size": 8}})
+    assert [r["round"] for r in loop["metrics"]["rounds"]] == [0, 1]
+    assert (Path(loop["run_dir"]) / "report.md").is_file()
+    assert len(store.list(state="succeeded")) == 5
