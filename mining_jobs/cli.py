@@ -443,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
                     "serve": _cmd_serve, "worker": _cmd_worker, "submit": _cmd_submit, "status": _cmd_status,
                     "wait": _cmd_wait, "fetch": _cmd_fetch, "cancel": _cmd_cancel}
         return commands[args.command](args)
-    except (HardnegError, RunFolderError, ValueError, OSError) as exc:  # FileExistsError is an OSError
+    except (HardnegError, RunFolderError, ValueError, OSError, ImportError) as exc:  # FileExistsError: an OSError
+        # ImportError: an optional extra is missing (the service, Ray); its message names the pip command
         print(f"hardneg {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -111,8 +111,9 @@ class RayEngine:
         expected = {"bi_encoder": res.encoder.fingerprint() if res.dense is not None else None,
                     "cross_encoder": res.reranker.cache_prefix() if res.reranker is not None else None}
         zero = {k: type(v)() for k, v in counters.items()}
+        actor_cfg = actor_config(cfg)
         with self._errors():
-            ray.get([w.prepare.remote(shared, actor_config(cfg), expected, zero) for w in workers])
+            ray.get([w.prepare.remote(shared, actor_cfg, expected, zero) for w in workers])
         todo = list(shards)
         running = self._running
 
@@ -139,7 +140,8 @@ class RayEngine:
         logger.info("ray: %d shards mined by %d actors", self.stats["shards"], len(workers))
 
     def close(self) -> None:
-        """Stop the actors; shut Ray down if this engine started or joined it (an existing one is left alone)."""
+        """Stop the actors; disconnect from Ray (stopping a local instance) if this engine connected to it, but
+        leave a connection that existed before alone."""
         self._stop()
         if self._owns and self._ray.is_initialized():
             self._ray.shutdown()
@@ -148,10 +150,11 @@ class RayEngine:
     # ------------------------------------------------------------------------------------------ actors
     def _slots(self) -> int:
         """Actors wanted: ``ray.actors``, else the cluster's CPUs / ``cpus_per_actor``."""
-        if self.section.actors:
-            return self.section.actors
-        cpus = self._ray.cluster_resources().get("CPU", 1.0)
-        return max(1, int(cpus // self.section.cpus_per_actor))
+        fit = max(1, int(self._ray.cluster_resources().get("CPU", 1.0) // self.section.cpus_per_actor))
+        if self.section.actors and self.section.actors > fit:
+            logger.warning("ray.actors = %d, but the cluster has CPUs for %d now: the others start when CPUs free "
+                           "up (or the autoscaler adds nodes)", self.section.actors, fit)
+        return self.section.actors or fit
 
     def _workers(self, n: int) -> list[Any]:
         """The first ``n`` actors, started as needed (encoding and mining share them: one start each)."""
