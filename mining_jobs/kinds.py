@@ -72,6 +72,11 @@ def _check_data(name: str, split: str | None, field: str, split_field: str | Non
                           split_field)
 
 
+def _settings(d: dict[str, Any]) -> dict[str, Any]:
+    """A resolved flat config without the fields the service sets itself (output folder, overwrite)."""
+    return {k: v for k, v in d.items() if k not in ("out", "overwrite")}
+
+
 def _wrap(fn: Callable[[], Any]) -> Any:
     """Run a validation and turn any ValueError / HardnegError into a ConfigError that names its field."""
     try:
@@ -121,10 +126,7 @@ def _resolve_train(raw: dict[str, Any]) -> dict[str, Any]:
     _wrap(lambda: _triples_path(cfg.triples))
     if cfg.dev_data:
         _check_data(cfg.dev_data, cfg.dev_split, "dev_data", "dev_split")
-    d = dataclasses.asdict(cfg)
-    for k in ("out", "overwrite"):
-        d.pop(k)
-    return d
+    return _settings(dataclasses.asdict(cfg))
 
 
 def _run_train(conf: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -171,9 +173,7 @@ def _resolve_reranker(raw: dict[str, Any]) -> dict[str, Any]:
         _check_data(job.data, job.eval_split, "data", "eval_split")
     d = dataclasses.asdict(job)
     d.update(d.pop("train"))
-    for k in ("out", "overwrite"):
-        d.pop(k)
-    return d
+    return _settings(d)
 
 
 def _run_reranker(conf: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -207,10 +207,7 @@ def _resolve_evaluate(raw: dict[str, Any]) -> dict[str, Any]:
     except ConfigError as exc:  # the command line's --retriever is the config's retrievers
         raise ConfigError(str(exc), "retrievers" if exc.field == "retriever" else exc.field) from None
     _check_data(cfg.data, cfg.split, "data", "split")
-    d = dataclasses.asdict(cfg)
-    for k in ("out", "overwrite"):
-        d.pop(k)
-    return d
+    return _settings(dataclasses.asdict(cfg))
 
 
 def _run_evaluate(conf: dict[str, Any], out: Path) -> dict[str, Any]:

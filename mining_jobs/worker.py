@@ -12,6 +12,8 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from retriever import progress
@@ -69,55 +71,13 @@ class Worker:
         """Run one claimed job to a terminal state (or give it back); returns the state it was left in."""
         out = Path(job.run_dir)
         out.parent.mkdir(parents=True, exist_ok=True)
-        done = threading.Event()
         flags = {"cancel": job.cancel_requested, "lost": False}
-
-        def beat() -> None:
-            while not done.wait(self.lease_s / 4):
-                try:
-                    j = self.store.heartbeat(job.id, self.name, self.lease_s)
-                except Exception as exc:  # noqa: BLE001 - a busy store must not end the heartbeats
-                    logger.warning("job %s: heartbeat failed (%s); retrying", job.id, exc)
-                    continue
-                if j is None:
-                    flags["lost"] = True
-                    return
-                flags["cancel"] = j.cancel_requested
-
-        last = [0.0, ""]
-
-        def listener(stage: str, n_done: int, total: int | None) -> None:
-            now = time.monotonic()
-            if stage != last[1] or now - last[0] >= 0.5 or (total and n_done >= total):
-                last[:] = [now, stage]
-                j = self.store.progress(job.id, self.name, stage, n_done, total)
-                if j is None:
-                    flags["lost"] = True
-                else:
-                    flags["cancel"] = flags["cancel"] or j.cancel_requested
-            if flags["cancel"]:
-                raise JobCancelled(job.id)
-            if flags["lost"] or self.stopping.is_set():
-                raise JobReleased(job.id)
-
-        thread = threading.Thread(target=beat, name=f"heartbeat-{job.id}", daemon=True)
-        thread.start()
-        log = self.store.log_path(job.id)
-        log.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-        handler.setLevel(logging.INFO)
-        watched = [logging.getLogger(n) for n in ("retriever", "mining_jobs")]
-        levels = [lg.level for lg in watched]
-        for lg in watched:
-            lg.addHandler(handler)
-            if lg.getEffectiveLevel() > logging.INFO:
-                lg.setLevel(logging.INFO)
-        logger.info("worker %s: job %s (%s), attempt %d, run folder %s", self.name, job.id, job.kind,
-                    job.attempts, out)
         try:
-            with progress.listen(listener):
-                listener("start", 0, None)
+            with self._heartbeat(job, flags), _job_log(self.store.log_path(job.id)), \
+                    progress.listen(self._listener(job, flags)):
+                logger.info("worker %s: job %s (%s), attempt %d, run folder %s", self.name, job.id, job.kind,
+                            job.attempts, out)
+                progress.report(0)
                 metrics = kinds.run(job.kind, job.config, out)
         except JobCancelled:
             logger.info("job %s cancelled", job.id)
@@ -136,15 +96,77 @@ class Worker:
             tb = traceback.format_exc(limit=20)
             self.store.finish(job.id, self.name, "failed", error=f"{text}\n\n{tb}"[-8000:])
             return "failed"
-        finally:
-            done.set()
-            thread.join()
-            for lg, level in zip(watched, levels, strict=True):
-                lg.removeHandler(handler)
-                lg.setLevel(level)
-            handler.close()
         if not self.store.finish(job.id, self.name, "succeeded", metrics=metrics):
             logger.warning("job %s finished, but its lease had passed to another worker", job.id)
             return "lost"
         logger.info("job %s succeeded", job.id)
         return "succeeded"
+
+    def _listener(self, job: Job, flags: dict[str, bool]) -> progress.Listener:
+        """Records progress (at most twice a second, and at every stage change and end) and raises at the
+        checkpoint when the job was cancelled, its lease was lost, or the worker is shutting down."""
+        last = [0.0, ""]
+
+        def listener(stage: str, n_done: int, total: int | None) -> None:
+            now = time.monotonic()
+            if stage != last[1] or now - last[0] >= 0.5 or (total and n_done >= total):
+                last[:] = [now, stage]
+                j = self.store.progress(job.id, self.name, stage or "start", n_done, total)
+                if j is None:
+                    flags["lost"] = True
+                else:
+                    flags["cancel"] = flags["cancel"] or j.cancel_requested
+            if flags["cancel"]:
+                raise JobCancelled(job.id)
+            if flags["lost"] or self.stopping.is_set():
+                raise JobReleased(job.id)
+
+        return listener
+
+    @contextmanager
+    def _heartbeat(self, job: Job, flags: dict[str, bool]) -> Iterator[None]:
+        """Renew the lease every ``lease_s / 4`` from a thread (also while torch computes); note a cancel
+        request or a lost lease in ``flags`` for the next checkpoint."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(self.lease_s / 4):
+                try:
+                    j = self.store.heartbeat(job.id, self.name, self.lease_s)
+                except Exception as exc:  # noqa: BLE001 - a busy store must not end the heartbeats
+                    logger.warning("job %s: heartbeat failed (%s); retrying", job.id, exc)
+                    continue
+                if j is None:
+                    flags["lost"] = True
+                    return
+                flags["cancel"] = j.cancel_requested
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{job.id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
+
+@contextmanager
+def _job_log(path: Path) -> Iterator[None]:
+    """Copy the ``retriever`` and ``mining_jobs`` logs (INFO and up) into the job's log file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.setLevel(logging.INFO)
+    watched = [logging.getLogger(n) for n in ("retriever", "mining_jobs")]
+    levels = [lg.level for lg in watched]
+    for lg in watched:
+        lg.addHandler(handler)
+        if lg.getEffectiveLevel() > logging.INFO:
+            lg.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for lg, level in zip(watched, levels, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+        handler.close()

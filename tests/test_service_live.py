@@ -231,7 +231,8 @@ def test_public_bind_needs_a_token_and_enforces_it(service, tmp_path):
     assert [j.id for j in store.list()] == [job["id"]]
 
 
-def test_running_job_is_cancelled_at_its_next_checkpoint_and_the_worker_goes_on(tmp_path, data_root, monkeypatch):
+def test_running_job_is_cancelled_at_its_next_checkpoint_and_the_worker_goes_on(tmp_path, data_root, monkeypatch,
+                                                                               tiny_cross_encoder, torch_one_thread):
     import threading
 
     from mining_jobs import kinds
@@ -241,7 +242,8 @@ def test_running_job_is_cancelled_at_its_next_checkpoint_and_the_worker_goes_on(
     monkeypatch.setenv("HARDNEG_CACHE", str(tmp_path / "cache"))
     store = SQLiteJobStore(tmp_path / "home")
     long = {"data": {"name": "cranfield", "split": "test"}, "candidates": {"dense": False},
-            "output": {"shard_size": 1}}  # 225 shards: many checkpoints
+            "cross_encoder": {"model": str(tiny_cross_encoder), "max_length": 64},
+            "output": {"shard_size": 1}}  # 225 shards, each scored by the cross-encoder: many checkpoints
     victim = store.create("mine", kinds.resolve("mine", long))
     after = store.create("mine", kinds.resolve("mine", mine_config(2, 1, "top")))
     worker = Worker(store, name="w", lease_s=30, poll_s=0.1)
