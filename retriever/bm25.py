@@ -25,6 +25,21 @@ BACKENDS: tuple[str, ...] = ("bm25s", "rank_bm25")
 FORMAT_VERSION = 1
 
 
+
+def top_k(docs: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best (document, score) pairs, by score descending, ties by document position ascending, also
+    at the cut: the result does not depend on the order of the input (which, for the sparse product, follows
+    bm25s's per-process term numbering)."""
+    if len(scores) > k:
+        kth = np.partition(scores, len(scores) - k)[len(scores) - k]  # the k-th largest score
+        above = np.flatnonzero(scores > kth)
+        tied = np.flatnonzero(scores == kth)
+        tied = tied[np.argsort(docs[tied], kind="stable")[:k - len(above)]]
+        sel = np.concatenate([above, tied])
+        docs, scores = docs[sel], scores[sel]
+    order = np.lexsort((docs, -scores))
+    return docs[order], scores[order]
+
 class BM25Index:
     """A BM25 index over a corpus.
 
@@ -100,8 +115,7 @@ class BM25Index:
             for i, toks in enumerate(tqdm(q_tokens, desc="rank_bm25 search", disable=not show_progress,
                                           unit="q", mininterval=1.0)):
                 s = self._model.get_scores(toks) if toks else np.zeros(len(self.doc_ids))
-                top = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
-                top = top[np.lexsort((top, -s[top]))]
+                top, _ = top_k(np.arange(len(s)), s, k)
                 docs[i], scores[i] = top, s[top]
         docs[scores <= 0] = -1  # a document sharing no term with the query is not a result
         return docs, scores
@@ -141,13 +155,9 @@ class BM25Index:
                 lo, hi = prod.indptr[i], prod.indptr[i + 1]
                 d, s = prod.indices[lo:hi], prod.data[lo:hi].astype(np.float32)
                 keep = s > 0
-                d, s = d[keep], s[keep]
-                if len(s) > k:
-                    part = np.argpartition(-s, k - 1)[:k]
-                    d, s = d[part], s[part]
-                order = np.lexsort((d, -s))
-                docs[start + i, :len(order)] = d[order]
-                scores[start + i, :len(order)] = s[order]
+                d, s = top_k(d[keep], s[keep], k)
+                docs[start + i, :len(d)] = d
+                scores[start + i, :len(d)] = s
         return docs, scores
 
     def search(self, queries: Sequence[str], k: int = 100, query_ids: Sequence[str] | None = None,

@@ -367,3 +367,49 @@ def test_scifact_ndcg(data_root):
         scores[be] = evaluate(col.qrels, run)["ndcg@10"]
     assert scores["bm25s"] >= 0.65, scores
     assert abs(scores["rank_bm25"] - scores["bm25s"]) <= 0.015, scores
+
+
+def test_top_k_breaks_ties_by_document_position_also_at_the_cut():
+    """Equal scores straddling the k-th place: the lowest document positions win, whatever the input order
+    (the sparse product lists documents in an order that follows bm25s's per-process term numbering)."""
+    from retriever.bm25 import top_k
+
+    docs = np.array([7, 3, 9, 1, 5, 2])
+    scores = np.array([2.0, 1.0, 1.0, 3.0, 1.0, 0.5], dtype=np.float32)
+    want_d, want_s = np.array([1, 7, 3, 5]), np.array([3.0, 2.0, 1.0, 1.0], dtype=np.float32)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        perm = rng.permutation(len(docs))
+        d, s = top_k(docs[perm], scores[perm], 4)
+        assert d.tolist() == want_d.tolist() and s.tolist() == want_s.tolist()
+    d, s = top_k(docs, scores, 10)  # fewer candidates than k: all of them, sorted
+    assert d.tolist() == [1, 7, 3, 5, 9, 2]
+
+
+_SEARCH_SCRIPT = """
+import hashlib, sys
+from retriever.bm25 import BM25Index
+from retriever.data import load_collection
+col = load_collection(sys.argv[1], "train")
+idx = BM25Index("bm25s").index(col.doc_ids, col.doc_texts())
+docs, scores = idx.search_arrays([col.queries[q] for q in sorted(col.qrels)], k=30)
+print(hashlib.sha256(docs.tobytes() + scores.tobytes()).hexdigest())
+"""
+
+
+def test_search_results_do_not_depend_on_the_process_hash_seed(data_root):
+    """bm25s numbers its terms by iterating a set, so the numbering changes with PYTHONHASHSEED from one process
+    to the next. The top 30 of SciFact train must not: with hash seed 3, a tie at rank 30 used to pick another
+    document than with seeds 1 and 2 (found by comparing service and command-line runs)."""
+    import os
+    import subprocess
+    import sys
+
+    out = set()
+    for seed in ("1", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "HARDNEG_DATA": str(data_root)}
+        proc = subprocess.run([sys.executable, "-c", _SEARCH_SCRIPT, "scifact"], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out.add(proc.stdout.strip())
+    assert len(out) == 1
