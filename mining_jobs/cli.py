@@ -153,6 +153,8 @@ def _add_service(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lease", type=float, default=60.0, help="seconds a job stays this worker's without a "
                    "heartbeat; a dead worker's job is taken over after this (default 60)")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between looks at an empty queue")
+    p.add_argument("--max-attempts", type=int, default=3, help="a job whose workers died this many times is "
+                   "failed instead of taken again (default 3)")
     p.add_argument("--max-jobs", type=int, default=None, help="exit after running this many jobs")
     p.add_argument("--exit-when-idle", action="store_true", help="exit when the queue is empty")
     p = sub.add_parser("submit", help="submit a job to the service",
@@ -311,7 +313,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from .jobstore import open_store
     from .worker import Worker
 
-    w = Worker(open_store(args.home), name=args.name, lease_s=args.lease, poll_s=args.poll)
+    w = Worker(open_store(args.home), name=args.name, lease_s=args.lease, poll_s=args.poll,
+               max_attempts=args.max_attempts)
     w.install_signal_handlers()
     n = w.serve(max_jobs=args.max_jobs, exit_when_idle=args.exit_when_idle)
     print(f"worker {w.name}: ran {n} job(s)")

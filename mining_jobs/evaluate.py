@@ -61,6 +61,19 @@ class EvalConfig:
             raise ValueError(f"--retriever: unknown {bad or 'empty'}; expected some of {', '.join(RETRIEVERS)}")
         if self.top_k < 1:
             raise ValueError(f"--top-k must be >= 1, got {self.top_k}")
+        for name, allowed in (("bm25_backend", ("bm25s", "rank_bm25")), ("index", ("flat", "hnsw", "ivf")),
+                              ("bf16", ("auto", "on", "off")), ("stopwords", ("en", "none"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: expected one of "
+                                 f"{', '.join(allowed)}")
+        if self.stemmer != "none":
+            import Stemmer
+
+            if self.stemmer not in Stemmer.algorithms():
+                raise ValueError(f"--stemmer {self.stemmer!r}: expected 'none' or a Snowball language "
+                                 f"({', '.join(sorted(Stemmer.algorithms())[:8])}, ...)")
+        if self.batch_size < 1 or self.rrf_k < 1:
+            raise ValueError(f"--{'batch-size' if self.batch_size < 1 else 'rrf-k'} must be >= 1")
         for m in self.metrics:
             M._parse(m)
 

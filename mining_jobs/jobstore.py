@@ -56,9 +56,11 @@ class Job:
     error: str | None = None
     metrics: dict[str, Any] | None = None
     name: str = ""
+    claim: str | None = None  # secret of the current holder: heartbeats and updates must present it
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("claim")
         end = self.finished_at or time.time()
         d["timings"] = {"queued_s": ((self.started_at or end) - self.created_at),
                         "running_s": (end - self.started_at) if self.started_at else None}
@@ -88,26 +90,29 @@ class JobStore(ABC):
         """Newest first."""
 
     @abstractmethod
-    def claim(self, worker: str, lease_s: float) -> Job | None:
+    def claim(self, worker: str, lease_s: float, max_attempts: int = 3) -> Job | None:
         """Atomically take the oldest queued job, or a running job whose lease expired (its worker died),
-        for ``worker``; no two callers ever get the same job for the same lease."""
+        for ``worker``; no two callers ever get the same job for the same lease. The job's ``claim`` is a
+        fresh secret that the holder presents in every later call. A job whose workers died
+        ``max_attempts`` times is failed instead of being taken again."""
 
     @abstractmethod
-    def heartbeat(self, job_id: str, worker: str, lease_s: float) -> Job | None:
-        """Extend the lease; ``None`` when ``worker`` no longer holds the job."""
+    def heartbeat(self, job_id: str, claim: str, lease_s: float) -> Job | None:
+        """Extend the lease; ``None`` when this claim no longer holds the job."""
 
     @abstractmethod
-    def progress(self, job_id: str, worker: str, stage: str, done: int, total: int | None) -> Job | None:
-        """Record the stage and progress; ``None`` when ``worker`` no longer holds the job."""
+    def progress(self, job_id: str, claim: str, stage: str, done: int, total: int | None) -> Job | None:
+        """Record the stage and progress; ``None`` when this claim no longer holds the job."""
 
     @abstractmethod
-    def finish(self, job_id: str, worker: str, state: str, error: str | None = None,
+    def finish(self, job_id: str, claim: str, state: str, error: str | None = None,
                metrics: dict[str, Any] | None = None) -> bool:
-        """Move a held job to a terminal state; False when ``worker`` no longer holds it."""
+        """Move a held job to a terminal state; False when this claim no longer holds it."""
 
     @abstractmethod
-    def requeue(self, job_id: str, worker: str) -> bool:
-        """Give a held job back (a worker shutting down); it resumes from its run folder."""
+    def requeue(self, job_id: str, claim: str) -> bool:
+        """Give a held job back (a worker shutting down); it resumes from its run folder. A job whose
+        cancellation was asked for is cancelled instead."""
 
     @abstractmethod
     def cancel(self, job_id: str) -> Job:
@@ -117,7 +122,7 @@ class JobStore(ABC):
 
 _COLUMNS = ("id", "kind", "config", "state", "stage", "progress", "run_dir", "created_at", "started_at",
             "finished_at", "heartbeat_at", "lease_until", "worker", "attempts", "cancel_requested", "error",
-            "metrics", "name")
+            "metrics", "name", "claim")
 _JSON = ("config", "progress", "metrics")
 
 SCHEMA = """
@@ -140,12 +145,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     metrics TEXT,
-    name TEXT NOT NULL DEFAULT ''
+    name TEXT NOT NULL DEFAULT '',
+    claim TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 
 class SQLiteJobStore(JobStore):
@@ -167,6 +173,9 @@ class SQLiteJobStore(JobStore):
             row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
                 db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            elif row[0] == "1":  # version 1 had no claim secrets
+                db.execute("ALTER TABLE jobs ADD COLUMN claim TEXT")
+                db.execute("UPDATE meta SET value=? WHERE key='schema'", (SCHEMA_VERSION,))
             elif row[0] != SCHEMA_VERSION:
                 raise JobStoreError(f"{self.path}: job store schema {row[0]}, this hardneg reads {SCHEMA_VERSION}")
 
@@ -229,53 +238,61 @@ class SQLiteJobStore(JobStore):
             rows = db.execute(sql + " ORDER BY seq DESC LIMIT ?", (*args, int(limit))).fetchall()
         return [self._job(r) for r in rows]
 
-    def claim(self, worker: str, lease_s: float) -> Job | None:
+    def claim(self, worker: str, lease_s: float, max_attempts: int = 3) -> Job | None:
         now = time.time()
         with self._tx(immediate=True) as db:
             while True:
-                row = db.execute("SELECT id, state, cancel_requested FROM jobs WHERE state='queued' OR "
+                row = db.execute("SELECT id, state, cancel_requested, attempts FROM jobs WHERE state='queued' OR "
                                  "(state='running' AND lease_until < ?) ORDER BY seq LIMIT 1", (now,)).fetchone()
                 if row is None:
                     return None
-                job_id, state, cancel = row
+                job_id, state, cancel, attempts = row
                 if state == "running" and cancel:  # its worker died after a cancel request: nothing to resume
-                    db.execute("UPDATE jobs SET state='cancelled', finished_at=?, lease_until=NULL WHERE id=?",
-                               (now, job_id))
+                    db.execute("UPDATE jobs SET state='cancelled', finished_at=?, lease_until=NULL, claim=NULL "
+                               "WHERE id=?", (now, job_id))
                     continue
-                db.execute("UPDATE jobs SET state='running', worker=?, heartbeat_at=?, lease_until=?, "
+                if state == "running" and attempts >= max_attempts:  # it keeps killing its workers
+                    db.execute("UPDATE jobs SET state='failed', finished_at=?, lease_until=NULL, claim=NULL, "
+                               "error=? WHERE id=?", (now, f"its worker died {attempts} times while running it "
+                                                           "(out of memory? killed?); not retried again", job_id))
+                    continue
+                db.execute("UPDATE jobs SET state='running', worker=?, claim=?, heartbeat_at=?, lease_until=?, "
                            "started_at=COALESCE(started_at, ?), attempts=attempts+1 WHERE id=?",
-                           (worker, now, now + lease_s, now, job_id))
+                           (worker, secrets.token_hex(16), now, now + lease_s, now, job_id))
                 return self._get(db, job_id)
 
-    def _held(self, db: sqlite3.Connection, job_id: str, worker: str, sets: str, args: tuple) -> Job | None:
-        cur = db.execute(f"UPDATE jobs SET {sets} WHERE id=? AND worker=? AND state='running'",
-                         (*args, job_id, worker))
+    def _held(self, db: sqlite3.Connection, job_id: str, claim: str, sets: str, args: tuple) -> Job | None:
+        cur = db.execute(f"UPDATE jobs SET {sets} WHERE id=? AND claim=? AND state='running'",
+                         (*args, job_id, claim))
         return self._get(db, job_id) if cur.rowcount else None
 
-    def heartbeat(self, job_id: str, worker: str, lease_s: float) -> Job | None:
+    def heartbeat(self, job_id: str, claim: str, lease_s: float) -> Job | None:
         now = time.time()
         with self._tx(immediate=True) as db:
-            return self._held(db, job_id, worker, "heartbeat_at=?, lease_until=?", (now, now + lease_s))
+            return self._held(db, job_id, claim, "heartbeat_at=?, lease_until=?", (now, now + lease_s))
 
-    def progress(self, job_id: str, worker: str, stage: str, done: int, total: int | None) -> Job | None:
+    def progress(self, job_id: str, claim: str, stage: str, done: int, total: int | None) -> Job | None:
         with self._tx(immediate=True) as db:
-            return self._held(db, job_id, worker, "stage=?, progress=?",
+            return self._held(db, job_id, claim, "stage=?, progress=?",
                               (stage, json.dumps({"done": done, "total": total})))
 
-    def finish(self, job_id: str, worker: str, state: str, error: str | None = None,
+    def finish(self, job_id: str, claim: str, state: str, error: str | None = None,
                metrics: dict[str, Any] | None = None) -> bool:
         if state not in TERMINAL:
             raise JobStoreError(f"finish: {state!r} is not a terminal state ({', '.join(TERMINAL)})")
         with self._tx(immediate=True) as db:
             # a succeeded job's stage reads 'done'; a failed or cancelled one keeps the stage where it stopped
-            return self._held(db, job_id, worker, "state=?, finished_at=?, error=?, metrics=?, lease_until=NULL, "
-                              "stage=CASE WHEN ?='succeeded' THEN 'done' ELSE stage END",
+            return self._held(db, job_id, claim, "state=?, finished_at=?, error=?, metrics=?, lease_until=NULL, "
+                              "claim=NULL, stage=CASE WHEN ?='succeeded' THEN 'done' ELSE stage END",
                               (state, time.time(), error, json.dumps(metrics) if metrics is not None else None,
                                state)) is not None
 
-    def requeue(self, job_id: str, worker: str) -> bool:
+    def requeue(self, job_id: str, claim: str) -> bool:
         with self._tx(immediate=True) as db:
-            return self._held(db, job_id, worker, "state='queued', worker=NULL, lease_until=NULL", ()) is not None
+            return self._held(db, job_id, claim, "state=CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' "
+                              "END, finished_at=CASE WHEN cancel_requested THEN ? ELSE NULL END, worker=CASE WHEN "
+                              "cancel_requested THEN worker ELSE NULL END, lease_until=NULL, claim=NULL",
+                              (time.time(),)) is not None
 
     def cancel(self, job_id: str) -> Job:
         with self._tx(immediate=True) as db:

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import math
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,8 @@ from typing import Any
 from retriever.errors import HardnegError
 
 from .config import ConfigError, from_dict, set_fields
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,14 @@ def _settings(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k not in ("out", "overwrite")}
 
 
+def _clear_unstarted(out: Path, state_file: str) -> None:
+    """The run folder belongs to the job. A worker killed after creating it but before writing the job's state
+    file leaves it neither empty nor resumable: such a folder holds nothing finished, so it is emptied."""
+    if out.is_dir() and not (out / state_file).is_file() and any(out.iterdir()):
+        logger.info("%s has no %s: nothing to resume, starting afresh", out, state_file)
+        shutil.rmtree(out)
+
+
 def _wrap(fn: Callable[[], Any]) -> Any:
     """Run a validation and turn any ValueError / HardnegError into a ConfigError that names its field."""
     try:
@@ -94,9 +107,20 @@ def _resolve_mine(raw: dict[str, Any]) -> dict[str, Any]:
     if "output" in raw and isinstance(raw["output"], dict):
         _forbid(raw["output"], ("overwrite",), "output.")
     cfg = from_dict(_table(raw, ""), "config")
-    if not cfg.data.pairs:
-        _check_data(cfg.data.name, cfg.data.split, "data.name", "data.split")
+    _check_mine_data(cfg.data, "")
     return cfg.to_dict()
+
+
+def _check_mine_data(data: Any, prefix: str) -> None:
+    """The mined collection and split, and the leak guard's evaluation splits, exist (qrels mode only)."""
+    for s in data.eval_splits:
+        if not isinstance(s, str):
+            raise ConfigError(f"{prefix}data.eval_splits: expected split names, got {s!r}", f"{prefix}data.eval_splits")
+    if data.pairs:
+        return
+    _check_data(data.name, data.split, f"{prefix}data.name", f"{prefix}data.split")
+    for s in data.eval_splits:
+        _check_data(data.name, s, f"{prefix}data.name", f"{prefix}data.eval_splits")
 
 
 def _run_mine(conf: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -106,6 +130,7 @@ def _run_mine(conf: dict[str, Any], out: Path) -> dict[str, Any]:
     if manifest_path.is_file():  # finished before its worker could record it
         manifest = json.loads(manifest_path.read_text())
     else:
+        _clear_unstarted(out, "job.json")
         manifest = run_mining(from_dict(conf, "config"), out)
     c = manifest["counts"]
     return {"queries": c["queries"], "triples": c["triples"], "fates": c["fates"],
@@ -133,6 +158,8 @@ def _run_train(conf: dict[str, Any], out: Path) -> dict[str, Any]:
     from .train import TrainConfig, run_training
 
     done = out / "metrics.json"
+    if not done.is_file():
+        _clear_unstarted(out, "train.json")
     s = json.loads(done.read_text()) if done.is_file() else run_training(TrainConfig(**conf, out=str(out)))
     return {"model": s["model"], "steps": s["steps"], "train_loss": s["train_loss"], "best_dev": s["best_dev"],
             "seconds": s["seconds"]["total"]}
@@ -160,8 +187,13 @@ def _reranker_job(raw: dict[str, Any], out: str = "", overwrite: bool = False):
             raise ConfigError(f"{k} must be >= 1, got {v}", k)
     if job.max_eval_queries is not None and job.max_eval_queries < 1:
         raise ConfigError(f"max_eval_queries must be >= 1, got {job.max_eval_queries}", "max_eval_queries")
-    if args.lr <= 0 or args.head_lr <= 0:
-        raise ConfigError("lr and head_lr must be > 0", "lr" if args.lr <= 0 else "head_lr")
+    for k in ("lr", "head_lr"):
+        v = getattr(args, k)
+        if not (math.isfinite(v) and v > 0):
+            raise ConfigError(f"{k} must be a positive number, got {v}", k)
+    if not (0 <= args.warmup_ratio < 1 and math.isfinite(args.listwise_weight) and args.listwise_weight >= 0):
+        bad = "warmup_ratio" if not 0 <= args.warmup_ratio < 1 else "listwise_weight"
+        raise ConfigError(f"{bad} is out of range, got {getattr(args, bad)}", bad)
     job.out, job.overwrite = out, overwrite
     return job
 
@@ -232,8 +264,13 @@ def _resolve_iterate(raw: dict[str, Any]) -> dict[str, Any]:
     _check_data(cfg.loop.data, cfg.loop.dev_split, "loop.data", "loop.dev_split")
     if cfg.loop.test_split:
         _check_data(cfg.loop.data, cfg.loop.test_split, "loop.data", "loop.test_split")
-    if not cfg.mine.data.pairs:
-        _check_data(cfg.mine.data.name, cfg.mine.data.split, "mine.data.name", "mine.data.split")
+    _check_mine_data(cfg.mine.data, "mine.")
+    try:  # the loop fills in triples and base_model per round
+        _wrap(dataclasses.replace(cfg.train, triples="set-by-the-loop").validate)
+    except ConfigError as exc:
+        raise ConfigError(f"train: {exc}", f"train.{exc.field}" if exc.field else "train") from None
+    if cfg.train.dev_data:
+        _check_data(cfg.train.dev_data, cfg.train.dev_split, "train.dev_data", "train.dev_split")
     d = cfg.to_dict()
     for k in ("out", "overwrite"):
         d["loop"].pop(k)
@@ -246,6 +283,7 @@ def _run_iterate(conf: dict[str, Any], out: Path) -> dict[str, Any]:
     from .iterate import loop_config_from_dict, run_loop
 
     cfg = loop_config_from_dict(json.loads(json.dumps(conf)), "config", out=str(out))
+    _clear_unstarted(out, "loop.json")
     result = run_loop(cfg)
     return {"best_round": result["best_round"], "best_model": result["best_model"], "stopped": result["stopped"],
             "rounds": [{"round": r["round"], "metrics": r["metrics"]} for r in result["rounds"]],

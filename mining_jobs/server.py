@@ -59,6 +59,24 @@ def read_token(token_file: str | os.PathLike | None = None) -> str | None:
     return os.environ.get(TOKEN_ENV) or None
 
 
+MAX_DEPTH = 16
+
+
+def check_plain(value: Any, where: str = "", depth: int = 0) -> None:
+    """A config holds tables, lists, strings, numbers, booleans and nulls only, at most ``MAX_DEPTH`` deep
+    (TOML dates and times, say, are refused with the field they are in)."""
+    if depth > MAX_DEPTH:
+        raise ConfigError(f"{where or 'config'}: nested more than {MAX_DEPTH} levels deep", where or None)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_plain(v, f"{where}.{k}" if where else str(k), depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            check_plain(v, where, depth + 1)
+    elif not (value is None or isinstance(value, str | int | float | bool)):
+        raise ConfigError(f"{where}: {type(value).__name__} values are not accepted in a job config", where or None)
+
+
 def resolve_job_refs(value: Any, store: JobStore, where: str = "") -> Any:
     """Replace ``"job:<id>"`` (or ``"job:<id>/sub/path"``) strings anywhere in a config by that job's run
     folder (or a path inside it), so one job can use another's triples or models. The job must have
@@ -181,7 +199,10 @@ def create_app(store: JobStore, token: str | None = None):
                 raw = tomllib.loads(req.config_toml)
             except tomllib.TOMLDecodeError as exc:
                 return config_error(ConfigError(f"invalid TOML: {exc}", None), where)
+            except RecursionError:
+                return config_error(ConfigError(f"nested more than {MAX_DEPTH} levels deep", None), where)
         try:
+            check_plain(raw)
             resolved = kinds.resolve(req.kind, resolve_job_refs(raw, store))
         except ConfigError as exc:
             return config_error(exc, where)
@@ -215,9 +236,19 @@ def create_app(store: JobStore, token: str | None = None):
         root = Path(get_job(job_id).run_dir)
         if not root.is_dir():
             return []
-        files = sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and
-                       not any(part.endswith(".tmp") for part in p.parts))
-        return [{"name": p.relative_to(root).as_posix(), "bytes": p.stat().st_size} for p in files]
+        found = []
+        try:
+            for p in sorted(root.rglob("*")):
+                if p.is_symlink() or any(part.endswith(".tmp") for part in p.parts):
+                    continue
+                try:
+                    if p.is_file():
+                        found.append({"name": p.relative_to(root).as_posix(), "bytes": p.stat().st_size})
+                except OSError:  # removed while listing (a running job rotates checkpoints)
+                    continue
+        except OSError:  # a folder removed while listing
+            pass
+        return found
 
     @app.get("/jobs/{job_id}/artifacts/{name:path}", dependencies=deps, summary="download one file of a job's "
              "run folder (e.g. triples.parquet, triples.jsonl, report.md, manifest.json)",

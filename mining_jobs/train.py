@@ -95,6 +95,10 @@ class TrainConfig:
             raise TrainError(f"--eval-steps must be >= 0, got {self.eval_steps}")
         if self.save_total_limit < 1:
             raise TrainError(f"--save-total-limit must be >= 1, got {self.save_total_limit}")
+        if self.bf16 not in ("auto", "on", "off"):
+            raise TrainError(f"--bf16 {self.bf16!r}: expected auto, on or off")
+        if not (np.isfinite(self.scale) and self.scale > 0):
+            raise TrainError(f"--scale must be a positive number, got {self.scale}")
 
     def fingerprint(self) -> str:
         """Hash of what changes the trained model: the settings and the triples file (path, size, mtime)."""
@@ -118,6 +122,8 @@ def _triples_path(triples: str) -> Path:
         return p / "triples.parquet"
     if not p.is_file():
         raise TrainError(f"--triples {p}: no such folder or file")
+    if p.suffix != ".parquet":
+        raise TrainError(f"--triples {p}: expected a mining run folder or a .parquet file")
     return p
 
 

@@ -129,8 +129,8 @@ def run_train_reranker(job: RerankerJob) -> dict:
         with stage("evaluate"):
             report["eval"] = rerank_eval(out, job.data, job.eval_split, job.eval_depth, job.train.max_length,
                                          job.max_eval_queries)
-    write_json(out / "report.json", report)
     write_text(out / "report.md", render(report))
+    write_json(out / "report.json", report)  # last: the service reads it as "finished"
     return report
 
 

@@ -36,19 +36,25 @@ def test_create_get_list_and_save_then_load(store, tmp_path):
 def test_claims_are_exclusive_across_threads(store, tmp_path):
     ids = {store.create("mine", {"i": i}).id for i in range(40)}
     got: list[tuple[str, str]] = []
+    errors: list[BaseException] = []
     lock = threading.Lock()
 
     def claimer(name: str) -> None:
-        own = SQLiteJobStore(tmp_path / "home")  # one connection per claimer, as separate workers have
-        while (job := own.claim(name, lease_s=60)) is not None:
-            with lock:
-                got.append((job.id, name))
+        try:
+            own = SQLiteJobStore(tmp_path / "home")  # one connection per claimer, as separate workers have
+            while (job := own.claim(name, lease_s=60)) is not None:
+                with lock:
+                    got.append((job.id, name))
+        except BaseException as exc:  # noqa: BLE001 - a claimer that dies (e.g. "database is locked") fails the test
+            errors.append(exc)
 
     threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(6)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert errors == []
+    assert len({w for _, w in got}) > 1, "the claimers should have shared the jobs"
     claimed = [j for j, _ in got]
     assert sorted(claimed) == sorted(ids), "every job claimed exactly once"
     assert {store.get(j).attempts for j in ids} == {1}
@@ -57,17 +63,19 @@ def test_claims_are_exclusive_across_threads(store, tmp_path):
 
 def test_expired_lease_is_taken_over_and_old_holder_is_locked_out(store):
     job = store.create("mine", {})
-    assert store.claim("w1", lease_s=0.2).id == job.id
+    first = store.claim("w1", lease_s=0.2)
+    assert first.id == job.id and first.claim
     assert store.claim("w2", lease_s=5) is None  # the lease holds
-    assert store.heartbeat(job.id, "w1", lease_s=0.2) is not None
+    assert store.heartbeat(job.id, first.claim, lease_s=0.2) is not None
     time.sleep(0.3)
-    taken = store.claim("w2", lease_s=5)  # w1 stopped beating: its job is resumable by another worker
-    assert taken.id == job.id and taken.worker == "w2" and taken.attempts == 2
-    assert store.heartbeat(job.id, "w1", 5) is None
-    assert store.progress(job.id, "w1", "shards", 1, 3) is None
-    assert store.finish(job.id, "w1", "succeeded") is False
-    assert store.progress(job.id, "w2", "shards", 2, 3).progress == {"done": 2, "total": 3}
-    assert store.finish(job.id, "w2", "succeeded", metrics={"triples": 3})
+    taken = store.claim("w1", lease_s=5)  # w1 stopped beating: its job is resumable, even by a worker of
+    assert taken.id == job.id and taken.attempts == 2 and taken.claim != first.claim  # the same name
+    assert store.heartbeat(job.id, first.claim, 5) is None  # the old holder is locked out by its claim
+    assert store.progress(job.id, first.claim, "shards", 1, 3) is None
+    assert store.finish(job.id, first.claim, "failed") is False
+    assert store.requeue(job.id, first.claim) is False
+    assert store.progress(job.id, taken.claim, "shards", 2, 3).progress == {"done": 2, "total": 3}
+    assert store.finish(job.id, taken.claim, "succeeded", metrics={"triples": 3})
     done = store.get(job.id)
     assert done.state == "succeeded" and done.metrics == {"triples": 3} and done.finished_at >= done.started_at
     assert done.stage == "done"
@@ -77,11 +85,12 @@ def test_cancel_queued_running_and_finished(store):
     queued, running = store.create("mine", {}), store.create("mine", {})
     c = store.cancel(queued.id)
     assert c.state == "cancelled" and c.finished_at is not None
-    assert store.claim("w", 60).id == running.id  # the cancelled job is never claimed
+    held = store.claim("w", 60)
+    assert held.id == running.id  # the cancelled job is never claimed
     r = store.cancel(running.id)
     assert r.state == "running" and r.cancel_requested  # the worker stops at its next checkpoint
-    assert store.heartbeat(running.id, "w", 60).cancel_requested
-    assert store.finish(running.id, "w", "cancelled")
+    assert store.heartbeat(running.id, held.claim, 60).cancel_requested
+    assert store.finish(running.id, held.claim, "cancelled")
     with pytest.raises(JobStoreError, match="already cancelled"):
         store.cancel(running.id)
     with pytest.raises(KeyError):
@@ -99,17 +108,49 @@ def test_dead_worker_after_cancel_request_ends_cancelled_not_resumed(store):
 
 def test_requeue_gives_the_job_back(store):
     job = store.create("mine", {})
-    store.claim("w1", 60)
-    assert store.requeue(job.id, "w1")
+    held = store.claim("w1", 60)
+    assert store.requeue(job.id, held.claim)
     assert store.get(job.id).state == "queued"
-    assert store.claim("w2", 60).attempts == 2
+    again = store.claim("w2", 60)
+    assert again.attempts == 2
+    store.cancel(job.id)  # asked to stop, then its worker shuts down: it ends cancelled, not queued again
+    assert store.requeue(job.id, again.claim)
+    assert store.get(job.id).state == "cancelled" and store.get(job.id).finished_at is not None
+    assert store.claim("w3", 60) is None
+
+
+def test_a_job_that_keeps_killing_its_workers_is_failed_after_max_attempts(store):
+    job = store.create("mine", {})
+    for _ in range(3):
+        assert store.claim("w", lease_s=0.01, max_attempts=3).id == job.id  # each worker dies (no heartbeat)
+        time.sleep(0.02)
+    assert store.claim("w", lease_s=60, max_attempts=3) is None
+    failed = store.get(job.id)
+    assert failed.state == "failed" and "died 3 times" in failed.error
+
+
+def test_old_store_files_are_migrated(tmp_path):
+    import sqlite3
+
+    home = tmp_path / "old"
+    home.mkdir()
+    db = sqlite3.connect(home / "jobs.sqlite")
+    from mining_jobs.jobstore import SCHEMA
+
+    db.executescript(SCHEMA.replace(",\n    claim TEXT", ""))
+    db.execute("INSERT INTO meta VALUES ('schema', '1')")
+    db.commit()
+    db.close()
+    store = SQLiteJobStore(home)
+    job = store.create("mine", {})
+    assert store.claim("w", 60).claim and store.get(job.id).state == "running"
 
 
 def test_finish_refuses_a_non_terminal_state(store):
     job = store.create("mine", {})
-    store.claim("w", 60)
+    held = store.claim("w", 60)
     with pytest.raises(JobStoreError, match="terminal"):
-        store.finish(job.id, "w", "running")
+        store.finish(job.id, held.claim, "running")
 
 
 # ---------------------------------------------------------------------------------------------- kinds
@@ -141,6 +182,16 @@ def data_env(monkeypatch, data_root):
     ("iterate", {"loop": {"rounds": 0}}, "loop.rounds"),
     ("iterate", {"loop": {"out": "/tmp/elsewhere"}}, "loop.out"),
     ("iterate", {"train": {"max_steps": 2.5}}, "train.max_steps"),
+    ("iterate", {"train": {"lr": -1.0}}, "train.lr"),
+    ("iterate", {"train": {"bf16": "maybe"}}, "train.bf16"),
+    ("iterate", {"mine": {"data": {"eval_splits": ["nosuch"]}}}, "mine.data.eval_splits"),
+    ("evaluate", {"stemmer": "klingon"}, "stemmer"),
+    ("evaluate", {"bm25_backend": "nope"}, "bm25_backend"),
+    ("train", {"triples": __file__}, "triples"),
+    ("train", {"triples": "x", "bf16": "maybe"}, "bf16"),
+    ("train-reranker", {"lr": float("nan")}, "lr"),
+    ("mine", {"data": {"eval_splits": [3]}}, "data.eval_splits"),
+    ("mine", {"data": {"name": "adi", "split": "test", "eval_splits": ["train"]}}, "data.eval_splits"),
 ])
 def test_invalid_configs_name_their_field(data_env, kind, raw, field):
     with pytest.raises(ConfigError) as err:
@@ -160,3 +211,20 @@ def test_resolved_configs_hold_every_default(data_env):
     assert rr["eval_split"] is None and rr["epochs"] == 1 and rr["backbone"] == "default"
     with pytest.raises(ConfigError, match="unknown job kind"):
         kinds.resolve("dance", {})
+
+
+def test_a_job_found_finished_or_unstarted_in_its_run_folder(data_env, tmp_path):
+    """A worker may die after a job's files are complete but before the store records it (the next worker
+    returns the same result without mining again), or after creating the run folder but before the job's
+    state file (the next worker starts afresh instead of refusing a non-empty folder)."""
+    conf = kinds.resolve("mine", {"data": {"name": "adi", "split": "test"}, "candidates": {"dense": False}})
+    out = tmp_path / "run"
+    first = kinds.run("mine", conf, out)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    assert kinds.run("mine", conf, out) == first
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing was mined again
+    fresh = tmp_path / "fresh"
+    (fresh / "shards").mkdir(parents=True)
+    (fresh / "job.json.tmp").write_text("{")  # killed while writing its state file
+    assert kinds.run("mine", conf, fresh)["triples"] == first["triples"]
+    assert (fresh / "triples.parquet").read_bytes() == (out / "triples.parquet").read_bytes()

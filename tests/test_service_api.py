@@ -64,6 +64,9 @@ def test_submit_json_and_toml_list_show_cancel(env):
     ({"kind": "train", "config": {"triples": "job:nope"}}, ["body", "config", "triples"]),
     ({"kind": "iterate", "config": {"loop": {"rounds": -1}}}, ["body", "config", "loop", "rounds"]),
     ({"kind": "mine", "config": "not a table"}, ["body", "config"]),
+    ({"kind": "mine", "config_toml": "[data]\neval_splits = [1979-05-27]"}, ["body", "config_toml", "data"]),
+    ({"kind": "mine", "config_toml": "x = " + "[" * 900 + "]" * 900}, ["body", "config_toml"]),
+    ({"kind": "iterate", "config": {"train": {"lr": -1.0}}}, ["body", "config", "train", "lr"]),
 ])
 def test_bad_submissions_get_422_naming_the_field_and_change_nothing(env, body, loc):
     store, client = env
@@ -131,11 +134,11 @@ def test_job_references_resolve_to_a_succeeded_jobs_run_folder(env):
     mined = store.create("mine", MINE)
     r = client.post("/jobs", json={"kind": "train", "config": {"triples": f"job:{mined.id}"}})
     assert r.status_code == 422 and "queued" in r.json()["detail"][0]["msg"]
-    store.claim("w", 60)
+    held = store.claim("w", 60)
     run = store.run_dir(mined.id)
     run.mkdir(parents=True)
     (run / "triples.parquet").write_bytes(b"PAR1")
-    store.finish(mined.id, "w", "succeeded")
+    store.finish(mined.id, held.claim, "succeeded")
     r = client.post("/jobs", json={"kind": "train", "config": {"triples": f"job:{mined.id}", "max_steps": 1}})
     assert r.status_code == 201, r.text
     assert r.json()["config"]["triples"] == str(run.resolve())

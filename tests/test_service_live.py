@@ -308,3 +308,42 @@ def test_every_job_kind_runs_through_a_worker_and_chains_by_job_reference(tmp_pa
     assert [r["round"] for r in loop["metrics"]["rounds"]] == [0, 1]
     assert (Path(loop["run_dir"]) / "report.md").is_file()
     assert len(store.list(state="succeeded")) == 5
+
+
+def test_sigterm_gives_the_job_back_and_cancel_stops_a_stage_without_checkpoints(service, tmp_path, monkeypatch):
+    """A dense evaluation encodes a corpus in one stage with no checkpoint inside. SIGTERM makes its worker give
+    the job back to the queue at once and exit; the next worker takes it over; a cancel request then stops it
+    within seconds (the heartbeat thread interrupts the job), and that worker goes on with the next job."""
+    from mining_jobs import kinds
+
+    monkeypatch.setenv("HARDNEG_DATA", service.env["HARDNEG_DATA"])
+    store = SQLiteJobStore(service.home)
+    slow = store.create("evaluate", kinds.resolve("evaluate", {"data": "cranfield", "split": "test",
+                                                               "retrievers": ["dense"]}))
+
+    def wait_for(pred, what: str, timeout: float = 120):
+        deadline = time.monotonic() + timeout
+        while not pred():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: {store.get(slow.id)}"
+            time.sleep(0.05)
+
+    w1 = service.worker("w1")
+    wait_for(lambda: store.get(slow.id).stage == "dense", "the dense stage")
+    time.sleep(1.0)  # inside the corpus encoding
+    w1.send_signal(signal.SIGTERM)
+    assert w1.wait(timeout=60) == 0, w1.log_path.read_text()[-2000:]
+    back = store.get(slow.id)
+    assert back.state == "queued" and back.attempts == 1, back
+    w2 = service.worker("w2", "--max-jobs", "2")
+    wait_for(lambda: store.get(slow.id).stage == "dense" and store.get(slow.id).worker == "w2", "the takeover")
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    store.cancel(slow.id)
+    wait_for(lambda: store.get(slow.id).state == "cancelled", "the cancellation", timeout=30)
+    stopped_after = time.monotonic() - t0
+    assert stopped_after < 10, stopped_after  # encoding cranfield takes far longer than this here
+    assert not (Path(slow.run_dir) / "metrics.json").exists()
+    nxt = store.create("mine", kinds.resolve("mine", mine_config(1, 1, "top")))
+    assert w2.wait(timeout=120) == 0, w2.log_path.read_text()[-2000:]
+    assert store.get(nxt.id).state == "succeeded"
+    assert store.get(slow.id).attempts == 2
