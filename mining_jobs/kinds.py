@@ -174,7 +174,7 @@ def _reranker_job(raw: dict[str, Any], out: str = "", overwrite: bool = False):
     from .train_reranker import RerankerJob
 
     names = {f.name for f in dataclasses.fields(TrainArgs)}
-    _forbid(raw, ("out", "overwrite", "train"))
+    _forbid(raw, ("out", "overwrite", "resume", "train"))
     args = TrainArgs()
     set_fields(args, {k: v for k, v in raw.items() if k in names}, "")
     job = RerankerJob(train=args)
@@ -194,7 +194,7 @@ def _reranker_job(raw: dict[str, Any], out: str = "", overwrite: bool = False):
     if not (0 <= args.warmup_ratio < 1 and math.isfinite(args.listwise_weight) and args.listwise_weight >= 0):
         bad = "warmup_ratio" if not 0 <= args.warmup_ratio < 1 else "listwise_weight"
         raise ConfigError(f"{bad} is out of range, got {getattr(args, bad)}", bad)
-    job.out, job.overwrite = out, overwrite
+    job.out, job.overwrite, job.resume = out, overwrite, overwrite
     return job
 
 
@@ -205,6 +205,7 @@ def _resolve_reranker(raw: dict[str, Any]) -> dict[str, Any]:
         _check_data(job.data, job.eval_split, "data", "eval_split")
     d = dataclasses.asdict(job)
     d.update(d.pop("train"))
+    d.pop("resume")
     return _settings(d)
 
 
@@ -212,7 +213,8 @@ def _run_reranker(conf: dict[str, Any], out: Path) -> dict[str, Any]:
     from .train_reranker import run_train_reranker
 
     done = out / "report.json"
-    # a fold set is retrained from its first fold when its worker died; overwrite only ever replaces this job's own
+    # after a worker died: the folds it finished are kept (resume), the rest trained; overwrite only ever replaces
+    # this job's own files
     r = json.loads(done.read_text()) if done.is_file() else run_train_reranker(_reranker_job(conf, str(out), True))
     return {"models": r["models"], "eval": r.get("eval"), "seconds": r["train_seconds"]}
 

@@ -4,6 +4,8 @@ quality (nDCG@10 of BM25 top-k reranked) on a held-out split. Writes a fold set 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -35,6 +37,7 @@ class RerankerJob:
     eval_depth: int = 100
     max_eval_queries: int | None = None
     overwrite: bool = False
+    resume: bool = False  # keep folds finished by an earlier, interrupted run of this job (the job service)
     train: TrainArgs = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -42,6 +45,16 @@ class RerankerJob:
             self.train = TrainArgs()
         if self.folds < 1:
             raise ValueError(f"--folds must be >= 1, got {self.folds}")
+
+
+FOLD_DONE = "fold.json"
+
+
+def _fold_key(job: RerankerJob, train_q: list[str]) -> str:
+    """What a fold's model depends on: the training settings, the data and the fold's queries."""
+    d = {"train": asdict(job.train), "data": job.data, "split": job.split, "negatives": job.negatives,
+         "bm25_depth": job.bm25_depth, "queries": train_q}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def fold_assignment(qids: list[str], k: int, seed: int) -> dict[str, int]:
@@ -114,10 +127,16 @@ def run_train_reranker(job: RerankerJob) -> dict:
         train_q = [q for q in qids if assignment.get(q, -1) != k] if job.folds > 1 else qids
         groups = bm25_groups(col, texts, bm25, train_q, job.negatives, job.bm25_depth, job.train.seed + k)
         name = f"fold_{k}" if job.folds > 1 else "model"
-        logger.info("training %s on %d queries (%d groups)", name, len(train_q), len(groups))
-        with stage(name):
-            stats.append({"model": name, "train_queries": len(train_q),
-                          **train_cross_encoder(groups, out / name, job.train)})
+        done, key = out / name / FOLD_DONE, _fold_key(job, train_q)
+        if job.resume and done.is_file() and json.loads(done.read_text()).get("key") == key:
+            logger.info("%s: finished by an earlier run of this job, kept", name)
+            stats.append(json.loads(done.read_text())["stats"])
+        else:
+            logger.info("training %s on %d queries (%d groups)", name, len(train_q), len(groups))
+            with stage(name):
+                stats.append({"model": name, "train_queries": len(train_q),
+                              **train_cross_encoder(groups, out / name, job.train)})
+            write_json(done, {"key": key, "stats": stats[-1]})  # after the weights: marks the fold finished
         models.append(name)
     meta = {"folds": job.folds, "models": models, "assignment": assignment, "data": job.data, "split": job.split,
             "backbone": job.train.backbone, "train_args": asdict(job.train), "negatives": job.negatives,

@@ -88,3 +88,31 @@ def test_existing_fold_set_is_not_overwritten_silently(fold_set, capsys):
     assert main(["train-reranker", "--data", "adi", "--split", "test", "--out", str(fold_set)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (fold_set / "folds.json").read_text() == before
+
+
+def test_resume_keeps_finished_folds_and_trains_the_rest(tmp_path, data_root, tiny_cross_encoder, torch_one_thread,
+                                                         monkeypatch):
+    """The job service resumes a fold set whose worker died: a fold with its fold.json (written after its
+    weights) is kept, byte for byte; a fold without it is trained again; other settings never reuse a fold."""
+    from mining_jobs.train_reranker import FOLD_DONE, RerankerJob, run_train_reranker
+    from retriever.rerank_train import TrainArgs
+
+    mining_env(monkeypatch, data_root, tmp_path / "cache")
+
+    def job(**kw) -> RerankerJob:
+        return RerankerJob(data="adi", split="test", out=str(tmp_path / "ce"), folds=2, negatives=2, eval_split=None,
+                           overwrite=True, resume=True, train=TrainArgs(backbone=str(tiny_cross_encoder),
+                                                                       max_length=48, epochs=1, **kw))
+
+    run_train_reranker(job())
+    out = tmp_path / "ce"
+    weights = {k: (out / k / "model.safetensors").read_bytes() for k in ("fold_0", "fold_1")}
+    stamp0 = (out / "fold_0" / "model.safetensors").stat().st_mtime_ns
+    (out / "fold_1" / FOLD_DONE).unlink()  # as if the worker died while training fold 1
+    (out / "folds.json").unlink()
+    run_train_reranker(job())
+    assert (out / "fold_0" / "model.safetensors").stat().st_mtime_ns == stamp0  # kept, not retrained
+    assert (out / "fold_1" / FOLD_DONE).is_file() and (out / "folds.json").is_file()
+    assert (out / "fold_1" / "model.safetensors").read_bytes() == weights["fold_1"]  # same seed: same weights
+    run_train_reranker(job(lr=3e-4))  # other settings: every fold is trained again
+    assert (out / "fold_0" / "model.safetensors").stat().st_mtime_ns != stamp0
