@@ -52,7 +52,7 @@ def _table(raw: Any, where: str) -> dict[str, Any]:
 
 def _forbid(raw: dict[str, Any], keys: tuple[str, ...], prefix: str = "") -> None:
     for k in keys:
-        if k in raw:
+        if k in raw and not (k == "overwrite" and raw[k] is False):  # overwrite = false says nothing
             raise ConfigError(f"{prefix}{k}: set by the service (each job writes into its own run folder); "
                               "remove it", prefix + k)
 

@@ -199,6 +199,17 @@ def test_invalid_configs_name_their_field(data_env, kind, raw, field):
     assert kinds.field_of(err.value) == field, str(err.value)
 
 
+def test_the_example_mining_config_can_be_submitted_as_it_is(data_env):
+    from mining_jobs.config import read_toml
+
+    repo = __import__("pathlib").Path(__file__).resolve().parents[1]
+    raw = read_toml(repo / "examples" / "mine.toml")  # holds output.overwrite = false
+    assert kinds.resolve("mine", raw)["data"]["name"] == "scifact"
+    with pytest.raises(ConfigError) as err:
+        kinds.resolve("mine", {**raw, "output": {**raw["output"], "overwrite": True}})
+    assert err.value.field == "output.overwrite"
+
+
 def test_resolved_configs_hold_every_default(data_env):
     m = kinds.resolve("mine", {"data": {"name": "adi", "split": "test"}, "sampling": {"num_negatives": 2}})
     assert m["sampling"]["num_negatives"] == 2 and m["filter"]["relative_margin"] == 0.1 and m["engine"] == "local"
