@@ -330,7 +330,7 @@ def _client(args: argparse.Namespace):
 def _submitted_config(path: str | None, overrides: list[str]) -> dict:
     import json
 
-    from .config import ConfigError, parse_override, read_toml
+    from .config import ConfigError, parse_override, read_toml, set_override
 
     raw: dict = {}
     if path:
@@ -345,12 +345,10 @@ def _submitted_config(path: str | None, overrides: list[str]) -> dict:
         if "=" not in text:
             raise ConfigError(f"--set {text!r}: expected key=value")
         key = text.split("=", 1)[0].strip()
-        _, _, value = parse_override(text if "." in key else "x." + text)
-        target = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            target = target.setdefault(part, {})
-        target[parts[-1]] = value
+        if "." in key:  # a field of a table (mine, iterate)
+            set_override(raw, text)
+        else:  # a top-level option (train, evaluate, train-reranker)
+            raw[key] = parse_override("x." + text)[2]
     return raw
 
 

@@ -277,6 +277,16 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
+def set_override(raw: dict[str, Any], text: str) -> None:
+    """Apply one ``--set a.b[.c]=value`` to nested dicts, creating the tables on the way."""
+    section, key, value = parse_override(text)
+    target = raw.setdefault(section, {})
+    parts = key.split(".")
+    for part in parts[:-1]:
+        target = target.setdefault(part, {})
+    target[parts[-1]] = value
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
     """A TOML config file as nested dicts; a missing file or invalid TOML raises ``ConfigError`` naming it."""
     p = Path(path)

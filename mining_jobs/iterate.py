@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from retriever.errors import HardnegError
 from retriever.progress import stage
 
-from .config import ConfigError, MineConfig, from_dict, parse_override, read_toml, set_fields
+from .config import ConfigError, MineConfig, from_dict, read_toml, set_fields, set_override
 from .evaluate import evaluate_model
 from .files import versions, write_json, write_parquet, write_text
 from .train import EVAL_METRICS, TrainConfig
@@ -85,12 +85,7 @@ def load_loop_config(path: str | os.PathLike | None, overrides: list[str] | None
     (``loop.rounds=2``, ``train.lr=3e-5``, ``mine.filter.relative_margin=0.2``)."""
     raw: dict[str, Any] = read_toml(path) if path else {}
     for text in overrides or []:
-        section, key, value = parse_override(text)
-        target = raw.setdefault(section, {})
-        parts = key.split(".")
-        for part in parts[:-1]:
-            target = target.setdefault(part, {})
-        target[parts[-1]] = value
+        set_override(raw, text)
     return loop_config_from_dict(raw, str(path or "config"), out)
 
 

@@ -18,7 +18,9 @@ from typing import Any
 
 from retriever.errors import HardnegError
 
-KINDS = ("mine", "train-reranker", "train", "evaluate", "iterate")
+from .kinds import KINDS as _RUNNABLE
+
+KINDS = tuple(_RUNNABLE)  # the kinds a worker can run
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = ("succeeded", "failed", "cancelled")
 HOME_ENV = "HARDNEG_HOME"

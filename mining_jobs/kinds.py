@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import re
 import shutil
 from collections.abc import Callable
@@ -90,6 +89,17 @@ def _clear_unstarted(out: Path, state_file: str) -> None:
         shutil.rmtree(out)
 
 
+def _finished_or_run(out: Path, done_file: str, state_file: str | None, run: Callable[[], dict]) -> dict:
+    """The job's result: read from ``done_file`` when the job's files are complete (its worker died before the
+    store recorded it), else ``run()`` it, resuming from the run folder (emptied first if left unstarted)."""
+    done = out / done_file
+    if done.is_file():
+        return json.loads(done.read_text())
+    if state_file:
+        _clear_unstarted(out, state_file)
+    return run()
+
+
 def _wrap(fn: Callable[[], Any]) -> Any:
     """Run a validation and turn any ValueError / HardnegError into a ConfigError that names its field."""
     try:
@@ -126,12 +136,7 @@ def _check_mine_data(data: Any, prefix: str) -> None:
 def _run_mine(conf: dict[str, Any], out: Path) -> dict[str, Any]:
     from .mine import run_mining
 
-    manifest_path = out / "manifest.json"
-    if manifest_path.is_file():  # finished before its worker could record it
-        manifest = json.loads(manifest_path.read_text())
-    else:
-        _clear_unstarted(out, "job.json")
-        manifest = run_mining(from_dict(conf, "config"), out)
+    manifest = _finished_or_run(out, "manifest.json", "job.json", lambda: run_mining(from_dict(conf, "config"), out))
     c = manifest["counts"]
     return {"queries": c["queries"], "triples": c["triples"], "fates": c["fates"],
             "queries_without_negatives": c["queries_without_negatives"], "ce_pairs": c.get("ce_pairs"),
@@ -157,10 +162,7 @@ def _resolve_train(raw: dict[str, Any]) -> dict[str, Any]:
 def _run_train(conf: dict[str, Any], out: Path) -> dict[str, Any]:
     from .train import TrainConfig, run_training
 
-    done = out / "metrics.json"
-    if not done.is_file():
-        _clear_unstarted(out, "train.json")
-    s = json.loads(done.read_text()) if done.is_file() else run_training(TrainConfig(**conf, out=str(out)))
+    s = _finished_or_run(out, "metrics.json", "train.json", lambda: run_training(TrainConfig(**conf, out=str(out))))
     return {"model": s["model"], "steps": s["steps"], "train_loss": s["train_loss"], "best_dev": s["best_dev"],
             "seconds": s["seconds"]["total"]}
 
@@ -177,23 +179,10 @@ def _reranker_job(raw: dict[str, Any], out: str = "", overwrite: bool = False):
     _forbid(raw, ("out", "overwrite", "resume", "train"))
     args = TrainArgs()
     set_fields(args, {k: v for k, v in raw.items() if k in names}, "")
-    job = RerankerJob(train=args)
+    job = _wrap(lambda: RerankerJob(train=args))  # validates the training settings already
     set_fields(job, {k: v for k, v in raw.items() if k not in names}, "")
     job.eval_split = job.eval_split or None  # '' = no reranking report, as on the command line
-    _wrap(job.__post_init__)
-    for k in ("negatives", "bm25_depth", "eval_depth", "epochs", "max_length", "groups_per_batch"):
-        v = getattr(args, k) if k in names else getattr(job, k)
-        if v < 1:
-            raise ConfigError(f"{k} must be >= 1, got {v}", k)
-    if job.max_eval_queries is not None and job.max_eval_queries < 1:
-        raise ConfigError(f"max_eval_queries must be >= 1, got {job.max_eval_queries}", "max_eval_queries")
-    for k in ("lr", "head_lr"):
-        v = getattr(args, k)
-        if not (math.isfinite(v) and v > 0):
-            raise ConfigError(f"{k} must be a positive number, got {v}", k)
-    if not (0 <= args.warmup_ratio < 1 and math.isfinite(args.listwise_weight) and args.listwise_weight >= 0):
-        bad = "warmup_ratio" if not 0 <= args.warmup_ratio < 1 else "listwise_weight"
-        raise ConfigError(f"{bad} is out of range, got {getattr(args, bad)}", bad)
+    _wrap(job.validate)
     job.out, job.overwrite, job.resume = out, overwrite, overwrite
     return job
 
@@ -212,10 +201,9 @@ def _resolve_reranker(raw: dict[str, Any]) -> dict[str, Any]:
 def _run_reranker(conf: dict[str, Any], out: Path) -> dict[str, Any]:
     from .train_reranker import run_train_reranker
 
-    done = out / "report.json"
     # after a worker died: the folds it finished are kept (resume), the rest trained; overwrite only ever replaces
     # this job's own files
-    r = json.loads(done.read_text()) if done.is_file() else run_train_reranker(_reranker_job(conf, str(out), True))
+    r = _finished_or_run(out, "report.json", None, lambda: run_train_reranker(_reranker_job(conf, str(out), True)))
     return {"models": r["models"], "eval": r.get("eval"), "seconds": r["train_seconds"]}
 
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from retriever.bm25 import BM25Index
 from retriever.data import column
 from retriever.dense_index import DenseIndex
-from retriever.encoder import EmbeddingCache, Encoder, encode_corpus
+from retriever.encoder import EmbeddingCache, Encoder
 from retriever.errors import HardnegError
 from retriever.progress import report, show_progress, stage
 from retriever.rerank import ScoreCache, load_reranker, score_with_cache
@@ -27,6 +27,7 @@ from retriever.text import TokenizerConfig
 
 from .candidates import Candidate, mark_exclusions, normalized_hash, union_candidates
 from .config import MineConfig
+from .engine import LocalEngine
 from .files import write_parquet, write_text
 from .filtering import accepts, apply_filter, in_window, reduce_positive
 from .inputs import MiningInput, leak_guard, load_input
@@ -98,7 +99,9 @@ def prepare_folder(out: Path, cfg: MineConfig) -> dict:
     return state
 
 
-def build_resources(cfg: MineConfig, timings: dict[str, float], engine=None) -> Resources:
+def build_resources(cfg: MineConfig, timings: dict[str, float], engine: LocalEngine | None = None) -> Resources:
+    """What every shard needs; the corpus is encoded by ``engine`` (default: this process)."""
+    engine = engine or LocalEngine()
     t0 = time.perf_counter()
     inp = load_input(cfg.data)
     banned_ids = leak_guard(inp, cfg.data)
@@ -118,10 +121,7 @@ def build_resources(cfg: MineConfig, timings: dict[str, float], engine=None) -> 
         t0 = time.perf_counter()
         encoder = Encoder(c.model, bf16=c.bf16, batch_size=c.batch_size, query_prompt=c.query_prompt,
                           doc_prompt=c.doc_prompt, max_seq_length=c.max_seq_length)
-        if engine is None:
-            emb, info = encode_corpus(encoder, texts, inp.corpus_fingerprint(), EmbeddingCache())
-        else:
-            emb, info = engine.encode_corpus(encoder, texts, inp.corpus_fingerprint(), EmbeddingCache())
+        emb, info = engine.encode_corpus(encoder, texts, inp.corpus_fingerprint(), EmbeddingCache())
         timings["corpus_encode_s"] = time.perf_counter() - t0
         timings["embedding_cache"] = info["cache"]  # type: ignore[assignment]
         if c.dense:
@@ -266,9 +266,9 @@ def run_mining(cfg: MineConfig, out: str | os.PathLike) -> dict:
     state = prepare_folder(out, cfg)
     t_job = time.perf_counter()
     timings: dict[str, float] = {}
-    from .engine import make_engine
+    from . import engine as engines  # looked up at call time: tests may wrap make_engine
 
-    engine = make_engine(cfg)
+    engine = engines.make_engine(cfg)
     try:
         with stage("prepare"):
             res = build_resources(cfg, timings, engine)

@@ -24,9 +24,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from retriever.errors import HardnegError
 
-from . import kinds as _kinds
+from . import __version__, kinds
 from .config import ConfigError
 from .jobstore import KINDS, STATES, Job, JobStore, JobStoreError
+
+KindName = Literal[KINDS]  # type: ignore[valid-type]
+StateName = Literal[STATES]  # type: ignore[valid-type]
 
 TOKEN_ENV = "HARDNEG_TOKEN"
 JOB_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -101,8 +104,8 @@ def resolve_job_refs(value: Any, store: JobStore, where: str = "") -> Any:
 
 
 class JobRequest(BaseModel):
-    kind: Literal["mine", "train-reranker", "train", "evaluate", "iterate"] = Field(
-        description="what to run: " + "; ".join(f"{k.name}: {k.doc}" for k in _kinds.KINDS.values()))
+    kind: KindName = Field(
+        description="what to run: " + "; ".join(f"{k.name}: {k.doc}" for k in kinds.KINDS.values()))
     config: dict[str, Any] | None = Field(default=None, description="the job config as JSON (the TOML "
                                           "file's tables as objects); strings 'job:<id>[/path]' name another "
                                           "job's run folder")
@@ -110,19 +113,22 @@ class JobRequest(BaseModel):
                                                               "config)")
     name: str = Field(default="", max_length=200, description="a label for people")
 
+
 class Progress(BaseModel):
     done: int | None = None
     total: int | None = None
+
 
 class Timings(BaseModel):
     queued_s: float
     running_s: float | None
 
+
 class JobView(BaseModel):
     id: str
     kind: str
     name: str
-    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    state: StateName
     stage: str
     progress: Progress
     config: dict[str, Any]
@@ -150,17 +156,11 @@ class Message(BaseModel):
 def create_app(store: JobStore, token: str | None = None):
     """The FastAPI application over ``store``; with ``token`` every /jobs request needs
     ``Authorization: Bearer <token>``."""
-    from . import __version__, kinds
-
-    def view(job: Job) -> dict[str, Any]:
-        return job.to_dict()
-
     bearer = HTTPBearer(auto_error=False)
 
     def authorize(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
-        if token is None:
-            return
-        if creds is None or not hmac.compare_digest(creds.credentials.encode(), token.encode()):
+        # attached to the routes only when a token is set (see deps below)
+        if creds is None or token is None or not hmac.compare_digest(creds.credentials.encode(), token.encode()):
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
                                 headers={"WWW-Authenticate": "Bearer"})
 
@@ -206,19 +206,18 @@ def create_app(store: JobStore, token: str | None = None):
             resolved = kinds.resolve(req.kind, resolve_job_refs(raw, store))
         except ConfigError as exc:
             return config_error(exc, where)
-        return view(store.create(req.kind, resolved, name=req.name))
+        return store.create(req.kind, resolved, name=req.name).to_dict()
 
     @app.get("/jobs", response_model=list[JobView], dependencies=deps, summary="list jobs, newest first",
              responses={**r401})
-    def list_jobs(state: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
-                  kind: Literal["mine", "train-reranker", "train", "evaluate", "iterate"] | None = None,
+    def list_jobs(state: StateName | None = None, kind: KindName | None = None,
                   limit: int = Query(100, ge=1, le=1000)) -> Any:
-        return [view(j) for j in store.list(state=state, kind=kind, limit=limit)]
+        return [j.to_dict() for j in store.list(state=state, kind=kind, limit=limit)]
 
     @app.get("/jobs/{job_id}", response_model=JobView, dependencies=deps, summary="one job: state, stage, "
              "progress, metrics", responses={**r401, **r404})
     def show(job_id: str = PathParam(pattern=JOB_ID)) -> Any:
-        return view(get_job(job_id))
+        return get_job(job_id).to_dict()
 
     @app.delete("/jobs/{job_id}", response_model=JobView, dependencies=deps, summary="cancel a job",
                 description="A queued job is cancelled at once; a running job stops at its next checkpoint.",
@@ -226,7 +225,7 @@ def create_app(store: JobStore, token: str | None = None):
     def cancel(job_id: str = PathParam(pattern=JOB_ID)) -> Any:
         get_job(job_id)
         try:
-            return view(store.cancel(job_id))
+            return store.cancel(job_id).to_dict()
         except JobStoreError as exc:
             raise HTTPException(409, str(exc)) from None
 

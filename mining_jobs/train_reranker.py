@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,8 +44,25 @@ class RerankerJob:
     def __post_init__(self) -> None:
         if self.train is None:
             self.train = TrainArgs()
-        if self.folds < 1:
-            raise ValueError(f"--folds must be >= 1, got {self.folds}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Ranges of the job's and the training's settings; errors name the option."""
+        t = self.train
+        for name, v in (("folds", self.folds), ("negatives", self.negatives), ("bm25_depth", self.bm25_depth),
+                        ("eval_depth", self.eval_depth), ("epochs", t.epochs), ("max_length", t.max_length),
+                        ("groups_per_batch", t.groups_per_batch)):
+            if v < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+        if self.max_eval_queries is not None and self.max_eval_queries < 1:
+            raise ValueError(f"--max-eval-queries must be >= 1, got {self.max_eval_queries}")
+        for name, v in (("lr", t.lr), ("head_lr", t.head_lr)):
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {v}")
+        if not 0 <= t.warmup_ratio < 1:
+            raise ValueError(f"--warmup-ratio must be in [0, 1), got {t.warmup_ratio}")
+        if not (math.isfinite(t.listwise_weight) and t.listwise_weight >= 0):
+            raise ValueError(f"--listwise-weight must be >= 0, got {t.listwise_weight}")
 
 
 FOLD_DONE = "fold.json"
@@ -125,13 +143,14 @@ def run_train_reranker(job: RerankerJob) -> dict:
     models, stats = [], []
     for k in range(job.folds):
         train_q = [q for q in qids if assignment.get(q, -1) != k] if job.folds > 1 else qids
-        groups = bm25_groups(col, texts, bm25, train_q, job.negatives, job.bm25_depth, job.train.seed + k)
         name = f"fold_{k}" if job.folds > 1 else "model"
         done, key = out / name / FOLD_DONE, _fold_key(job, train_q)
-        if job.resume and done.is_file() and json.loads(done.read_text()).get("key") == key:
+        kept = json.loads(done.read_text()) if job.resume and done.is_file() else {}
+        if kept.get("key") == key:
             logger.info("%s: finished by an earlier run of this job, kept", name)
-            stats.append(json.loads(done.read_text())["stats"])
+            stats.append(kept["stats"])
         else:
+            groups = bm25_groups(col, texts, bm25, train_q, job.negatives, job.bm25_depth, job.train.seed + k)
             logger.info("training %s on %d queries (%d groups)", name, len(train_q), len(groups))
             with stage(name):
                 stats.append({"model": name, "train_queries": len(train_q),

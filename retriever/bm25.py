@@ -25,7 +25,6 @@ BACKENDS: tuple[str, ...] = ("bm25s", "rank_bm25")
 FORMAT_VERSION = 1
 
 
-
 def top_k(docs: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` best (document, score) pairs, by score descending, ties by document position ascending, also
     at the cut: the result does not depend on the order of the input (which, for the sparse product, follows
@@ -39,6 +38,7 @@ def top_k(docs: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.
         docs, scores = docs[sel], scores[sel]
     order = np.lexsort((docs, -scores))
     return docs[order], scores[order]
+
 
 class BM25Index:
     """A BM25 index over a corpus.
