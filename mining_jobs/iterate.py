@@ -75,7 +75,7 @@ class LoopConfig:
     def fingerprint(self) -> str:
         d = self.to_dict()
         d["loop"] = {k: v for k, v in d["loop"].items() if k not in ("out", "overwrite", "rounds", "patience")}
-        d["mine"]["output"] = {k: v for k, v in d["mine"]["output"].items() if k not in ("overwrite", "score_cache")}
+        d["mine"] = self.mine.fingerprint()  # what changes the mined triples (not the engine, not overwrite)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
