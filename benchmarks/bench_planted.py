@@ -71,7 +71,9 @@ def plant(src: Path, dest: Path, n_dups: int, seed: int) -> dict[str, list[tuple
         for q in qids:
             for d, g in qrels[q].items():
                 fh.write(f"{q}\t{d}\t{g}\n")
-    return {"near_duplicates": planted_dups, "hidden_positives": hidden}
+    planted = {"near_duplicates": planted_dups, "hidden_positives": hidden}
+    (dest / "planted.json").write_text(json.dumps(planted))  # what `hardneg judge-report --planted` reads
+    return planted
 
 
 def count(run_dir: Path, planted: dict[str, list[tuple[str, str]]], n_neg: int) -> dict[str, object]:

@@ -100,24 +100,59 @@ def _add_train_reranker(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
+def _add_dataclass_options(p: argparse.ArgumentParser, cls, required: tuple[str, ...] = ()) -> None:
+    """One option per field of a settings dataclass, with its help text and default."""
     import dataclasses
 
-    from .train import TrainConfig
-
-    p = sub.add_parser("train", help="fine-tune a bi-encoder on mined triples",
-                       description="sentence-transformers trainer with MultipleNegativesRankingLoss (or cached), "
-                                   "no duplicate texts in a batch, dev evaluation with the best checkpoint kept, "
-                                   "resumable in the same --out.")
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         helptext = f.metadata.get("help")
         if f.type in ("bool", bool):
             p.add_argument(flag, action="store_true", help=helptext)
         else:
             tp = {"int": int, "float": float}.get(str(f.type), str)
-            p.add_argument(flag, type=tp, default=f.default, required=f.name == "triples",
+            p.add_argument(flag, type=tp, default=f.default, required=f.name in required,
                            help=(helptext + " " if helptext else "") + f"(default: {f.default!r})")
+
+
+def _add_train_judge(sub: argparse._SubParsersAction) -> None:
+    from .judge_train import JudgeJob
+
+    p = sub.add_parser("train-judge", help="fit a learned false-negative judge (BM25 + bi-encoder + cross-encoder)",
+                       description="Train a cross-fitted bi-encoder fold set on a split's qrels, then fit a calibrated "
+                                   "pairwise-logistic combination of BM25, bi-encoder and cross-encoder features on the "
+                                   "split's candidates. Use the folder as a mining judge: --cross-encoder DIR.")
+    _add_dataclass_options(p, JudgeJob)
+
+
+def _add_judge_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("judge-report", help="measure judges on held-out queries against the retrievers",
+                       description="nDCG@10 / MRR@10 of BM25 top-k reranked by each judge on every query of a split, "
+                                   "ROC-AUC of positives against mined candidates, and with a planted collection the "
+                                   "filter's recall and cost across margins. bm25, dense and hybrid are the baselines.")
+    p.add_argument("--judge", type=_csv, required=True,
+                   help="comma-separated judges: bm25, dense, hybrid, a cross-encoder name or path, a fold set, a "
+                        "train-judge folder")
+    p.add_argument("--data", default="scifact")
+    p.add_argument("--split", default="test")
+    p.add_argument("--depth", type=int, default=100, help="BM25 candidates reranked (default 100)")
+    p.add_argument("--pool-depth", type=int, default=30, help="BM25 and dense candidates per query for AUC and "
+                   "the planted sweep (default 30)")
+    p.add_argument("--max-length", type=int, default=128, help="cross-encoder tokens per pair")
+    p.add_argument("--planted-data", default="", help="a collection with planted false negatives")
+    p.add_argument("--planted-split", default="train:fit")
+    p.add_argument("--planted", default="", help="JSON file: {kind: [[query_id, doc_id], ...]}")
+    p.add_argument("--out", required=True, help="folder for report.md and report.json")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .train import TrainConfig
+
+    p = sub.add_parser("train", help="fine-tune a bi-encoder on mined triples",
+                       description="sentence-transformers trainer with MultipleNegativesRankingLoss (or cached), "
+                                   "no duplicate texts in a batch, dev evaluation with the best checkpoint kept, "
+                                   "resumable in the same --out.")
+    _add_dataclass_options(p, TrainConfig, required=("triples",))
 
 
 def _add_iterate(sub: argparse._SubParsersAction) -> None:
@@ -195,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_mine(sub)
     _add_train_reranker(sub)
+    _add_train_judge(sub)
+    _add_judge_report(sub)
     _add_train(sub)
     _add_iterate(sub)
     _add_service(sub)
@@ -273,6 +310,35 @@ def _cmd_train_reranker(args: argparse.Namespace) -> int:
 
     print(render(report))
     print(f"fold set written to {args.out}/ (use it as: hardneg mine --cross-encoder {args.out} ...)")
+    return 0
+
+
+def _cmd_train_judge(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .judge_train import JudgeJob, run_train_judge
+
+    job = JudgeJob(**{f.name: getattr(args, f.name) for f in dataclasses.fields(JudgeJob)})
+    run_train_judge(job)
+    print((Path(job.out) / "report.md").read_text())
+    print(f"judge written to {job.out}/ (use it as: hardneg mine --cross-encoder {job.out} ...)")
+    return 0
+
+
+def _cmd_judge_report(args: argparse.Namespace) -> int:
+    import json
+
+    from .files import write_text
+    from .judge_report import render_report, run_judge_report
+
+    if bool(args.planted_data) != bool(args.planted):
+        raise ValueError("--planted-data and --planted go together")
+    r = run_judge_report(args.judge, args.data, args.split, args.depth, args.pool_depth, args.max_length,
+                         args.planted_data, args.planted_split, args.planted)
+    text = render_report(r)
+    write_text(Path(args.out) / "report.md", text)
+    write_text(Path(args.out) / "report.json", json.dumps(r, indent=2, default=float))
+    print(text)
     return 0
 
 
@@ -440,7 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(level if name != "bm25s" else max(level, logging.WARNING))
     try:
         commands = {"evaluate": _cmd_evaluate, "compare": _cmd_compare, "mine": _cmd_mine,
-                    "train-reranker": _cmd_train_reranker, "train": _cmd_train, "iterate": _cmd_iterate,
+                    "train-reranker": _cmd_train_reranker, "train-judge": _cmd_train_judge,
+                    "judge-report": _cmd_judge_report, "train": _cmd_train, "iterate": _cmd_iterate,
                     "serve": _cmd_serve, "worker": _cmd_worker, "submit": _cmd_submit, "status": _cmd_status,
                     "wait": _cmd_wait, "fetch": _cmd_fetch, "cancel": _cmd_cancel}
         return commands[args.command](args)

@@ -91,6 +91,10 @@ class FilterSection:
                       "cross-encoder only judges: with 'top' or 'positive-aware' sampling, candidates are scored in "
                       "retrieval order until num_negatives pass the filter, the rest are never scored (much faster)",
                       ("cross_encoder", "retrieval"))
+    judge_check_queries: int = _f(64, "before filtering, compare the judge's ranking with the fused retrieval's on "
+                                      "this many of the job's own queries (nDCG@10 of their positives; 0 = skip)")
+    require_better_judge: bool = _f(False, "refuse to filter (stop the job) when the judge ranks worse than the "
+                                           "retrieval it judges")
 
 
 @dataclass
@@ -249,6 +253,7 @@ def validate(cfg: MineConfig, source: str = "config") -> None:
         (cfg.ray.encode_block >= 1, "ray.encode_block", "must be >= 1"),
         (o.shard_size >= 1, "output.shard_size", "must be >= 1"),
         (fl.range_min >= 0, "filter.range_min", "must be >= 0"),
+        (fl.judge_check_queries >= 0, "filter.judge_check_queries", "must be >= 0"),
         (fl.range_max is None or fl.range_max > fl.range_min, "filter.range_max", "must be > filter.range_min"),
         (fl.relative_margin is None or 0 <= fl.relative_margin < 1, "filter.relative_margin", "must be in [0, 1)"),
         (fl.absolute_margin is None or fl.absolute_margin >= 0, "filter.absolute_margin", "must be >= 0"),

@@ -21,6 +21,7 @@ from retriever.data import column
 from retriever.dense_index import DenseIndex
 from retriever.encoder import EmbeddingCache, Encoder
 from retriever.errors import HardnegError
+from retriever.judge import Corpus, EnsembleJudge
 from retriever.progress import report, show_progress, stage
 from retriever.rerank import ScoreCache, load_reranker, score_with_cache
 from retriever.text import TokenizerConfig
@@ -31,6 +32,7 @@ from .engine import LocalEngine
 from .files import write_parquet, write_text
 from .filtering import accepts, apply_filter, in_window, reduce_positive
 from .inputs import MiningInput, leak_guard, load_input
+from .judge_check import check_judge
 from .sampling import sample
 
 logger = logging.getLogger(__name__)
@@ -133,29 +135,46 @@ def build_resources(cfg: MineConfig, timings: dict[str, float], engine: LocalEng
         x = cfg.cross_encoder
         reranker = load_reranker(x.model, x.max_length, x.batch_size, x.bf16)
         cache = ScoreCache(cfg.output.score_cache or None)
+        bind_judge(reranker, doc_ids, texts, inp.corpus_fingerprint(), bm25, encoder, emb, cache)
     return Resources(inp, list(inp.queries), doc_ids, doc_pos, texts, hashes, bm25, encoder, dense, emb,
                      reranker, cache, {doc_pos[d] for d in banned_ids if d in doc_pos})
 
 
-def mine_shard(res: Resources, cfg: MineConfig, qids: list[str], counters: dict[str, float]
-               ) -> tuple[pa.Table, pa.Table]:
-    """Mine one shard of queries; returns its triples and candidates tables."""
+def bind_judge(reranker, doc_ids: list[str], texts: list[str], corpus_fingerprint: str, bm25: BM25Index | None,
+               encoder: Encoder | None, emb: np.ndarray | None, cache: ScoreCache | None) -> None:
+    """A learned judge (``hardneg train-judge``) reads the corpus it scores: bind it, reusing the job's BM25
+    index and corpus embeddings where they are the judge's own. Cross-encoders need nothing."""
+    if isinstance(reranker, EnsembleJudge):
+        reranker.bind(Corpus(doc_ids, texts, corpus_fingerprint, bm25, encoder, emb), EmbeddingCache(), cache)
+
+
+def retrieve(res: Resources, cfg: MineConfig, qids: list[str], qtexts: list[str]
+             ) -> tuple[list[list[Candidate]], list[list[int]]]:
+    """Candidates of each query (BM25 + dense top-k, fused order) with exclusions marked, and its positives
+    (corpus positions)."""
     c = cfg.candidates
-    qtexts = [res.inp.queries[q] for q in qids]
-    t0 = time.perf_counter()
     bm25 = res.bm25.search_arrays(qtexts, k=c.bm25_k, show_progress=False) if res.bm25 else None
     dense = None
     if res.dense is not None:
         q_emb = res.encoder.encode_queries(qtexts, show_progress=False)
         dense = res.dense.search_arrays(q_emb, k=c.dense_k)
     cands = union_candidates(bm25, dense, len(qids))
-    counters["retrieve_s"] += time.perf_counter() - t0
     positives: list[list[int]] = []
     for qid, cl in zip(qids, cands, strict=True):
         pos = sorted(res.doc_pos[d] for d in res.inp.positives[qid])
         positives.append(pos)
         mark_exclusions(cl, set(pos), qid, res.doc_ids, res.hashes, cfg.exclusion.drop_self, res.emb,
                         cfg.exclusion.near_duplicate_cosine, res.banned)
+    return cands, positives
+
+
+def mine_shard(res: Resources, cfg: MineConfig, qids: list[str], counters: dict[str, float]
+               ) -> tuple[pa.Table, pa.Table]:
+    """Mine one shard of queries; returns its triples and candidates tables."""
+    qtexts = [res.inp.queries[q] for q in qids]
+    t0 = time.perf_counter()
+    cands, positives = retrieve(res, cfg, qids, qtexts)
+    counters["retrieve_s"] += time.perf_counter() - t0
     pos_scores: list[float | None] = [None] * len(qids)
     pos_lists: list[list[float]] = [[] for _ in qids]
     if res.reranker is not None:
@@ -273,6 +292,8 @@ def run_mining(cfg: MineConfig, out: str | os.PathLike) -> dict:
         with stage("prepare"):
             res = build_resources(cfg, timings, engine)
         check_inputs(out, state, input_fingerprints(res))
+        with stage("judge check"):
+            judge_check = check_judge(res, cfg)
         size = cfg.output.shard_size
         shards = [res.qids[i:i + size] for i in range(0, len(res.qids), size)]
         counters = {"retrieve_s": 0.0, "score_s": 0.0, "ce_pairs": 0, "ce_pairs_scored": 0, "shards_resumed": 0}
@@ -306,4 +327,4 @@ def run_mining(cfg: MineConfig, out: str | os.PathLike) -> dict:
 
     timings.update({k: v for k, v in counters.items() if k.endswith("_s")})
     with stage("finalize"):
-        return finalize(out, cfg, res, len(shards), counters, timings, time.perf_counter() - t_job)
+        return finalize(out, cfg, res, len(shards), counters, timings, time.perf_counter() - t_job, judge_check)

@@ -21,7 +21,7 @@ from retriever.errors import HardnegError, MissingDependencyError
 from retriever.text import Tokenizer
 
 from .inputs import MiningInput
-from .mine import Resources, mine_shard
+from .mine import Resources, bind_judge, mine_shard
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -223,6 +223,7 @@ def _absolute(name: str) -> str:
 def shared_data(res: Resources, cfg: MineConfig) -> dict[str, Any]:
     """What every shard reads, without the models and the corpus table: put once in the object store."""
     return {"name": res.inp.name, "queries": res.inp.queries, "positives": res.inp.positives,
+            "corpus_fingerprint": res.inp.corpus_fingerprint(),
             "doc_ids": res.doc_ids, "texts": res.texts, "hashes": res.hashes, "banned": res.banned,
             "bm25": _pack_bm25(res.bm25) if res.bm25 is not None else None,
             "dense": _pack_dense(res.dense) if res.dense is not None else None,
@@ -277,13 +278,15 @@ def actor_resources(shared: dict[str, Any], cfg: MineConfig, expected: dict[str,
         _check("bi-encoder", c.model, encoder.fingerprint(), expected["bi_encoder"])
     if x.model:
         reranker = load_reranker(x.model, x.max_length, x.batch_size, x.bf16)
-        _check("cross-encoder", x.model, reranker.cache_prefix(), expected["cross_encoder"])
         cache = ScoreCache(cfg.output.score_cache or None)  # SQLite in WAL mode: actors of a node share it
     # the corpus table stays on the driver: shards read ids, texts, queries and positives only
     inp = MiningInput(shared["name"], None, shared["queries"], shared["positives"], "ray")  # type: ignore[arg-type]
     doc_ids = shared["doc_ids"]
     dense = _unpack_dense(shared["dense"], doc_ids) if shared["dense"] is not None else None
     bm25 = _unpack_bm25(shared["bm25"]) if shared["bm25"] is not None else None
+    if reranker is not None:
+        bind_judge(reranker, doc_ids, shared["texts"], shared["corpus_fingerprint"], bm25, encoder, shared["emb"], cache)
+        _check("cross-encoder", x.model, reranker.cache_prefix(), expected["cross_encoder"])
     return Resources(inp, list(shared["queries"]), doc_ids, {d: i for i, d in enumerate(doc_ids)}, shared["texts"],
                      shared["hashes"], bm25, encoder, dense, shared["emb"], reranker, cache, shared["banned"])
 

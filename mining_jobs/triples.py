@@ -17,6 +17,7 @@ from retriever.rerank import sigmoid
 
 from .config import MineConfig
 from .files import versions, write_json, write_parquet, write_text
+from .judge_check import render_check
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def _filter_state(cfg: MineConfig, has_ce: bool) -> str:
 
 
 def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, timings: dict,
-             total_s: float) -> dict:
+             total_s: float, judge_check: dict | None = None) -> dict:
     from .mine import shard_paths
 
     cpaths = [shard_paths(out, k)[0] for k in range(n_shards)]
@@ -185,6 +186,7 @@ def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, tim
                         "filtered": _stats(ce[np.array([f.startswith("filtered:") for f in fate_arr])
                                               & ~np.isnan(ce)])} if has_ce else None,
         "what_if": what_if(cands, n, list(neg_counts)) if has_ce else None,
+        "judge_check": judge_check,
         "timings": {**timings, "total_s": total_s},
     }
     has_png = _histogram(cands, pos_scores, out / "scores.png") if has_ce else False
@@ -198,7 +200,7 @@ def render_report(m: dict, has_png: bool) -> str:
     cfg = m["config"]
     n = cfg["sampling"]["num_negatives"]
     lines = [f"# Mining report: {m['input']['name']} ({cfg['data']['split'] if not cfg['data']['pairs'] else 'pairs'})",
-             "",
+             "", *render_check(m.get("judge_check")),
              f"- {c['queries']} queries, {c['triples']} (query, positive) rows, {c['candidates']} candidates",
              f"- bi-encoder: `{m['models']['bi_encoder']}`; cross-encoder: `{m['models']['cross_encoder']}`; "
              f"false-negative filter: **{m['models']['false_negative_filter']}**",

@@ -160,6 +160,31 @@ class BM25Index:
                 scores[start + i, :len(d)] = s
         return docs, scores
 
+    def score_docs(self, queries: Sequence[str], docs: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """BM25 scores of given documents (corpus positions) for each query: ``docs[i]`` are scored against
+        ``queries[i]``; a document sharing no term with the query scores 0. The same scores as ``search``."""
+        if self._model is None:
+            raise RuntimeError("BM25Index is empty: call index() or load() first")
+        if len(queries) != len(docs):
+            raise ValueError(f"{len(queries)} queries but {len(docs)} document lists")
+        q_tokens = [self.tokenizer(q) for q in queries]
+        if self.backend != "bm25s":
+            return [np.asarray(self._model.get_batch_scores(t, list(d)), dtype=np.float32) if t and len(d)
+                    else np.zeros(len(d), dtype=np.float32) for t, d in zip(q_tokens, docs, strict=True)]
+        if self._term_docs is None:
+            self._search_sparse(q_tokens[:1], 1)  # builds the term-major matrix
+        vocab = self._model.vocab_dict
+        out = []
+        for toks, d in zip(q_tokens, docs, strict=True):
+            terms = [vocab[t] for t in toks if t in vocab]
+            d = np.asarray(d, dtype=np.int64)
+            if not terms or not len(d):
+                out.append(np.zeros(len(d), dtype=np.float32))
+                continue
+            sub = self._term_docs[terms][:, d]  # (query terms x docs); a repeated term counts twice, as in search
+            out.append(np.asarray(sub.sum(axis=0), dtype=np.float64).ravel().astype(np.float32))
+        return out
+
     def search(self, queries: Sequence[str], k: int = 100, query_ids: Sequence[str] | None = None,
                show_progress: bool | None = None) -> Run:
         """Search ``queries`` and return a run ``{query_id: {doc_id: score}}`` (ids ``q0..`` if not given)."""

@@ -1,0 +1,82 @@
+"""The judge guard of a mining job: before filtering, rank the candidates and positives of a sample of the
+job's own (held-in) queries by the judge and by the fused retrieval order it judges, and compare nDCG@10.
+A judge that ranks worse than retrieval is reported loudly, or refused with ``filter.require_better_judge``."""
+
+from __future__ import annotations
+
+import logging
+import zlib
+
+import numpy as np
+
+from retriever.errors import HardnegError
+from retriever.judge import mean_ndcg10, roc_auc
+from retriever.rerank import score_with_cache
+
+from .config import MineConfig
+
+logger = logging.getLogger(__name__)
+
+
+class JudgeCheckError(HardnegError):
+    """The judge ranks worse than the retrieval it judges and ``filter.require_better_judge`` is set."""
+
+
+def check_judge(res, cfg: MineConfig) -> dict | None:
+    """nDCG@10 and ROC-AUC of the judge's order and of the fused (RRF) retrieval order over each sampled
+    query's pool (retrieved candidates that are not excluded, plus its labelled positives). The sample is
+    the ``filter.judge_check_queries`` queries with the smallest CRC32 of their ids: the same on a rerun."""
+    from .mine import retrieve
+
+    n = cfg.filter.judge_check_queries
+    if res.reranker is None or n <= 0:
+        return None
+    qids = sorted(res.qids, key=lambda q: (zlib.crc32(q.encode()), q))[:n]
+    qtexts = [res.inp.queries[q] for q in qids]
+    cands, positives = retrieve(res, cfg, qids, qtexts)
+    flat_q, flat_d, pairs, labels, fused, groups = [], [], [], [], [], []
+    for i, (q, cl, pos) in enumerate(zip(qids, cands, positives, strict=True)):
+        by_doc = {c.doc: c for c in cl}
+        pool = [c.doc for c in cl if c.fate == "pending"] + pos
+        for d in pool:
+            flat_q.append(q)
+            flat_d.append(res.doc_ids[d])
+            pairs.append((qtexts[i], res.texts[d]))
+            labels.append(1.0 if d in pos else 0.0)
+            fused.append(by_doc[d].fused() if d in by_doc else 0.0)
+            groups.append(i)
+    scores, _ = score_with_cache(res.reranker, flat_q, flat_d, pairs, res.score_cache, show_progress=False)
+    y, g, f = np.array(labels), np.array(groups), np.array(fused)
+    s = scores.astype(np.float64)
+    out = {"queries": len(qids), "pairs": len(pairs), "judge_ndcg@10": mean_ndcg10(y, s, g),
+           "fused_retrieval_ndcg@10": mean_ndcg10(y, f, g), "judge_auc": roc_auc(y, s),
+           "fused_retrieval_auc": roc_auc(y, f)}
+    out["judge_better"] = out["judge_ndcg@10"] > out["fused_retrieval_ndcg@10"]
+    msg = (f"judge check on {len(qids)} held-in queries: the judge ranks to nDCG@10 {out['judge_ndcg@10']:.4f}, "
+           f"the fused BM25 + dense retrieval it judges to {out['fused_retrieval_ndcg@10']:.4f}")
+    if out["judge_better"]:
+        logger.info(msg)
+    else:
+        logger.warning("!" * 80)
+        logger.warning("%s: THE JUDGE IS WORSE THAN THE RETRIEVAL IT JUDGES; its filter removes candidates "
+                       "on weaker evidence than the retrieval ranks. Train a better judge (hardneg train-judge, "
+                       "hardneg judge-report) before training on these negatives.", msg)
+        logger.warning("!" * 80)
+        if cfg.filter.require_better_judge:
+            raise JudgeCheckError(f"{msg}: the judge is worse than the retrieval and filter.require_better_judge is "
+                                  "set, so it will not filter; use a better judge or unset the option")
+    return out
+
+
+def render_check(check: dict | None) -> list[str]:
+    """Lines at the top of report.md."""
+    if check is None:
+        return []
+    verdict = ("better than" if check["judge_better"] else "**WORSE than**")
+    line = (f"the judge ranks {verdict} the retrieval it judges, on {check['queries']} held-in queries: nDCG@10 "
+            f"{check['judge_ndcg@10']:.4f} against {check['fused_retrieval_ndcg@10']:.4f} (fused BM25 + dense), "
+            f"ROC-AUC positives vs candidates {check['judge_auc']:.4f} against {check['fused_retrieval_auc']:.4f}")
+    if check["judge_better"]:
+        return [f"- judge check: {line}", ""]
+    return [f"> **Warning: {line}.** Its filter removes candidates on weaker evidence than the retrieval "
+            "ranks: train a better judge before training on these negatives.", ""]
