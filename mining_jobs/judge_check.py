@@ -45,10 +45,10 @@ def check_judge(res, cfg: MineConfig) -> dict | None:
             labels.append(1.0 if d in pos else 0.0)
             fused.append(by_doc[d].fused() if d in by_doc else 0.0)
             groups.append(i)
-    scores, _ = score_with_cache(res.reranker, flat_q, flat_d, pairs, res.score_cache, show_progress=False)
+    scores, n_new = score_with_cache(res.reranker, flat_q, flat_d, pairs, res.score_cache, show_progress=False)
     y, g, f = np.array(labels), np.array(groups), np.array(fused)
     s = scores.astype(np.float64)
-    out = {"queries": len(qids), "pairs": len(pairs), "judge_ndcg@10": mean_ndcg10(y, s, g),
+    out = {"queries": len(qids), "pairs": len(pairs), "pairs_scored": n_new, "judge_ndcg@10": mean_ndcg10(y, s, g),
            "fused_retrieval_ndcg@10": mean_ndcg10(y, f, g), "judge_auc": roc_auc(y, s),
            "fused_retrieval_auc": roc_auc(y, f)}
     out["judge_better"] = out["judge_ndcg@10"] > out["fused_retrieval_ndcg@10"]

@@ -74,6 +74,12 @@ def read_manifest(out: Path) -> dict:
     return json.loads((out / "manifest.json").read_text())
 
 
+def pairs_scored_now(m: dict) -> int:
+    """Pairs this run scored with the model: in the judge check (which runs before the shards, through the
+    same score cache) and in the shards."""
+    return m["counts"]["ce_pairs_scored"] + ((m.get("judge_check") or {}).get("pairs_scored") or 0)
+
+
 def read_rows(path: Path) -> list[dict]:
     return pq.read_table(path).to_pylist()
 
