@@ -9,7 +9,7 @@ HARDNEG_DATA ?= $(abspath ../shared/data)
 export HARDNEG_DATA
 OUT ?= runs/mine
 
-.PHONY: setup demo mine ance evaluate reranker demo-filtered test lint clean
+.PHONY: setup demo judges mine ance evaluate reranker demo-filtered test lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,14 +20,18 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# The main job, the whole loop on SciFact in about 30 minutes on 2 cores: train a cross-fitted cross-encoder
-# (skipped when runs/demo_ce holds one), then one ANCE round (mine train:fit with BM25 + dense + the
-# cross-encoder filter, fine-tune all-MiniLM-L6-v2, evaluate base and fine-tuned on train:dev and test).
-# It ends by printing the before/after table; rerunning reuses every finished stage.
+# The main job, the whole loop on SciFact on 2 cores: fit the false-negative judge that measured best
+# (benchmarks/results/judge.md; skipped when runs/demo_judge holds one), then one ANCE round (mine train:fit
+# with BM25 + dense + the judge's filter, fine-tune all-MiniLM-L6-v2, evaluate base and fine-tuned on
+# train:dev and test). It ends by printing the before/after table; rerunning reuses every finished stage.
 demo: setup
-	test -f runs/demo_ce/folds.json || $(VENV)/bin/hardneg train-reranker --data scifact --split train:fit --folds 2 \
-		--epochs 1 --lr 1e-4 --negatives 2 --max-length 128 --eval-split '' --out runs/demo_ce --overwrite
+	test -f runs/demo_judge/judge.json || $(VENV)/bin/hardneg train-judge --data scifact --split train:fit \
+		--out runs/demo_judge --overwrite
 	$(VENV)/bin/hardneg iterate --config examples/demo.toml
+
+# Every judge measured against the retrievers it judges (benchmarks/results/judge.md).
+judges: setup
+	$(VENV)/bin/python -m benchmarks.bench_judge --with-ce --with-bi
 
 # Mining alone: hard negatives for SciFact train (BM25 + the default bi-encoder; no cross-encoder).
 mine: setup
