@@ -91,6 +91,9 @@ class FilterSection:
                       "cross-encoder only judges: with 'top' or 'positive-aware' sampling, candidates are scored in "
                       "retrieval order until num_negatives pass the filter, the rest are never scored (much faster)",
                       ("cross_encoder", "retrieval"))
+    relabel_above: float | None = _f(None, "relabel instead of only dropping: a scored candidate whose judge probability "
+                                           "(sigmoid of the logit) is >= this becomes an extra positive of its query "
+                                           "(fate 'relabelled', a triples row of its own), never a negative (unset = off)")
     judge_check_queries: int = _f(64, "before filtering, compare the judge's ranking with the fused retrieval's on "
                                       "this many of the job's own queries (nDCG@10 of their positives; 0 = skip)")
     require_better_judge: bool = _f(False, "refuse to filter (stop the job) when the judge ranks worse than the "
@@ -253,6 +256,9 @@ def validate(cfg: MineConfig, source: str = "config") -> None:
         (cfg.ray.encode_block >= 1, "ray.encode_block", "must be >= 1"),
         (o.shard_size >= 1, "output.shard_size", "must be >= 1"),
         (fl.range_min >= 0, "filter.range_min", "must be >= 0"),
+        (fl.relabel_above is None or 0 < fl.relabel_above <= 1, "filter.relabel_above", "must be in (0, 1]"),
+        (fl.relabel_above is None or bool(cfg.cross_encoder.model), "filter.relabel_above",
+         "needs judge scores: set cross_encoder.model"),
         (fl.judge_check_queries >= 0, "filter.judge_check_queries", "must be >= 0"),
         (fl.range_max is None or fl.range_max > fl.range_min, "filter.range_max", "must be > filter.range_min"),
         (fl.relative_margin is None or 0 <= fl.relative_margin < 1, "filter.relative_margin", "must be in [0, 1)"),

@@ -35,6 +35,18 @@ def filter_reason(score: float, pos: float, cfg: FilterSection) -> str | None:
     return None
 
 
+def relabel(cands: list[Candidate], cfg: FilterSection) -> list[Candidate]:
+    """Mark as ``relabelled`` (an extra positive) every pending, scored candidate whose probability is at least
+    ``cfg.relabel_above``; returns them in candidate order. Nothing happens when the option is unset."""
+    if cfg.relabel_above is None:
+        return []
+    out = [c for c in cands if c.fate == "pending" and c.ce_score is not None
+           and float(sigmoid(c.ce_score)) >= cfg.relabel_above]
+    for c in out:
+        c.fate = "relabelled"
+    return out
+
+
 def apply_filter(cands: list[Candidate], pos_score: float | None, cfg: FilterSection) -> list[Candidate]:
     """Mark filtered candidates and return the survivors, best first.
 

@@ -30,7 +30,7 @@ from .candidates import Candidate, mark_exclusions, normalized_hash, union_candi
 from .config import MineConfig
 from .engine import LocalEngine
 from .files import write_parquet, write_text
-from .filtering import accepts, apply_filter, in_window, reduce_positive
+from .filtering import accepts, apply_filter, in_window, reduce_positive, relabel
 from .inputs import MiningInput, leak_guard, load_input
 from .judge_check import check_judge
 from .sampling import sample
@@ -52,7 +52,7 @@ CANDIDATE_SCHEMA = pa.schema([
 ])
 TRIPLE_SCHEMA = pa.schema([
     ("query_id", pa.string()), ("query", pa.string()), ("positive_id", pa.string()), ("positive", pa.string()),
-    ("positive_score", pa.float32()), ("negative_ids", pa.list_(pa.string())), ("negatives", pa.list_(pa.string())),
+    ("positive_score", pa.float32()), ("positive_source", pa.string()), ("negative_ids", pa.list_(pa.string())), ("negatives", pa.list_(pa.string())),
     ("negative_scores", pa.list_(pa.float32())), ("negative_sources", pa.list_(pa.string())),
 ])
 
@@ -184,12 +184,15 @@ def mine_shard(res: Resources, cfg: MineConfig, qids: list[str], counters: dict[
         counters["score_s"] += time.perf_counter() - t0
     triples, rows = [], []
     for i, (qid, cl) in enumerate(zip(qids, cands, strict=True)):
+        extra = relabel(cl, cfg.filter)
         kept = apply_filter(cl, pos_scores[i], cfg.filter)
         chosen = sample(kept, pos_scores[i], cfg.sampling, qid)
-        for j, p in enumerate(positives[i]):
+        rows_pos = [(p, pos_lists[i][j] if pos_lists[i] else None, "qrels") for j, p in enumerate(positives[i])]
+        rows_pos += [(c.doc, c.ce_score, "relabelled") for c in extra]
+        for p, p_score, origin in rows_pos:
             triples.append({
                 "query_id": qid, "query": qtexts[i], "positive_id": res.doc_ids[p], "positive": res.texts[p],
-                "positive_score": pos_lists[i][j] if pos_lists[i] else None,
+                "positive_score": p_score, "positive_source": origin,
                 "negative_ids": [res.doc_ids[x.doc] for x in chosen],
                 "negatives": [res.texts[x.doc] for x in chosen],
                 "negative_scores": [x.ce_score for x in chosen] if res.reranker is not None else [],

@@ -162,7 +162,9 @@ def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, tim
         neg_counts[q] = len(negs)
     no_neg = sorted(q for q, c in neg_counts.items() if c == 0)
     short = sorted(q for q, c in neg_counts.items() if 0 < c < n)
-    pos_scores = np.array([s for s in triples["positive_score"].to_pylist() if s is not None], dtype=np.float64)
+    pos_scores = np.array([s for s, o in zip(triples["positive_score"].to_pylist(),
+                                             triples["positive_source"].to_pylist(), strict=True)
+                           if s is not None and o == "qrels"], dtype=np.float64)
     ce = cands["ce_score"].to_numpy(zero_copy_only=False).astype(np.float64)
     fate_arr = np.array(cands["fate"].to_pylist(), dtype=object)
     has_ce = res.reranker is not None
@@ -217,7 +219,9 @@ def render_report(m: dict, has_png: bool) -> str:
     lines += ["## What happened to the candidates", "",
              "| fate | candidates | meaning |", "|---|---|---|"]
     meaning = {"kept": "sampled as a negative", "not_sampled": "passed the filter, not sampled",
-               "positive": "a labelled positive", "duplicate": "a duplicate of a positive (text hash or cosine)",
+               "positive": "a labelled positive",
+               "relabelled": "judged relevant (probability >= filter.relabel_above): an extra positive, its own triples row",
+               "duplicate": "a duplicate of a positive (text hash or cosine)",
                "self": "the query's own document", "eval_positive": "a positive of an evaluation query",
                "filtered:relative_margin": "probability too close to the positive's",
                "filtered:absolute_margin": "logit too close to the positive's",

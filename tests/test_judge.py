@@ -157,3 +157,51 @@ def test_judge_worse_than_retrieval_is_reported_and_can_be_refused(env, tmp_path
                 "--set", "filter.judge_check_queries=10") == 0
     c = read_manifest(ok)["judge_check"]
     assert c["queries"] == 10 and c["judge_ndcg@10"] > check["judge_ndcg@10"]
+
+
+DOCS = [
+    {"_id": "d1", "title": "Solar power", "text": "Solar panels convert sunlight into electricity for homes."},
+    {"_id": "d2", "title": "Wind power", "text": "Wind turbines convert the wind into electricity on farms."},
+    {"_id": "d3", "title": "Hydro power", "text": "Dams turn falling water into electricity with turbines."},
+    {"_id": "d4", "title": "Batteries", "text": "Batteries store electricity from solar panels for the night."},
+    {"_id": "d5", "title": "Coal", "text": "Coal plants burn coal to make steam and electricity."},
+    {"_id": "d6", "title": "Nuclear", "text": "Nuclear reactors split atoms; the heat makes electricity."},
+    # a near duplicate of d1 (other words, so no text-hash duplicate): an unlabelled positive of q1
+    {"_id": "d_near", "title": "Solar power", "text": "Solar panels convert sunlight into electricity for homes "
+                                                      "and offices."},
+]
+QUERIES = [{"_id": "q1", "text": "how do solar panels make electricity for homes"},
+           {"_id": "q2", "text": "wind turbines and electricity"}]
+QRELS = "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n"
+
+
+def test_relabelling_puts_a_planted_duplicate_among_the_positives(make_beir, env, tmp_path):
+    from mining_fixtures import read_rows
+
+    from retriever.rerank import sigmoid
+
+    folder = make_beir(DOCS, QUERIES, QRELS)
+    judge = _hand_judge(tmp_path / "judge", 1.0)
+    common = ["--data", str(folder), "--split", "test", "--cross-encoder", str(judge), "--set", "candidates.dense=false",
+              "--set", "sampling.num_negatives=3", "--set", "filter.relative_margin=0.0"]
+    plain = tmp_path / "plain"
+    assert mine(plain, *common) == 0
+    (q1,) = [r for r in read_rows(plain / "triples.parquet") if r["query_id"] == "q1"]
+    assert "d_near" in q1["negative_ids"]  # without relabelling the false negative is a negative
+
+    out = tmp_path / "relabel"
+    assert mine(out, *common, "--set", "filter.relabel_above=0.75") == 0
+    cands = read_rows(out / "candidates.parquet")
+    fate = {(c["query_id"], c["doc_id"]): c for c in cands}
+    assert fate[("q1", "d_near")]["fate"] == "relabelled"
+    assert sigmoid(fate[("q1", "d_near")]["ce_score"]) >= 0.75
+    for c in cands:  # exactly the scored candidates at or above the threshold are relabelled
+        if c["ce_score"] is not None and c["fate"] not in ("positive", "duplicate", "self"):
+            assert (c["fate"] == "relabelled") == (float(sigmoid(c["ce_score"])) >= 0.75), c
+    rows = [r for r in read_rows(out / "triples.parquet") if r["query_id"] == "q1"]
+    assert {(r["positive_id"], r["positive_source"]) for r in rows} == {("d1", "qrels"), ("d_near", "relabelled")}
+    for r in rows:
+        assert "d_near" not in r["negative_ids"] and "d1" not in r["negative_ids"]
+    m = read_manifest(out)
+    assert m["counts"]["fates"]["relabelled"] >= 1
+    assert "relabelled" in (out / "report.md").read_text()
