@@ -94,6 +94,10 @@ class FilterSection:
     relabel_above: float | None = _f(None, "relabel instead of only dropping: a scored candidate whose judge probability "
                                            "(sigmoid of the logit) is >= this becomes an extra positive of its query "
                                            "(fate 'relabelled', a triples row of its own), never a negative (unset = off)")
+    auto_margin: bool = _f(False, "choose relative_margin on the job's own queries with two or more positives: hide "
+                                  "each positive in turn, take the margin that filters most hidden positives while "
+                                  "filtering at most auto_margin_max_cost of the other candidates (in manifest.json)")
+    auto_margin_max_cost: float = _f(0.25, "auto_margin: the largest share of the other candidates it may filter")
     judge_check_queries: int = _f(64, "before filtering, compare the judge's ranking with the fused retrieval's on "
                                       "this many of the job's own queries (nDCG@10 of their positives; 0 = skip)")
     require_better_judge: bool = _f(False, "refuse to filter (stop the job) when the judge ranks worse than the "
@@ -258,6 +262,9 @@ def validate(cfg: MineConfig, source: str = "config") -> None:
         (fl.range_min >= 0, "filter.range_min", "must be >= 0"),
         (fl.relabel_above is None or 0 < fl.relabel_above <= 1, "filter.relabel_above", "must be in (0, 1]"),
         (fl.relabel_above is None or bool(cfg.cross_encoder.model), "filter.relabel_above",
+         "needs judge scores: set cross_encoder.model"),
+        (0 < fl.auto_margin_max_cost <= 1, "filter.auto_margin_max_cost", "must be in (0, 1]"),
+        (not fl.auto_margin or bool(cfg.cross_encoder.model), "filter.auto_margin",
          "needs judge scores: set cross_encoder.model"),
         (fl.judge_check_queries >= 0, "filter.judge_check_queries", "must be >= 0"),
         (fl.range_max is None or fl.range_max > fl.range_min, "filter.range_max", "must be > filter.range_min"),

@@ -80,3 +80,72 @@ def render_check(check: dict | None) -> list[str]:
         return [f"- judge check: {line}", ""]
     return [f"> **Warning: {line}.** Its filter removes candidates on weaker evidence than the retrieval "
             "ranks: train a better judge before training on these negatives.", ""]
+
+
+AUTO_MARGINS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7)
+
+
+def choose_margin(res, cfg: MineConfig) -> dict | None:
+    """``filter.auto_margin``: the relative margin chosen on the job's own queries with two or more positives.
+    Each positive in turn is hidden (a stand-in for an unlabelled positive) and judged against the others;
+    for each margin, recall = share of hidden positives the filter removes, cost = share of the other
+    candidates it removes. The chosen margin has the best recall among those costing at most
+    ``filter.auto_margin_max_cost`` (ties: the lower cost, then the smaller margin); with no such queries the
+    configured margin stays. Deterministic: the same inputs choose the same margin."""
+    from dataclasses import replace
+
+    from .filtering import filter_reason, reduce_positive
+    from .mine import retrieve
+
+    if res.reranker is None or not cfg.filter.auto_margin:
+        return None
+    multi = sorted((q for q in res.qids if len(res.inp.positives[q]) >= 2),
+                   key=lambda q: (zlib.crc32(q.encode()), q))[:cfg.filter.judge_check_queries or 64]
+    if not multi:
+        logger.warning("filter.auto_margin: no query has two positives to hide one of; the configured margin stays")
+        return {"chosen": cfg.filter.relative_margin, "why": "no query with two or more positives", "queries": 0}
+    qtexts = [res.inp.queries[q] for q in multi]
+    cands, positives = retrieve(res, cfg, multi, qtexts)
+    flat_q, flat_d, pairs, spans = [], [], [], []
+    for i, (q, cl, pos) in enumerate(zip(multi, cands, positives, strict=True)):
+        docs = pos + [c.doc for c in cl if c.fate == "pending"]
+        spans.append((len(flat_q), len(pos), len(docs)))
+        for d in docs:
+            flat_q.append(q)
+            flat_d.append(res.doc_ids[d])
+            pairs.append((qtexts[i], res.texts[d]))
+    scores, _ = score_with_cache(res.reranker, flat_q, flat_d, pairs, res.score_cache, show_progress=False)
+    sweep = []
+    for m in AUTO_MARGINS:
+        fcfg = replace(cfg.filter, relative_margin=m, absolute_margin=None)
+        hit = hidden = cost = others = 0
+        for start, n_pos, n in spans:
+            s = scores[start:start + n].astype(np.float64)
+            for h in range(n_pos):
+                ref = reduce_positive([float(x) for j, x in enumerate(s[:n_pos]) if j != h],
+                                      cfg.cross_encoder.positive_reduce)
+                hidden += 1
+                hit += filter_reason(float(s[h]), ref, fcfg) is not None
+                for x in s[n_pos:]:
+                    others += 1
+                    cost += filter_reason(float(x), ref, fcfg) is not None
+        sweep.append({"relative_margin": m, "recall": hit / hidden, "cost": cost / max(others, 1)})
+    ok = [x for x in sweep if x["cost"] <= cfg.filter.auto_margin_max_cost]
+    if not ok:
+        best = min(sweep, key=lambda x: (x["cost"], x["relative_margin"]))
+        why = f"no margin costs <= {cfg.filter.auto_margin_max_cost:.0%} of the other candidates: the cheapest"
+    else:
+        best = max(ok, key=lambda x: (x["recall"], -x["cost"], -x["relative_margin"]))
+        why = (f"the best recall of hidden positives ({best['recall']:.1%}) among the margins that filter at most "
+               f"{cfg.filter.auto_margin_max_cost:.0%} of the other candidates (this one: {best['cost']:.1%})")
+    logger.info("filter.auto_margin: relative margin %s chosen on %d queries: %s", best["relative_margin"],
+                len(multi), why)
+    return {"chosen": best["relative_margin"], "why": why, "queries": len(multi),
+            "hidden_positives": sum(n for _, n, _ in spans), "sweep": sweep}
+
+
+def render_auto_margin(auto: dict | None) -> list[str]:
+    if auto is None:
+        return []
+    return [f"- margin chosen automatically (filter.auto_margin): relative margin **{auto['chosen']}** on "
+            f"{auto['queries']} queries with two or more positives: {auto['why']}", ""]

@@ -4,6 +4,7 @@ write the shard; finally merge shards into triples, candidates, manifest and rep
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ from .engine import LocalEngine
 from .files import write_parquet, write_text
 from .filtering import accepts, apply_filter, in_window, reduce_positive, relabel
 from .inputs import MiningInput, leak_guard, load_input
-from .judge_check import check_judge
+from .judge_check import check_judge, choose_margin
 from .sampling import sample
 
 logger = logging.getLogger(__name__)
@@ -297,6 +298,11 @@ def run_mining(cfg: MineConfig, out: str | os.PathLike) -> dict:
         check_inputs(out, state, input_fingerprints(res))
         with stage("judge check"):
             judge_check = check_judge(res, cfg)
+            auto = choose_margin(res, cfg)
+        shard_cfg = cfg
+        if auto is not None:  # the shards filter with the chosen margin; the job's config stays the user's
+            shard_cfg = copy.deepcopy(cfg)
+            shard_cfg.filter.relative_margin, shard_cfg.filter.absolute_margin = auto["chosen"], None
         size = cfg.output.shard_size
         shards = [res.qids[i:i + size] for i in range(0, len(res.qids), size)]
         counters = {"retrieve_s": 0.0, "score_s": 0.0, "ce_pairs": 0, "ce_pairs_scored": 0, "shards_resumed": 0}
@@ -313,7 +319,7 @@ def run_mining(cfg: MineConfig, out: str | os.PathLike) -> dict:
         try:
             with stage("shards", len(shards)):
                 report(done, len(shards))
-                for k, triples, cands in engine.mine_shards(res, cfg, pending, counters):
+                for k, triples, cands in engine.mine_shards(res, shard_cfg, pending, counters):
                     cpath, tpath = shard_paths(out, k)
                     write_parquet(cands, cpath)
                     write_parquet(triples, tpath)  # written last: its presence marks the shard finished
@@ -330,4 +336,4 @@ def run_mining(cfg: MineConfig, out: str | os.PathLike) -> dict:
 
     timings.update({k: v for k, v in counters.items() if k.endswith("_s")})
     with stage("finalize"):
-        return finalize(out, cfg, res, len(shards), counters, timings, time.perf_counter() - t_job, judge_check)
+        return finalize(out, cfg, res, len(shards), counters, timings, time.perf_counter() - t_job, judge_check, auto)

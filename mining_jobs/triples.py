@@ -17,7 +17,7 @@ from retriever.rerank import sigmoid
 
 from .config import MineConfig
 from .files import versions, write_json, write_parquet, write_text
-from .judge_check import render_check
+from .judge_check import render_auto_margin, render_check
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def _filter_state(cfg: MineConfig, has_ce: bool) -> str:
 
 
 def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, timings: dict,
-             total_s: float, judge_check: dict | None = None) -> dict:
+             total_s: float, judge_check: dict | None = None, auto_margin: dict | None = None) -> dict:
     from .mine import shard_paths
 
     cpaths = [shard_paths(out, k)[0] for k in range(n_shards)]
@@ -188,7 +188,7 @@ def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, tim
                         "filtered": _stats(ce[np.array([f.startswith("filtered:") for f in fate_arr])
                                               & ~np.isnan(ce)])} if has_ce else None,
         "what_if": what_if(cands, n, list(neg_counts)) if has_ce else None,
-        "judge_check": judge_check,
+        "judge_check": judge_check, "auto_margin": auto_margin,
         "timings": {**timings, "total_s": total_s},
     }
     has_png = _histogram(cands, pos_scores, out / "scores.png") if has_ce else False
@@ -202,7 +202,7 @@ def render_report(m: dict, has_png: bool) -> str:
     cfg = m["config"]
     n = cfg["sampling"]["num_negatives"]
     lines = [f"# Mining report: {m['input']['name']} ({cfg['data']['split'] if not cfg['data']['pairs'] else 'pairs'})",
-             "", *render_check(m.get("judge_check")),
+             "", *render_check(m.get("judge_check")), *render_auto_margin(m.get("auto_margin")),
              f"- {c['queries']} queries, {c['triples']} (query, positive) rows, {c['candidates']} candidates",
              f"- bi-encoder: `{m['models']['bi_encoder']}`; cross-encoder: `{m['models']['cross_encoder']}`; "
              f"false-negative filter: **{m['models']['false_negative_filter']}**",

@@ -205,3 +205,47 @@ def test_relabelling_puts_a_planted_duplicate_among_the_positives(make_beir, env
     m = read_manifest(out)
     assert m["counts"]["fates"]["relabelled"] >= 1
     assert "relabelled" in (out / "report.md").read_text()
+
+
+def test_auto_margin_is_chosen_on_hidden_positives_and_reproducible(env, tmp_path, tiny_bi_encoder):
+    from mining_fixtures import read_rows
+
+    from mining_jobs.config import load_config
+    from mining_jobs.filtering import filter_reason
+    from mining_jobs.judge_check import AUTO_MARGINS
+
+    judge = _hand_judge(tmp_path / "judge", 1.0)
+    args = ["--data", "adi", "--split", "test", "--cross-encoder", str(judge),
+            "--set", f"candidates.model={json.dumps(str(tiny_bi_encoder))}", "--set", "filter.auto_margin=true",
+            "--set", "filter.relative_margin=0.9"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert mine(a, *args) == 0 and mine(b, *args) == 0
+    ma, mb = read_manifest(a), read_manifest(b)
+    auto = ma["auto_margin"]
+    assert auto == mb["auto_margin"]  # the same inputs choose the same margin
+    assert auto["queries"] > 0 and auto["hidden_positives"] >= 2 * auto["queries"]
+    assert auto["chosen"] in AUTO_MARGINS and [x["relative_margin"] for x in auto["sweep"]] == list(AUTO_MARGINS)
+    chosen = next(x for x in auto["sweep"] if x["relative_margin"] == auto["chosen"])
+    ok = [x for x in auto["sweep"] if x["cost"] <= 0.25]
+    if ok:  # the best recall within the cost bound
+        assert chosen["recall"] == max(x["recall"] for x in ok) and chosen["cost"] <= 0.25
+    else:  # nothing within the bound: the cheapest, and the report says why
+        assert chosen["cost"] == min(x["cost"] for x in auto["sweep"]) and "no margin costs" in auto["why"]
+    # a looser cost bound admits every margin: the best recall overall
+    loose = tmp_path / "loose"
+    assert mine(loose, *args, "--set", "filter.auto_margin_max_cost=1.0") == 0
+    la = read_manifest(loose)["auto_margin"]
+    assert la["sweep"] == auto["sweep"]
+    assert next(x for x in la["sweep"] if x["relative_margin"] == la["chosen"])["recall"] == \
+        max(x["recall"] for x in la["sweep"])
+    # recall and cost grow with the margin
+    assert all(x["recall"] <= y["recall"] and x["cost"] <= y["cost"] for x, y in
+               zip(auto["sweep"], auto["sweep"][1:], strict=False))
+    assert ma["config"]["filter"]["relative_margin"] == 0.9  # the job's config stays the user's
+    cfg = load_config(overrides=[f"filter.relative_margin={auto['chosen']}"]).filter
+    for c in read_rows(a / "candidates.parquet"):  # the shards filtered with the chosen margin
+        if c["fate"] in ("kept", "not_sampled"):
+            assert filter_reason(c["ce_score"], c["positive_score"], cfg) is None
+        if c["fate"] == "filtered:relative_margin":
+            assert filter_reason(c["ce_score"], c["positive_score"], cfg) == "filtered:relative_margin"
+    assert "margin chosen automatically" in (a / "report.md").read_text()
