@@ -85,12 +85,7 @@ class Scorer:
         if self.kind == "hybrid":
             n = len(s.corpus.doc_ids)
             bm, dn = s.bm25_top(min(1000, n)), s.dense_top(min(1000, n))
-            out = []
-            for i, d in enumerate(docs):
-                rb = {int(x): r for r, x in enumerate(bm[i], start=1) if x >= 0}
-                rd = {int(x): r for r, x in enumerate(dn[i], start=1)}
-                out.append(np.array([sum(1.0 / (60 + r[x]) for r in (rb, rd) if x in r) for x in d.tolist()]))
-            return out
+            return [rrf_scores(bm[i], dn[i], d) for i, d in enumerate(docs)]
         if self.kind == "ensemble":
             return [x.astype(np.float64) for x in self.judge.score_docs(s.qids, s.qtexts, docs)]
         from retriever.rerank import score_with_cache
@@ -100,6 +95,13 @@ class Scorer:
         pairs = [(t, s.corpus.texts[j]) for t, d in zip(s.qtexts, docs, strict=True) for j in d]
         flat, _ = score_with_cache(self.judge, flat_q, flat_d, pairs, _score_cache())
         return [x.astype(np.float64) for x in np.split(flat, np.cumsum([len(d) for d in docs])[:-1])]
+
+
+def rrf_scores(bm25_top: np.ndarray, dense_top: np.ndarray, docs: np.ndarray, k: int = 60) -> np.ndarray:
+    """Reciprocal-rank fusion of ``docs`` by their ranks in two top lists (corpus positions, -1 = empty slot);
+    a document absent from a list gets nothing from it."""
+    ranks = [{int(x): r for r, x in enumerate(top, start=1) if x >= 0} for top in (bm25_top, dense_top)]
+    return np.array([sum(1.0 / (k + r[x]) for r in ranks if x in r) for x in np.asarray(docs).tolist()])
 
 
 def _score_cache():

@@ -35,6 +35,7 @@ from retriever.judge import (
 from retriever.progress import stage
 
 from .files import write_json, write_parquet, write_text
+from .judge_report import rrf_scores
 from .train_reranker import fold_assignment
 
 logger = logging.getLogger(__name__)
@@ -256,12 +257,10 @@ def run_train_judge(job: JudgeJob) -> dict:
 
 
 def _rrf(pool: np.ndarray, corpus: Corpus, col: Collection, q: str, depth: int, dense: DenseIndex, encoder) -> np.ndarray:
-    """Reciprocal-rank fusion (k=60) of BM25 and dense ranks of the pool's documents (absent = no term)."""
+    """Reciprocal-rank fusion (k=60) of the pool's BM25 and dense ranks in the top 1000 (or ``depth``)."""
     bm, _ = corpus.bm25.search_arrays([col.queries[q]], k=max(depth, 1000), show_progress=False)
     dn, _ = dense.search_arrays(encoder.encode_queries([col.queries[q]], show_progress=False), k=max(depth, 1000))
-    rb = {int(d): r for r, d in enumerate(bm[0], start=1) if d >= 0}
-    rd = {int(d): r for r, d in enumerate(dn[0], start=1)}
-    return np.array([sum(1.0 / (60 + r[d]) for r in (rb, rd) if d in r) for d in pool.tolist()])
+    return rrf_scores(bm[0], dn[0], pool)
 
 
 def render(meta: dict, feats: list[str], w: np.ndarray) -> str:
