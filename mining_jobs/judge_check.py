@@ -11,7 +11,7 @@ import numpy as np
 
 from retriever.errors import HardnegError
 from retriever.judge import mean_ndcg10, roc_auc
-from retriever.rerank import score_with_cache
+from retriever.rerank import score_lists
 
 from .config import MineConfig
 
@@ -34,21 +34,17 @@ def check_judge(res, cfg: MineConfig) -> dict | None:
     qids = sorted(res.qids, key=lambda q: (zlib.crc32(q.encode()), q))[:n]
     qtexts = [res.inp.queries[q] for q in qids]
     cands, positives = retrieve(res, cfg, qids, qtexts)
-    flat_q, flat_d, pairs, labels, fused, groups = [], [], [], [], [], []
-    for i, (q, cl, pos) in enumerate(zip(qids, cands, positives, strict=True)):
+    pools, labels, fused = [], [], []
+    for cl, pos in zip(cands, positives, strict=True):
         by_doc = {c.doc: c for c in cl}
-        pool = [c.doc for c in cl if c.fate == "pending"] + pos
-        for d in pool:
-            flat_q.append(q)
-            flat_d.append(res.doc_ids[d])
-            pairs.append((qtexts[i], res.texts[d]))
-            labels.append(1.0 if d in pos else 0.0)
-            fused.append(by_doc[d].fused() if d in by_doc else 0.0)
-            groups.append(i)
-    scores, n_new = score_with_cache(res.reranker, flat_q, flat_d, pairs, res.score_cache, show_progress=False)
-    y, g, f = np.array(labels), np.array(groups), np.array(fused)
-    s = scores.astype(np.float64)
-    out = {"queries": len(qids), "pairs": len(pairs), "pairs_scored": n_new, "judge_ndcg@10": mean_ndcg10(y, s, g),
+        pools.append([c.doc for c in cl if c.fate == "pending"] + pos)
+        labels += [1.0 if d in pos else 0.0 for d in pools[-1]]
+        fused += [by_doc[d].fused() if d in by_doc else 0.0 for d in pools[-1]]
+    scores, n_new = score_lists(res.reranker, qids, qtexts, pools, res.doc_ids, res.texts, res.score_cache)
+    y, f = np.array(labels), np.array(fused)
+    g = np.concatenate([np.full(len(p), i) for i, p in enumerate(pools)])
+    s = np.concatenate(scores).astype(np.float64)
+    out = {"queries": len(qids), "pairs": len(y), "pairs_scored": n_new, "judge_ndcg@10": mean_ndcg10(y, s, g),
            "fused_retrieval_ndcg@10": mean_ndcg10(y, f, g), "judge_auc": roc_auc(y, s),
            "fused_retrieval_auc": roc_auc(y, f)}
     out["judge_better"] = out["judge_ndcg@10"] > out["fused_retrieval_ndcg@10"]
@@ -106,21 +102,15 @@ def choose_margin(res, cfg: MineConfig) -> dict | None:
         return {"chosen": cfg.filter.relative_margin, "why": "no query with two or more positives", "queries": 0}
     qtexts = [res.inp.queries[q] for q in multi]
     cands, positives = retrieve(res, cfg, multi, qtexts)
-    flat_q, flat_d, pairs, spans = [], [], [], []
-    for i, (q, cl, pos) in enumerate(zip(multi, cands, positives, strict=True)):
-        docs = pos + [c.doc for c in cl if c.fate == "pending"]
-        spans.append((len(flat_q), len(pos), len(docs)))
-        for d in docs:
-            flat_q.append(q)
-            flat_d.append(res.doc_ids[d])
-            pairs.append((qtexts[i], res.texts[d]))
-    scores, _ = score_with_cache(res.reranker, flat_q, flat_d, pairs, res.score_cache, show_progress=False)
+    pools = [pos + [c.doc for c in cl if c.fate == "pending"] for cl, pos in zip(cands, positives, strict=True)]
+    scores, _ = score_lists(res.reranker, multi, qtexts, pools, res.doc_ids, res.texts, res.score_cache)
     sweep = []
     for m in AUTO_MARGINS:
         fcfg = replace(cfg.filter, relative_margin=m, absolute_margin=None)
         hit = hidden = cost = others = 0
-        for start, n_pos, n in spans:
-            s = scores[start:start + n].astype(np.float64)
+        for s, pos in zip(scores, positives, strict=True):
+            s = s.astype(np.float64)
+            n_pos = len(pos)
             for h in range(n_pos):
                 ref = reduce_positive([float(x) for j, x in enumerate(s[:n_pos]) if j != h],
                                       cfg.cross_encoder.positive_reduce)
@@ -141,7 +131,7 @@ def choose_margin(res, cfg: MineConfig) -> dict | None:
     logger.info("filter.auto_margin: relative margin %s chosen on %d queries: %s", best["relative_margin"],
                 len(multi), why)
     return {"chosen": best["relative_margin"], "why": why, "queries": len(multi),
-            "hidden_positives": sum(n for _, n, _ in spans), "sweep": sweep}
+            "hidden_positives": sum(len(p) for p in positives), "sweep": sweep}
 
 
 def render_auto_margin(auto: dict | None) -> list[str]:

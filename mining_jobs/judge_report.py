@@ -88,13 +88,10 @@ class Scorer:
             return [rrf_scores(bm[i], dn[i], d) for i, d in enumerate(docs)]
         if self.kind == "ensemble":
             return [x.astype(np.float64) for x in self.judge.score_docs(s.qids, s.qtexts, docs)]
-        from retriever.rerank import score_with_cache
+        from retriever.rerank import score_lists
 
-        flat_q = [q for q, d in zip(s.qids, docs, strict=True) for _ in d]
-        flat_d = [s.corpus.doc_ids[j] for d in docs for j in d]
-        pairs = [(t, s.corpus.texts[j]) for t, d in zip(s.qtexts, docs, strict=True) for j in d]
-        flat, _ = score_with_cache(self.judge, flat_q, flat_d, pairs, _score_cache())
-        return [x.astype(np.float64) for x in np.split(flat, np.cumsum([len(d) for d in docs])[:-1])]
+        scores, _ = score_lists(self.judge, s.qids, s.qtexts, docs, s.corpus.doc_ids, s.corpus.texts, _score_cache())
+        return [x.astype(np.float64) for x in scores]
 
 
 def rrf_scores(bm25_top: np.ndarray, dense_top: np.ndarray, docs: np.ndarray, k: int = 60) -> np.ndarray:
@@ -163,6 +160,9 @@ def margin_sweep(sep: dict, pools: list[np.ndarray], s: Setting, planted: dict[s
     filter's own rule (``filtering.filter_reason``)."""
     from .filtering import reduce_positive
 
+    kinds = [[next((k for k, v in planted.items() if (q, s.corpus.doc_ids[d]) in v), None) for d in pool.tolist()]
+             for q, pool in zip(s.qids, pools, strict=True)]  # the kind of planted false negative, or None
+    refs = [reduce_positive(list(p), reduce) for p in sep["positive_scores"]]
     rows = []
     for rule, margins in (("relative", REL_MARGINS), ("absolute", ABS_MARGINS)):
         for m in margins:
@@ -171,12 +171,10 @@ def margin_sweep(sep: dict, pools: list[np.ndarray], s: Setting, planted: dict[s
             hit = {k: 0 for k in planted}
             total = {k: 0 for k in planted}
             other_f = other_n = keep_ok = 0
-            for i, q in enumerate(s.qids):
-                ref = reduce_positive(list(sep["positive_scores"][i]), reduce)
+            for i in range(len(s.qids)):
                 left = 0
-                for d, sc in zip(pools[i].tolist(), sep["candidate_scores"][i], strict=True):
-                    filtered = filter_reason(float(sc), ref, cfg) is not None
-                    kind = next((k for k, v in planted.items() if (q, s.corpus.doc_ids[d]) in v), None)
+                for kind, sc in zip(kinds[i], sep["candidate_scores"][i], strict=True):
+                    filtered = filter_reason(float(sc), refs[i], cfg) is not None
                     if kind is None:
                         other_n += 1
                         other_f += filtered

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -170,8 +171,6 @@ def run_train_judge(job: JudgeJob) -> dict:
         if not job.overwrite:
             raise JudgeJobError(f"{out} already holds a trained judge; pass --overwrite to train it again")
         if old.get("key") != _key(job) and (out / "bi").exists():
-            import shutil
-
             shutil.rmtree(out / "bi")  # other settings: the fold models cannot be kept
         (out / JUDGE_FILE).unlink()
     elif out.exists() and any(out.iterdir()) and not (out / "job.json").is_file():
@@ -181,8 +180,6 @@ def run_train_judge(job: JudgeJob) -> dict:
     if old_job is not None and old_job.get("key") != _key(job):
         if not job.overwrite:
             raise JudgeJobError(f"{out} holds an unfinished judge with other settings; pass --overwrite")
-        import shutil
-
         shutil.rmtree(out / "bi", ignore_errors=True)
     write_json(out / "job.json", {"key": _key(job), "job": asdict(job)})
     t0 = time.perf_counter()
@@ -239,7 +236,10 @@ def run_train_judge(job: JudgeJob) -> dict:
     raw = z @ w
     platt = fit_platt(raw, y)
     # held-in quality: the judge against each retriever's order on the same pools
-    rrf = np.concatenate([_rrf(p, corpus, col, q, job.depth, dense, encoder) for q, p in zip(qids, pools, strict=True)])
+    n_top = min(max(job.depth, 1000), len(corpus.doc_ids))
+    bm_top, _ = corpus.bm25.search_arrays([col.queries[q] for q in qids], k=n_top, show_progress=False)
+    dn_top, _ = dense.search_arrays(encoder.encode_queries([col.queries[q] for q in qids], show_progress=False), k=n_top)
+    rrf = np.concatenate([rrf_scores(bm_top[i], dn_top[i], p) for i, p in enumerate(pools)])
     quality = {"judge_cv_ndcg@10": cv[best_c], "judge_in_sample_ndcg@10": mean_ndcg10(y, raw, g),
                "fused_retrieval_ndcg@10": mean_ndcg10(y, rrf, g),
                "judge_auc": roc_auc(y, raw), "fused_retrieval_auc": roc_auc(y, rrf)}
@@ -254,13 +254,6 @@ def run_train_judge(job: JudgeJob) -> dict:
     save_judge(out, feats, mean, std, w, platt, components, meta)
     write_text(out / "report.md", render(meta, feats, w))
     return meta
-
-
-def _rrf(pool: np.ndarray, corpus: Corpus, col: Collection, q: str, depth: int, dense: DenseIndex, encoder) -> np.ndarray:
-    """Reciprocal-rank fusion (k=60) of the pool's BM25 and dense ranks in the top 1000 (or ``depth``)."""
-    bm, _ = corpus.bm25.search_arrays([col.queries[q]], k=max(depth, 1000), show_progress=False)
-    dn, _ = dense.search_arrays(encoder.encode_queries([col.queries[q]], show_progress=False), k=max(depth, 1000))
-    return rrf_scores(bm[0], dn[0], pool)
 
 
 def render(meta: dict, feats: list[str], w: np.ndarray) -> str:

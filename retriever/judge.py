@@ -226,14 +226,11 @@ class FeatureSource:
         if "bi" in self.features:
             cols["bi"] = self.bi.cosine(qids, qtexts, docs)
         if "ce" in self.features:
-            from .rerank import score_with_cache
+            from .rerank import score_lists
 
-            flat_q = [q for q, d in zip(qids, docs, strict=True) for _ in d]
-            flat_d = [self.corpus.doc_ids[j] for d in docs for j in d]
-            pairs = [(t, self.corpus.texts[j]) for t, d in zip(qtexts, docs, strict=True) for j in d]
-            s, _ = score_with_cache(self.ce, flat_q, flat_d, pairs, self.score_cache, show_progress=False)
-            splits = np.cumsum([len(d) for d in docs])[:-1]
-            cols["ce"] = [x.astype(np.float64) for x in np.split(s, splits)]
+            c = self.corpus
+            s, _ = score_lists(self.ce, qids, qtexts, docs, c.doc_ids, c.texts, self.score_cache)
+            cols["ce"] = [x.astype(np.float64) for x in s]
         return [np.column_stack([cols[f][i] for f in self.features]) if len(docs[i])
                 else np.zeros((0, len(self.features))) for i in range(len(docs))]
 

@@ -219,3 +219,15 @@ def score_with_cache(reranker: CrossEncoderScorer | FoldSet | EnsembleJudge, qid
         if cache is not None:
             cache.put_many(prefix, {keys[i]: float(s) for i, s in zip(todo, new, strict=True)})
     return scores, len(todo)
+
+
+def score_lists(reranker: CrossEncoderScorer | FoldSet | EnsembleJudge, qids: Sequence[str], qtexts: Sequence[str],
+                docs: Sequence[Sequence[int]], doc_ids: Sequence[str], texts: Sequence[str],
+                cache: ScoreCache | None, show_progress: bool | None = False) -> tuple[list[np.ndarray], int]:
+    """``score_with_cache`` over one list of corpus positions per query: the pairs of every list are scored
+    in one call (batches span queries). Returns one score array per list and the pairs scored by the model."""
+    flat_q = [q for q, d in zip(qids, docs, strict=True) for _ in d]
+    flat_d = [doc_ids[j] for d in docs for j in d]
+    pairs = [(t, texts[j]) for t, d in zip(qtexts, docs, strict=True) for j in d]
+    flat, n_new = score_with_cache(reranker, flat_q, flat_d, pairs, cache, show_progress)
+    return np.split(flat, np.cumsum([len(d) for d in docs])[:-1]) if len(docs) else [], n_new
