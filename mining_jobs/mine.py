@@ -34,6 +34,7 @@ from .files import write_parquet, write_text
 from .filtering import accepts, apply_filter, in_window, reduce_positive, relabel
 from .inputs import MiningInput, leak_guard, load_input
 from .judge_check import check_judge, choose_margin
+from .planted import find_planted, load_planted
 from .sampling import sample
 
 logger = logging.getLogger(__name__)
@@ -286,6 +287,8 @@ def shard_paths(out: Path, k: int) -> tuple[Path, Path]:
 def run_mining(cfg: MineConfig, out: str | os.PathLike) -> dict:
     """Run (or resume) a mining job into ``out``; returns the manifest."""
     out = Path(out)
+    planted_path = find_planted(cfg.data.name)  # read first: a malformed file stops the job before any work
+    planted = (planted_path, load_planted(planted_path)) if planted_path else None
     state = prepare_folder(out, cfg)
     t_job = time.perf_counter()
     timings: dict[str, float] = {}
@@ -336,4 +339,5 @@ def run_mining(cfg: MineConfig, out: str | os.PathLike) -> dict:
 
     timings.update({k: v for k, v in counters.items() if k.endswith("_s")})
     with stage("finalize"):
-        return finalize(out, cfg, res, len(shards), counters, timings, time.perf_counter() - t_job, judge_check, auto)
+        return finalize(out, cfg, res, len(shards), counters, timings, time.perf_counter() - t_job, judge_check, auto,
+                        planted)

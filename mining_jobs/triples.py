@@ -18,6 +18,7 @@ from retriever.rerank import sigmoid
 from .config import MineConfig
 from .files import versions, write_json, write_parquet, write_text
 from .judge_check import render_auto_margin, render_check
+from .planted import Planted, planted_stats, render_planted
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +146,10 @@ def _filter_state(cfg: MineConfig, has_ce: bool) -> str:
 
 
 def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, timings: dict,
-             total_s: float, judge_check: dict | None = None, auto_margin: dict | None = None) -> dict:
+             total_s: float, judge_check: dict | None = None, auto_margin: dict | None = None,
+             planted: tuple[Path, Planted] | None = None) -> dict:
+    """Merge the shards and write the views, ``manifest.json`` and ``report.md``; ``planted``: the
+    collection's ``planted.json`` (path, pairs), measured on the merged tables."""
     from .mine import shard_paths
 
     cpaths = [shard_paths(out, k)[0] for k in range(n_shards)]
@@ -153,7 +157,8 @@ def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, tim
     _merge(tpaths, out / "triples.parquet")
     _merge(cpaths, out / "candidates.parquet")
     triples = pq.read_table(out / "triples.parquet")
-    cands = pq.read_table(out / "candidates.parquet", columns=["query_id", "ce_score", "positive_score", "fate"])
+    cands = pq.read_table(out / "candidates.parquet",
+                          columns=["query_id", "doc_id", "ce_score", "positive_score", "fate"])
     n = cfg.sampling.num_negatives
     views = _views(triples, n, out)
     fates = Counter(cands["fate"].to_pylist())
@@ -189,6 +194,7 @@ def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, tim
                                               & ~np.isnan(ce)])} if has_ce else None,
         "what_if": what_if(cands, n, list(neg_counts)) if has_ce else None,
         "judge_check": judge_check, "auto_margin": auto_margin,
+        "planted": planted_stats(planted[1], planted[0], set(res.qids), cands, triples) if planted else None,
         "timings": {**timings, "total_s": total_s},
     }
     has_png = _histogram(cands, pos_scores, out / "scores.png") if has_ce else False
@@ -216,6 +222,7 @@ def render_report(m: dict, has_png: bool) -> str:
         lines += [f"> **Warning:** {c['queries_without_negatives']} of {c['queries']} queries have no negative. "
                   "The filter may be too strict for this cross-encoder (see the what-if table) or the candidate "
                   "depth too small.", ""]
+    lines += render_planted(m.get("planted"))
     lines += ["## What happened to the candidates", "",
              "| fate | candidates | meaning |", "|---|---|---|"]
     meaning = {"kept": "sampled as a negative", "not_sampled": "passed the filter, not sampled",
