@@ -1,4 +1,5 @@
-# One command sets up and runs the main job (`make demo`); one sets up and runs the tests (`make test`).
+# One command sets up and runs the main job (`make demo`); one sets up and runs the fast tests (`make test`,
+# under 3 minutes on 2 cores: every test not marked `slow`), one all of them (`make test-all`, what CI runs).
 # Both create .venv when missing. torch is installed first from its pinned CPU wheel, so that the
 # project's own `torch>=...` requirement is already met and pip never fetches a CUDA build.
 
@@ -9,7 +10,7 @@ HARDNEG_DATA ?= $(abspath ../shared/data)
 export HARDNEG_DATA
 OUT ?= runs/mine
 
-.PHONY: setup demo judges mine ance evaluate reranker demo-filtered test lint clean
+.PHONY: setup demo judges mine ance evaluate reranker demo-filtered test test-all lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,7 +59,13 @@ demo-filtered: setup
 		--set cross_encoder.max_length=128 --set exclusion.near_duplicate_cosine=0.95 --out runs/mine_filtered --overwrite
 	@echo; cat runs/mine_filtered/report.md
 
+# The fast tier: skips the tests marked slow (pyproject.toml: live service, SIGKILL/resume, Ray, the ANCE loop,
+# real-model training).
 test: setup
+	$(PY) -m pytest -q -m "not slow"
+
+# Every test, the slow tier included (.ci/run).
+test-all: setup
 	$(PY) -m pytest -q
 
 lint: setup

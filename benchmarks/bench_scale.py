@@ -93,7 +93,7 @@ def _rss_mb() -> float:
 
 
 def child(spec: dict) -> dict:
-    import mining_jobs.mine as mm
+    import mining_jobs.shard as mm
     from mining_jobs.config import load_config
 
     after_shard: list[float] = []

@@ -170,6 +170,20 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-file", help="file holding the bearer token (default $HARDNEG_TOKEN)")
 
 
+def _data_root_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", action="append", metavar="DIR", help="a folder whose files job configs may name "
+                   "(collections, pairs, triples, models, caches); repeatable. Any other path in a config is "
+                   "refused (symlinks followed); names and hub ids are not paths. Default: $HARDNEG_DATA and "
+                   "$HARDNEG_HOME (the service's run folders are always allowed)")
+
+
+def _data_roots(args: argparse.Namespace) -> list[Path]:
+    """``--data-root`` as given, else the default from the environment (``$HARDNEG_DATA``, ``$HARDNEG_HOME``)."""
+    from .jobstore import default_data_roots
+
+    return [Path(d) for d in args.data_root] if args.data_root else default_data_roots()
+
+
 def _add_service(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the job service's HTTP API (jobs are run by `hardneg worker`)",
                        description="FastAPI + uvicorn over the job store in --home. Binds 127.0.0.1 by default; "
@@ -178,6 +192,7 @@ def _add_service(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8750)
     p.add_argument("--token-file", help="file holding the bearer token (default $HARDNEG_TOKEN)")
+    _data_root_flag(p)
     p = sub.add_parser("worker", help="run queued jobs of the service, one at a time",
                        description="Claims queued jobs from the job store in --home (several workers never take "
                                    "the same job), runs them, reports progress, honours cancellation. A job whose "
@@ -192,6 +207,7 @@ def _add_service(sub: argparse._SubParsersAction) -> None:
                    "failed instead of taken again (default 3)")
     p.add_argument("--max-jobs", type=int, default=None, help="exit after running this many jobs")
     p.add_argument("--exit-when-idle", action="store_true", help="exit when the queue is empty")
+    _data_root_flag(p)
     p = sub.add_parser("submit", help="submit a job to the service",
                        description="Send a job config (TOML or JSON file, plus --set overrides) to the service; "
                                    "prints the job id. Strings 'job:<id>[/path]' name another job's run folder.")
@@ -371,7 +387,7 @@ def _cmd_iterate(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .server import serve
 
-    serve(args.home, host=args.host, port=args.port, token_file=args.token_file)
+    serve(args.home, host=args.host, port=args.port, token_file=args.token_file, data_roots=_data_roots(args))
     return 0
 
 
@@ -380,7 +396,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from .worker import Worker
 
     w = Worker(open_store(args.home), name=args.name, lease_s=args.lease, poll_s=args.poll,
-               max_attempts=args.max_attempts)
+               max_attempts=args.max_attempts, data_roots=_data_roots(args))
     w.install_signal_handlers()
     n = w.serve(max_jobs=args.max_jobs, exit_when_idle=args.exit_when_idle)
     print(f"worker {w.name}: ran {n} job(s)")

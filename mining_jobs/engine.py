@@ -12,11 +12,13 @@ import numpy as np
 
 from retriever.encoder import EmbeddingCache, Encoder, encode_corpus
 
+from . import shard
+from .shard import Resources
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
     from .config import MineConfig
-    from .mine import Resources
 
 
 class LocalEngine:
@@ -31,10 +33,9 @@ class LocalEngine:
     def mine_shards(self, res: Resources, cfg: MineConfig, shards: list[tuple[int, list[str]]],
                     counters: dict[str, float]) -> Iterator[tuple[int, pa.Table, pa.Table]]:
         """Yield ``(shard number, triples, candidates)`` for each pending shard, in any order."""
-        from .mine import mine_shard
-
         for k, qids in shards:
-            triples, cands = mine_shard(res, cfg, qids, counters)
+            # looked up at call time: benchmarks/bench_scale.py wraps shard.mine_shard to sample memory per shard
+            triples, cands = shard.mine_shard(res, cfg, qids, counters)
             yield k, triples, cands
 
     def close(self) -> None:

@@ -10,12 +10,13 @@ import secrets
 import sqlite3
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from retriever.data import DATA_ENV
 from retriever.errors import HardnegError
 
 from .kinds import KINDS as _RUNNABLE
@@ -33,6 +34,20 @@ class JobStoreError(HardnegError):
 def default_home() -> Path:
     """``$HARDNEG_HOME``, else ``~/.hardneg``: the service's folder (job store, run folders, logs)."""
     return Path(os.environ.get(HOME_ENV) or Path.home() / ".hardneg").expanduser()
+
+
+def default_data_roots() -> list[Path]:
+    """The folders whose files a job config may name when ``--data-root`` is not given: ``$HARDNEG_DATA``
+    (when set) and the service home (``$HARDNEG_HOME``, see ``default_home``)."""
+    data = os.environ.get(DATA_ENV)
+    return [*([Path(data).expanduser()] if data else []), default_home()]
+
+
+def service_roots(store: JobStore, data_roots: Iterable[str | os.PathLike] | None = None) -> list[Path]:
+    """The allowed roots of a server or worker over ``store`` (see ``kinds.check_paths``): ``data_roots``
+    (``None``: ``default_data_roots()``), plus the store's run folders, where ``job:<id>`` references point."""
+    roots = default_data_roots() if data_roots is None else [Path(r).expanduser() for r in data_roots]
+    return [*roots, store.home / "runs"]
 
 
 @dataclass

@@ -14,6 +14,7 @@ from retriever.judge import mean_ndcg10, roc_auc
 from retriever.rerank import score_lists
 
 from .config import MineConfig
+from .shard import retrieve
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,6 @@ def check_judge(res, cfg: MineConfig) -> dict | None:
     """nDCG@10 and ROC-AUC of the judge's order and of the fused (RRF) retrieval order over each sampled
     query's pool (retrieved candidates that are not excluded, plus its labelled positives). The sample is
     the ``filter.judge_check_queries`` queries with the smallest CRC32 of their ids: the same on a rerun."""
-    from .mine import retrieve
 
     n = cfg.filter.judge_check_queries
     if res.reranker is None or n <= 0:
@@ -91,7 +91,6 @@ def choose_margin(res, cfg: MineConfig) -> dict | None:
     from dataclasses import replace
 
     from .filtering import filter_reason, reduce_positive
-    from .mine import retrieve
 
     if res.reranker is None or not cfg.filter.auto_margin:
         return None

@@ -71,10 +71,10 @@ class Scorer:
             self.judge = EnsembleJudge(spec, ce_max_length=max_length).bind(setting.corpus, EmbeddingCache(),
                                                                              _score_cache())
         else:
-            from retriever.rerank import load_reranker
+            from retriever.judge import load_judge
 
             self.kind = "cross-encoder"
-            self.judge = load_reranker(spec, max_length)
+            self.judge = load_judge(spec, max_length)
 
     def score(self, docs: Sequence[np.ndarray]) -> list[np.ndarray]:
         s = self.s

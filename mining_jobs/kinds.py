@@ -1,19 +1,23 @@
 """The job kinds the service runs (mine, train-reranker, train, evaluate, iterate): each turns a submitted
 config (nested dicts, as in the TOML files) into a resolved, validated config, and runs it into a run folder
-through the same functions as the command line. Knows nothing about HTTP or the job store."""
+through the same functions as the command line; and the service's path policy over their configs (every path
+a job reads or writes lies inside an allowed root). Knows nothing about HTTP or the job store."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
+import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from retriever.data import DATA_ENV
+from retriever.encoder import DEFAULT_MODEL
 from retriever.errors import HardnegError
 
 from .config import ConfigError, from_dict, set_fields
@@ -304,3 +308,98 @@ def resolve(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
 def run(kind: str, conf: dict[str, Any], out: Path) -> dict[str, Any]:
     """Run (or resume) a resolved job into its run folder; returns a summary of its results."""
     return KINDS[kind].run(conf, out)
+
+
+# ---------------------------------------------------------------------------------------------- path policy
+
+# Every config field of every kind that names something on disk, with how its value is read:
+#   "data":  a collection: a path, else a folder under $HARDNEG_DATA, else an org/name hub id (resolve_data)
+#   "model": a model: "default" (the packaged one), a path, else a hub id (resolve_model_name)
+#   "file":  always a path when set (read or written); "" / unset = the built-in default
+_MINE_PATHS = {"data.name": "data", "data.pairs": "file", "candidates.model": "model",
+               "cross_encoder.model": "model", "output.score_cache": "file"}
+PATH_FIELDS: dict[str, dict[str, str]] = {
+    "mine": _MINE_PATHS,
+    "train": {"triples": "file", "base_model": "model", "dev_data": "data"},
+    "train-reranker": {"data": "data", "backbone": "model"},
+    "evaluate": {"data": "data", "model": "model", "cache_dir": "file"},
+    "iterate": {"loop.data": "data", "loop.base_model": "model", "train.dev_data": "data",
+                **{f"mine.{k}": v for k, v in _MINE_PATHS.items()}},
+}
+
+
+class PathPolicyError(ConfigError):
+    """A config names a path outside the allowed roots (or climbs with '..'); ``field`` names the field."""
+
+
+def allowed_roots(roots: Iterable[str | os.PathLike]) -> tuple[Path, ...]:
+    """The roots as absolute paths, symlinks resolved; empty entries and roots inside another one dropped."""
+    out: list[Path] = []
+    for r in roots:
+        if r is None or str(r) == "":
+            continue
+        p = Path(r).expanduser().resolve()
+        if p not in out:
+            out.append(p)
+    return tuple(p for p in out if not any(p != q and p.is_relative_to(q) for q in out))
+
+
+def _target(value: str, role: str) -> Path | None:
+    """Where a field's value points on disk, or None when it is a name: a collection name (or hub id) that is
+    no folder under $HARDNEG_DATA, a hub id ``org/name`` that does not exist here, the model "default", or
+    empty. A value is a path when it is absolute or starts with '.' or '~', when it exists here (relative to
+    the working directory, as the loaders look first), and always for "file" fields."""
+    if not value or (role == "model" and value == DEFAULT_MODEL):
+        return None
+    p = Path(value).expanduser()
+    if role == "file" or value.startswith((".", "~")) or p.is_absolute():
+        return p
+    try:
+        if p.exists():
+            return p
+        data = os.environ.get(DATA_ENV)
+        if role == "data" and data and (Path(data).expanduser() / value).exists():
+            return Path(data).expanduser() / value
+    except OSError:  # e.g. a name too long for a path: not a path
+        return None
+    return None
+
+
+def check_path(value: Any, field: str, role: str, roots: tuple[Path, ...]) -> None:
+    """Raise ``PathPolicyError`` when ``value`` is a path (see ``_target``) that does not resolve, symlinks
+    followed, inside one of ``roots``, or when it contains a '..' component at all."""
+    if not isinstance(value, str):
+        return  # a wrong type is the kind's validation's to report
+    allowed = ", ".join(map(str, roots)) or "none"
+    if ".." in PurePosixPath(value.replace("\\", "/")).parts:
+        raise PathPolicyError(f"{field} = {value!r}: '..' is not allowed in a path; give a path inside an "
+                              f"allowed root ({allowed})", field)
+    try:
+        if "\x00" in value:
+            raise ValueError("embedded null byte")
+        where = _target(value, role)
+        if where is None:
+            return
+        resolved = where.resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, an unknown ~user, a null byte
+        raise PathPolicyError(f"{field} = {value!r}: not a usable path ({exc}); give a path inside an allowed "
+                              f"root ({allowed})", field) from None
+    if not any(resolved.is_relative_to(r) for r in roots):
+        raise PathPolicyError(f"{field} = {value!r} resolves to {resolved}, outside the allowed roots "
+                              f"({allowed}); the service reads and writes only there (--data-root)", field)
+
+
+def _lookup(conf: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(conf, dict) or part not in conf:
+            return None
+        conf = conf[part]
+    return conf
+
+
+def check_paths(kind: str, conf: Any, roots: Iterable[str | os.PathLike]) -> None:
+    """The path policy of the job service: every path-valued field of a ``kind`` config (submitted or
+    resolved; missing fields are skipped) lies inside ``roots``. Raises ``PathPolicyError`` naming the field."""
+    allowed = allowed_roots(roots)
+    for dotted, role in PATH_FIELDS.get(kind, {}).items():
+        check_path(_lookup(conf, dotted), dotted, role, allowed)

@@ -1,5 +1,5 @@
 """Runs a mining job's heavy stages on Ray: corpus blocks and query shards on actors, the read-only data shipped
-once through the object store. It mines nothing itself (each shard is ``mine.mine_shard``) and writes no files."""
+once through the object store. It mines nothing itself (each shard is ``shard.mine_shard``) and writes no files."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from retriever.errors import HardnegError, MissingDependencyError
 from retriever.text import Tokenizer
 
 from .inputs import MiningInput
-from .mine import Resources, bind_judge, mine_shard
+from .shard import Resources, bind_judge, mine_shard
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -268,7 +268,8 @@ def _unpack_dense(state: dict[str, Any], doc_ids: list[str]) -> DenseIndex:
 def actor_resources(shared: dict[str, Any], cfg: MineConfig, expected: dict[str, str | None]) -> Resources:
     """A shard's ``Resources`` inside an actor: data from the object store, models loaded from the config and
     checked against the driver's fingerprints (another version of a model on a node must not mix in)."""
-    from retriever.rerank import ScoreCache, load_reranker
+    from retriever.judge import load_judge
+    from retriever.rerank import ScoreCache
 
     c, x = cfg.candidates, cfg.cross_encoder
     encoder = reranker = cache = None
@@ -277,7 +278,7 @@ def actor_resources(shared: dict[str, Any], cfg: MineConfig, expected: dict[str,
                           doc_prompt=c.doc_prompt, max_seq_length=c.max_seq_length)
         _check("bi-encoder", c.model, encoder.fingerprint(), expected["bi_encoder"])
     if x.model:
-        reranker = load_reranker(x.model, x.max_length, x.batch_size, x.bf16)
+        reranker = load_judge(x.model, x.max_length, x.batch_size, x.bf16)
         cache = ScoreCache(cfg.output.score_cache or None)  # SQLite in WAL mode: actors of a node share it
     # the corpus table stays on the driver: shards read ids, texts, queries and positives only
     inp = MiningInput(shared["name"], None, shared["queries"], shared["positives"], "ray")  # type: ignore[arg-type]

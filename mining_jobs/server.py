@@ -1,6 +1,7 @@
 """``hardneg serve``: the job service's HTTP API (FastAPI). Submitting validates and stores a job; workers
 (``hardneg worker``) run it. Binds 127.0.0.1 by default; any other address needs a bearer token. Artifact
-names are confined to the job's run folder. Runs no job itself. Needs the ``service`` extra."""
+names are confined to the job's run folder; paths in a submitted config to the allowed roots (``--data-root``,
+see ``kinds.check_paths``). Runs no job itself. Needs the ``service`` extra."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hmac
 import ipaddress
 import os
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +28,7 @@ from retriever.errors import HardnegError
 
 from . import __version__, kinds
 from .config import ConfigError
-from .jobstore import KINDS, STATES, Job, JobStore, JobStoreError
+from .jobstore import KINDS, STATES, Job, JobStore, JobStoreError, service_roots
 
 KindName = Literal[KINDS]  # type: ignore[valid-type]
 StateName = Literal[STATES]  # type: ignore[valid-type]
@@ -153,10 +155,12 @@ class Message(BaseModel):
     detail: str
 
 
-def create_app(store: JobStore, token: str | None = None):
+def create_app(store: JobStore, token: str | None = None, data_roots: Iterable[str | os.PathLike] | None = None):
     """The FastAPI application over ``store``; with ``token`` every /jobs request needs
-    ``Authorization: Bearer <token>``."""
+    ``Authorization: Bearer <token>``. A submitted config may name paths only inside ``data_roots`` (``None``:
+    ``$HARDNEG_DATA`` and ``$HARDNEG_HOME``) or the store's run folders; others get 422 naming the field."""
     bearer = HTTPBearer(auto_error=False)
+    roots = service_roots(store, data_roots)
 
     def authorize(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
         # attached to the routes only when a token is set (see deps below)
@@ -203,7 +207,10 @@ def create_app(store: JobStore, token: str | None = None):
                 return config_error(ConfigError(f"nested more than {MAX_DEPTH} levels deep", None), where)
         try:
             check_plain(raw)
-            resolved = kinds.resolve(req.kind, resolve_job_refs(raw, store))
+            raw = resolve_job_refs(raw, store)
+            kinds.check_paths(req.kind, raw, roots)  # before resolving: validation reads the files it names
+            resolved = kinds.resolve(req.kind, raw)
+            kinds.check_paths(req.kind, resolved, roots)  # and what resolving filled in
         except ConfigError as exc:
             return config_error(exc, where)
         return store.create(req.kind, resolved, name=req.name).to_dict()
@@ -294,8 +301,9 @@ def create_app(store: JobStore, token: str | None = None):
     return app
 
 
-def serve(home: str | None, host: str = "127.0.0.1", port: int = 8750, token_file: str | None = None) -> None:
-    """Run the API with uvicorn until interrupted."""
+def serve(home: str | None, host: str = "127.0.0.1", port: int = 8750, token_file: str | None = None,
+          data_roots: Iterable[str | os.PathLike] | None = None) -> None:
+    """Run the API with uvicorn until interrupted; ``data_roots``: see ``create_app``."""
     from .jobstore import open_store
 
     token = read_token(token_file)
@@ -306,7 +314,7 @@ def serve(home: str | None, host: str = "127.0.0.1", port: int = 8750, token_fil
         import uvicorn
     except ImportError as exc:  # pragma: no cover
         raise ImportError("the job service needs FastAPI and uvicorn: pip install 'hardneg[service]'") from exc
-    app = create_app(open_store(home), token)
+    app = create_app(open_store(home), token, data_roots)
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 

@@ -19,6 +19,7 @@ from .config import MineConfig
 from .files import versions, write_json, write_parquet, write_text
 from .judge_check import render_auto_margin, render_check
 from .planted import Planted, planted_stats, render_planted
+from .shard import shard_paths
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +151,6 @@ def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, tim
              planted: tuple[Path, Planted] | None = None) -> dict:
     """Merge the shards and write the views, ``manifest.json`` and ``report.md``; ``planted``: the
     collection's ``planted.json`` (path, pairs), measured on the merged tables."""
-    from .mine import shard_paths
-
     cpaths = [shard_paths(out, k)[0] for k in range(n_shards)]
     tpaths = [shard_paths(out, k)[1] for k in range(n_shards)]
     _merge(tpaths, out / "triples.parquet")

@@ -1,7 +1,9 @@
 """``hardneg worker``: claim queued jobs from the job store and run them through the same code as the
 command line, one at a time, reporting stage and progress and honouring cancellation at every checkpoint.
 A worker that dies (even by SIGKILL) leaves its job to the next worker once its lease expires; the job then
-resumes from its run folder (finished shards, stages and rounds are kept). No HTTP here."""
+resumes from its run folder (finished shards, stages and rounds are kept). Before running a job, its config is
+checked again against the worker's allowed roots (``--data-root``): a job that names a path outside them fails
+with the reason as its error. No HTTP here."""
 
 from __future__ import annotations
 
@@ -13,14 +15,15 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from retriever import progress
 
 from . import kinds
-from .jobstore import Job, JobStore
+from .config import ConfigError
+from .jobstore import Job, JobStore, service_roots
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +39,14 @@ class JobReleased(Exception):
 class Worker:
     """Runs jobs from ``store`` until stopped. ``lease_s``: how long a job stays this worker's without a
     heartbeat (heartbeats come every ``min(lease_s / 4, 2 s)`` from a thread, also during long computations).
-    ``max_attempts``: a job whose workers died this many times is failed, not taken again."""
+    ``max_attempts``: a job whose workers died this many times is failed, not taken again. ``data_roots``: the
+    folders a job's config may name paths in (``None``: ``$HARDNEG_DATA`` and ``$HARDNEG_HOME``; the store's run
+    folders are always allowed); a job naming any other path is failed without running."""
 
     def __init__(self, store: JobStore, name: str | None = None, lease_s: float = 60.0, poll_s: float = 1.0,
-                 max_attempts: int = 3) -> None:
+                 max_attempts: int = 3, data_roots: Iterable[str | os.PathLike] | None = None) -> None:
         self.store = store
+        self.roots = service_roots(store, data_roots)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.lease_s = lease_s
         self.poll_s = poll_s
@@ -81,7 +87,8 @@ class Worker:
     def serve(self, max_jobs: int | None = None, exit_when_idle: bool = False) -> int:
         """Claim and run jobs; returns how many were run."""
         n = 0
-        logger.info("worker %s: polling %s", self.name, self.store.home)
+        logger.info("worker %s: polling %s; job configs may name paths under %s", self.name, self.store.home,
+                    ", ".join(map(str, self.roots)))
         while not self.stopping.is_set() and (max_jobs is None or n < max_jobs):
             job = self.store.claim(self.name, self.lease_s, self.max_attempts)
             if job is None:
@@ -96,9 +103,15 @@ class Worker:
     def run(self, job: Job) -> str:
         """Run one claimed job to a terminal state (or give it back); returns the state it was left in."""
         out = Path(job.run_dir)
+        claim = job.claim or ""
+        try:  # the policy may have changed since the job was queued: it is checked where the files are read
+            kinds.check_paths(job.kind, job.config, self.roots)
+        except ConfigError as exc:
+            logger.error("job %s refused: %s", job.id, exc)
+            self.store.finish(job.id, claim, "failed", error=f"refused by the worker's path policy: {exc}")
+            return "failed"
         out.parent.mkdir(parents=True, exist_ok=True)
         flags = {"cancel": job.cancel_requested, "lost": False}
-        claim = job.claim or ""
         try:
             with self._heartbeat(job, flags), _job_log(self.store.log_path(job.id)), \
                     progress.listen(self._listener(job, flags)):

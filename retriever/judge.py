@@ -21,6 +21,7 @@ import numpy as np
 from .bm25 import BM25Index
 from .encoder import BF16Mode, EmbeddingCache, Encoder, encode_corpus
 from .errors import HardnegError
+from .rerank import CrossEncoderScorer, FoldSet, load_reranker, score_lists
 from .text import TokenizerConfig
 
 logger = logging.getLogger(__name__)
@@ -226,8 +227,6 @@ class FeatureSource:
         if "bi" in self.features:
             cols["bi"] = self.bi.cosine(qids, qtexts, docs)
         if "ce" in self.features:
-            from .rerank import score_lists
-
             c = self.corpus
             s, _ = score_lists(self.ce, qids, qtexts, docs, c.doc_ids, c.texts, self.score_cache)
             cols["ce"] = [x.astype(np.float64) for x in s]
@@ -272,8 +271,6 @@ class EnsembleJudge:
         self.bi = BiEncoderFolds(self._path(comp["bi"]), bf16=bf16) if comp.get("bi") else None
         self.ce = None
         if comp.get("ce"):
-            from .rerank import load_reranker
-
             self.ce = load_reranker(str(self._path(comp["ce"])), self.max_length, batch_size, bf16)
         self.source: FeatureSource | None = None
 
@@ -341,3 +338,13 @@ def save_judge(folder: str | os.PathLike, features: list[str], mean: np.ndarray,
     tmp.write_text(json.dumps(meta, indent=2))
     os.replace(tmp, path)
     return path
+
+
+def load_judge(model: str, max_length: int = 256, batch_size: int = 32, bf16: BF16Mode | bool = "auto",
+               device: str = "cpu") -> EnsembleJudge | CrossEncoderScorer | FoldSet:
+    """Any judge by name or path: a ``hardneg train-judge`` folder (has ``judge.json``; it scores with the
+    cross-encoder token limit it was fitted with and must be bound to a corpus), a cross-encoder fold set
+    (has ``folds.json``) or any CrossEncoder name / path."""
+    if is_judge(model):
+        return EnsembleJudge(model, batch_size=batch_size, bf16=bf16)
+    return load_reranker(model, max_length, batch_size, bf16, device)

@@ -13,12 +13,12 @@ import sqlite3
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .encoder import BF16Mode, default_cache_dir, resolve_bf16, weights_fingerprint
 from .errors import HardnegError
-from .judge import EnsembleJudge, is_judge
 from .progress import show_progress as _show
 
 logger = logging.getLogger(__name__)
@@ -138,12 +138,9 @@ class FoldSet:
 
 
 def load_reranker(model: str, max_length: int = 256, batch_size: int = 32, bf16: BF16Mode | bool = "auto",
-                  device: str = "cpu") -> CrossEncoderScorer | FoldSet | EnsembleJudge:
-    """A judge folder from ``hardneg train-judge`` (has ``judge.json``; it scores with the cross-encoder
-    token limit it was fitted with, and must be bound to a corpus), a cross-encoder fold set (has
-    ``folds.json``) or any CrossEncoder name / path."""
-    if is_judge(model):
-        return EnsembleJudge(model, batch_size=batch_size, bf16=bf16)
+                  device: str = "cpu") -> CrossEncoderScorer | FoldSet:
+    """A cross-encoder fold set (has ``folds.json``) or any CrossEncoder name / path. Learned judges
+    (``hardneg train-judge`` folders) load through ``retriever.judge.load_judge``."""
     if FoldSet.is_fold_set(model):
         return FoldSet(model, max_length, batch_size, bf16, device)
     return CrossEncoderScorer(model, max_length, batch_size, bf16, device)
@@ -194,7 +191,7 @@ def _text_hash(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-def score_with_cache(reranker: CrossEncoderScorer | FoldSet | EnsembleJudge, qids: Sequence[str], dids: Sequence[str],
+def score_with_cache(reranker: CrossEncoderScorer | FoldSet | Any, qids: Sequence[str], dids: Sequence[str],
                      pairs: Sequence[tuple[str, str]], cache: ScoreCache | None,
                      show_progress: bool | None = None) -> tuple[np.ndarray, int]:
     """Scores of ``pairs`` (one per (qid, did)); only pairs missing from ``cache`` are computed.
@@ -209,7 +206,7 @@ def score_with_cache(reranker: CrossEncoderScorer | FoldSet | EnsembleJudge, qid
     scores = np.array([known.get(k, math.nan) for k in keys], dtype=np.float32)
     if todo:
         sub_pairs = [pairs[i] for i in todo]
-        if isinstance(reranker, EnsembleJudge):
+        if hasattr(reranker, "score_pairs"):  # a learned judge (retriever.judge.EnsembleJudge)
             new = reranker.score_pairs([qids[i] for i in todo], [dids[i] for i in todo], sub_pairs)
         elif isinstance(reranker, FoldSet):
             new = reranker.score_queries([qids[i] for i in todo], sub_pairs, show_progress)
@@ -221,7 +218,7 @@ def score_with_cache(reranker: CrossEncoderScorer | FoldSet | EnsembleJudge, qid
     return scores, len(todo)
 
 
-def score_lists(reranker: CrossEncoderScorer | FoldSet | EnsembleJudge, qids: Sequence[str], qtexts: Sequence[str],
+def score_lists(reranker: CrossEncoderScorer | FoldSet | Any, qids: Sequence[str], qtexts: Sequence[str],
                 docs: Sequence[Sequence[int]], doc_ids: Sequence[str], texts: Sequence[str],
                 cache: ScoreCache | None, show_progress: bool | None = False) -> tuple[list[np.ndarray], int]:
     """``score_with_cache`` over one list of corpus positions per query: the pairs of every list are scored

@@ -221,7 +221,6 @@ def _reference_scores(docs: list[list[str]], query: list[str], k1: float, b: flo
     return out
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("backend_name", "kind"), [("bm25s", "lucene"), ("rank_bm25", "okapi")])
 def test_scores_match_bm25_formula_on_adi(adi, backend_name: str, kind: str):
     k1, b = 1.2, 0.6  # non-default: checks they reach the backend
@@ -244,7 +243,6 @@ def test_scores_match_bm25_formula_on_adi(adi, backend_name: str, kind: str):
 # --------------------------------------------------------------------------------- backend agreement
 
 
-@pytest.mark.slow
 def test_backends_agree_on_adi(adi):
     texts = adi.doc_texts()
     qids = list(adi.queries)
@@ -272,7 +270,6 @@ def test_backends_agree_on_adi(adi):
     assert np.mean(taus) >= 0.8
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("chunk_cells", [50_000_000, 200])
 def test_sparse_search_equals_bm25s_retrieve(adi, chunk_cells):
     """The batched sparse product returns bm25s's own scores and documents (ties aside), in chunks of queries
@@ -297,7 +294,6 @@ def test_sparse_search_equals_bm25s_retrieve(adi, chunk_cells):
 # ----------------------------------------------------------------------------------------- save/load
 
 
-@pytest.mark.slow
 def test_save_load_round_trip_on_adi(adi, backend: str, tmp_path):
     cfg = TokenizerConfig(stopwords="none")  # non-default: must be restored for identical results
     idx = BM25Index(backend, k1=1.2, b=0.7, tokenizer=cfg).index(adi.doc_ids, adi.doc_texts(), show_progress=False)
@@ -397,6 +393,7 @@ print(hashlib.sha256(docs.tobytes() + scores.tobytes()).hexdigest())
 """
 
 
+@pytest.mark.slow  # two processes index SciFact
 def test_search_results_do_not_depend_on_the_process_hash_seed(data_root):
     """bm25s numbers its terms by iterating a set, so the numbering changes with PYTHONHASHSEED from one process
     to the next. The top 30 of SciFact train must not: with hash seed 3, a tie at rank 30 used to pick another

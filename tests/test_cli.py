@@ -48,7 +48,6 @@ def _check_metrics_file(folder: Path, qrels) -> dict:
 # ------------------------------------------------------------------------------------------ evaluate
 
 
-@pytest.mark.slow
 def test_evaluate_bm25_on_adi(cli_env, tmp_path, capsys, adi_qrels):
     out = tmp_path / "run"
     rc = main(["-q", "evaluate", "--data", "adi", "--split", "test", "--retriever", "bm25", "--out", str(out)])
@@ -208,6 +207,7 @@ def _env(data_root: Path, tmp_path: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow  # two processes; the installed script is checked in the fast tier by the bad-data exit code
 def test_console_script_help(tmp_path, data_root):
     res = subprocess.run([_script(), "--help"], capture_output=True, text=True, timeout=120,
                          env=_env(data_root, tmp_path))

@@ -1,5 +1,6 @@
-"""The job store (SQLite): atomic claims, leases, cancellation, requeue; and the kinds' config resolution
-with errors that name the field."""
+"""The job store (SQLite): atomic claims, leases, cancellation, requeue; the kinds' config resolution with
+errors that name the field; and a worker running a queued job in-process (the live service, with server and
+worker processes, is tests/test_service_live.py, in the slow tier)."""
 
 from __future__ import annotations
 
@@ -239,3 +240,34 @@ def test_a_job_found_finished_or_unstarted_in_its_run_folder(data_env, tmp_path)
     (fresh / "job.json.tmp").write_text("{")  # killed while writing its state file
     assert kinds.run("mine", conf, fresh)["triples"] == first["triples"]
     assert (fresh / "triples.parquet").read_bytes() == (out / "triples.parquet").read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------- worker
+
+
+def test_a_worker_runs_a_queued_job_once_and_records_its_result(data_env, monkeypatch, tmp_path):
+    """The fast variant of the live service's worker tests: one BM25-only mining job on adi, claimed, run into
+    its run folder and finished by an in-process worker, which then stops (``max_jobs``); the next job waits."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from mining_jobs.worker import Worker
+
+    monkeypatch.setenv("HARDNEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    store = SQLiteJobStore(tmp_path / "home")
+    conf = kinds.resolve("mine", {"data": {"name": "adi", "split": "test"}, "candidates": {"dense": False},
+                                  "sampling": {"num_negatives": 2}, "output": {"shard_size": 10}})
+    job = store.create("mine", conf)
+    queued = store.create("mine", conf)
+    assert Worker(store, name="w", lease_s=30, poll_s=0.01).serve(max_jobs=1) == 1
+    done = store.get(job.id)
+    assert (done.state, done.worker, done.attempts, done.stage) == ("succeeded", "w", 1, "done"), done.error
+    assert done.finished_at >= done.started_at >= done.created_at
+    run = Path(done.run_dir)
+    assert {"triples.parquet", "candidates.parquet", "manifest.json", "report.md"} <= {p.name for p in run.iterdir()}
+    rows = pq.read_table(run / "triples.parquet").to_pylist()
+    assert done.metrics["queries"] == 35 and done.metrics["triples"] == len(rows)
+    assert all(len(r["negative_ids"]) == 2 for r in rows)
+    assert store.get(queued.id).state == "queued"  # max_jobs=1: the worker stopped after one job

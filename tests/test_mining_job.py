@@ -596,9 +596,10 @@ def test_score_cache_is_not_reused_for_other_texts_with_the_same_ids(make_beir, 
     assert pairs_scored_now(m) == m["counts"]["ce_pairs"]
 
 
-def test_resume_after_the_input_changed_does_not_mix_old_and_new_shards(make_beir, env, tmp_path):
-    """A killed job (job.json and some shards, no manifest) whose collection changed before the restart must
-    be refused, or mined again: never finished from shards of the old collection."""
+def test_resume_after_the_input_changed_does_not_mix_old_and_new_shards(make_beir, env, tmp_path, capsys):
+    """A killed job (job.json and some shards, no manifest) whose collection changed before the restart is
+    refused (mine.check_inputs: the input fingerprint in job.json differs), never finished from shards of the
+    old collection; --overwrite then mines the new collection from scratch."""
     folder = make_beir(DOCS, QUERIES, QRELS)
     out = tmp_path / "out"
     args = ["--data", str(folder), "--split", "test", "--set", "candidates.dense=false",
@@ -608,16 +609,21 @@ def test_resume_after_the_input_changed_does_not_mix_old_and_new_shards(make_bei
     for p in [*out.glob("*.parquet"), out / "manifest.json", out / "report.md", *out.glob("shards/00002.*")]:
         p.unlink()
     assert (out / "job.json").is_file() and len(list(out.glob("shards/*.triples.parquet"))) == 2
+    old_shards = {p.name: p.read_bytes() for p in out.glob("shards/*")}
     docs_b, queries_b = _retexted("Edited:")
     make_beir(docs_b, queries_b, QRELS)  # same folder, new texts
-    rc = mine(out, *args)
-    if rc == 0:
-        fresh = tmp_path / "fresh"
-        assert mine(fresh, *args) == 0
-        assert read_rows(out / "triples.parquet") == read_rows(fresh / "triples.parquet"), \
-            "resumed shards hold texts of the old collection"
-    else:
-        assert rc == 2
+    capsys.readouterr()
+    assert mine(out, *args) == 2
+    err = capsys.readouterr().err
+    assert "input changed since it started" in err and "--overwrite" in err
+    assert not (out / "manifest.json").exists() and not (out / "triples.parquet").exists()
+    assert {p.name: p.read_bytes() for p in out.glob("shards/*")} == old_shards, "the refused run touched shards"
+    assert mine(out, *args, "--overwrite") == 0
+    fresh = tmp_path / "fresh"
+    assert mine(fresh, *args) == 0
+    rows = read_rows(out / "triples.parquet")
+    assert rows == read_rows(fresh / "triples.parquet")
+    assert all(r["query"].startswith("Edited:") for r in rows), "triples hold texts of the old collection"
 
 
 def test_pairs_below_min_relevance_add_no_positive(make_beir, env, tmp_path):

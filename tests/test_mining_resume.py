@@ -1,5 +1,6 @@
 """A mining job killed with SIGKILL mid-run resumes per shard in the same --out and ends with the same files,
-byte for byte, as a run that was never interrupted."""
+byte for byte, as a run that was never interrupted. The SIGKILL of a real process is slow (``make test-all``);
+the fast tier resumes, in-process, from the files such a kill leaves."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 pytest.register_assert_rewrite("mining_fixtures")  # assertions in the helpers stay rewritten
-from mining_fixtures import OUTPUT_FILES, read_manifest, subprocess_env  # noqa: E402
+from mining_fixtures import OUTPUT_FILES, mine, mining_env, read_manifest, subprocess_env  # noqa: E402
 
 pytest_plugins = ("mining_fixtures",)  # tiny_cross_encoder
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +34,7 @@ def _run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 def test_sigkilled_job_resumes_to_identical_files(tmp_path, data_root, tiny_cross_encoder):
     env = subprocess_env(data_root, tmp_path / "cache")  # embeddings shared by the three runs
     # 1. an uninterrupted run (it also fills the embedding cache, so the next start is quicker)
@@ -85,3 +87,36 @@ def test_sigkilled_job_resumes_to_identical_files(tmp_path, data_root, tiny_cros
     # 4. a third start finds the finished job and refuses
     again = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "already holds this finished job" in again.stderr
+
+
+def test_job_resumes_from_what_a_kill_leaves_to_identical_files(tmp_path, monkeypatch, data_root, tiny_cross_encoder,
+                                                                 torch_one_thread):
+    """In-process variant: a folder as a kill during the last shard leaves it (job.json and the finished shards;
+    no merged files) is finished by the same command, which mines only the missing shard, keeps the others
+    untouched and writes the files of an uninterrupted run, byte for byte."""
+    mining_env(monkeypatch, data_root, tmp_path / "cache")
+
+    def args(scores: str) -> list[str]:
+        return ["--data", "adi", "--split", "test", "--cross-encoder", str(tiny_cross_encoder),
+                "--set", "candidates.dense=false", "--set", "output.shard_size=10",
+                "--set", f"output.score_cache={json.dumps(str(tmp_path / scores))}"]
+
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    assert mine(ref, *args("ref.sqlite")) == 0
+    assert mine(out, *args("out.sqlite")) == 0
+    ref_manifest = read_manifest(ref)
+    assert ref_manifest["counts"]["shards"] == 4  # 35 queries in shards of 10
+    for p in [*out.glob("*.parquet"), out / "manifest.json", out / "report.md", *out.glob("shards/00003.*")]:
+        p.unlink()
+    kept = {p: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
+    assert len(kept) == 6 and (out / "job.json").is_file()
+    assert mine(out, *args("out.sqlite")) == 0
+    m = read_manifest(out)
+    assert m["counts"]["shards"] == 4 and m["counts"]["shards_resumed"] == 3
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept, "a finished shard was mined again"
+    assert m["counts"]["ce_pairs"] < ref_manifest["counts"]["ce_pairs"]  # only the missing shard was scored
+    for name in OUTPUT_FILES:
+        assert (out / name).is_file(), name
+    for name in COMPARED:
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+    assert m["counts"]["fates"] == ref_manifest["counts"]["fates"]

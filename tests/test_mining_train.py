@@ -1,63 +1,58 @@
-"""The mined n-tuples train a sentence-transformers bi-encoder: a few steps of MultipleNegativesRankingLoss
-on ``ntuple.parquet`` change the packaged MiniLM's weights."""
+"""The mined n-tuples train a bi-encoder through the project's own path: `hardneg mine` on adi, then
+`hardneg train` (mining_jobs.train.run_training) for ten MultipleNegativesRankingLoss steps on its
+triples changes the packaged MiniLM's weights and saves a model that loads and encodes."""
 
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
 
+from mining_jobs.cli import main
 from retriever.encoder import default_model_path
 
 pytest.register_assert_rewrite("mining_fixtures")  # assertions in the helpers stay rewritten
 from mining_fixtures import mine, mining_env, read_manifest  # noqa: E402
 
 pytest_plugins = ("mining_fixtures",)  # tiny_cross_encoder, torch_one_thread
-pytestmark = pytest.mark.usefixtures("torch_one_thread")
+pytestmark = [pytest.mark.usefixtures("torch_one_thread"), pytest.mark.slow]
 
 
-def test_ntuples_train_a_sentence_transformer(tmp_path, monkeypatch, data_root, tiny_cross_encoder):
-    try:
-        import accelerate  # noqa: F401
-    except ImportError:
-        pytest.fail("SentenceTransformerTrainer needs accelerate>=1.1.0 (sentence-transformers[train]): "
-                    "pip install 'accelerate>=1.1.0'; the project's test extra should list it", pytrace=False)
-    from datasets import load_dataset
-    from sentence_transformers import (
-        SentenceTransformer,
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-    )
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
+def test_mined_triples_train_the_packaged_model_with_hardneg_train(tmp_path, monkeypatch, data_root,
+                                                                   tiny_cross_encoder, capsys):
+    from safetensors.numpy import load_file
+    from sentence_transformers import SentenceTransformer
 
     mining_env(monkeypatch, data_root, tmp_path / "cache")
     monkeypatch.setenv("WANDB_DISABLED", "true")
-    out = tmp_path / "mined"
-    assert mine(out, "--data", "adi", "--split", "test", "--cross-encoder", str(tiny_cross_encoder),
+    mined = tmp_path / "mined"
+    assert mine(mined, "--data", "adi", "--split", "test", "--cross-encoder", str(tiny_cross_encoder),
                 "--set", "candidates.dense=false", "--set", "sampling.num_negatives=2",
                 "--set", f"output.score_cache={json.dumps(str(tmp_path / 'scores.sqlite'))}") == 0
-    n_rows = read_manifest(out)["counts"]["ntuple_rows"]
+    counts = read_manifest(mined)["counts"]
+    n_rows = counts["ntuple_rows"]
     assert n_rows >= 8, "too few full n-tuples to train on"
 
-    train = load_dataset("parquet", data_files=str(out / "ntuple.parquet"))["train"]
-    assert train.column_names == ["query", "positive", "negative_1", "negative_2"]
-    assert train.num_rows == n_rows
-    assert all(isinstance(v, str) and v for row in train.select(range(4)) for v in row.values())
-
-    model = SentenceTransformer(default_model_path(), device="cpu")
-    model.max_seq_length = 64  # keep the steps cheap
-    param = next(p for name, p in model.named_parameters() if "attention.self.query.weight" in name)
-    before = param.detach().clone()
-
-    args = SentenceTransformerTrainingArguments(output_dir=str(tmp_path / "train"), max_steps=2,
-                                                per_device_train_batch_size=4, report_to=[], save_strategy="no",
-                                                use_cpu=True, learning_rate=1e-3, logging_strategy="no",
-                                                disable_tqdm=True, seed=0)
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train,
-                                         loss=MultipleNegativesRankingLoss(model))
-    result = trainer.train()
-    assert result.global_step == 2
-    assert torch.isfinite(torch.tensor(result.training_loss))
-    after = next(p for name, p in model.named_parameters() if "attention.self.query.weight" in name)
-    assert not torch.equal(before, after.detach()), "training did not change the weights"
+    out = tmp_path / "train"
+    rc = main(["-q", "train", "--triples", str(mined), "--base-model", "default", "--negatives", "2",
+               "--batch-size", "4", "--max-steps", "10", "--max-seq-length", "64", "--lr", "1e-3", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    s = json.loads((out / "metrics.json").read_text())
+    assert s["steps"] == 10  # the loss is logged every min(10, steps per epoch) steps: 10 here
+    # the trainer reads the mining run's triples: exactly the rows with both negatives, i.e. the n-tuples
+    assert s["data"]["path"] == str(mined / "triples.parquet")
+    assert s["data"]["rows"] == n_rows
+    assert s["data"]["rows_in"] == counts["triples"]
+    assert s["data"]["rows_dropped_few_negatives"] == s["data"]["rows_in"] - n_rows
+    assert s["data"]["mining"]["collection"]["name"] == "adi"
+    assert math.isfinite(s["train_loss"]) and s["train_loss"] > 0
+    before = load_file(str(Path(default_model_path()) / "model.safetensors"))
+    after = load_file(str(out / "model" / "model.safetensors"))
+    assert after.keys() and after.keys() <= before.keys()  # the packaged file also holds a position_ids buffer
+    assert any(not np.array_equal(before[k], after[k]) for k in after), "training did not change the weights"
+    model = SentenceTransformer(str(out / "model"), device="cpu")
+    emb = model.encode(["geothermal electricity"], normalize_embeddings=True)
+    assert emb.shape == (1, 384) and np.isfinite(emb).all()

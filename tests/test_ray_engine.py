@@ -1,10 +1,14 @@
 """The Ray engine (a local 2-CPU instance, two actors) mines the same files as the local engine, and the local
-engine needs no Ray: without it, only ``engine = "ray"`` fails, naming the pip command."""
+engine needs no Ray: without it, only ``engine = "ray"`` fails, naming the pip command. The Ray runs are slow
+(``make test-all``); the fast tier checks what the engine ships to its actors and the missing-Ray error
+in-process."""
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +50,7 @@ def _args(ce: Path, bi: Path, score_cache: Path) -> list[str]:
             "--set", "filter.judge_check_queries=0"]
 
 
+@pytest.mark.slow
 def test_ray_engine_mines_the_local_files(tmp_path, monkeypatch, data_root, tiny_cross_encoder, tiny_bi_encoder,
                                           torch_one_thread, ray_instance):
     # the same job twice, each with its own embedding and score caches: both compute everything
@@ -98,6 +103,7 @@ def test_ray_engine_mines_the_local_files(tmp_path, monkeypatch, data_root, tiny
                                cands_local["dense_score"].to_numpy(zero_copy_only=False), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_ray_engine_cache_hit_and_early_stop(tmp_path, monkeypatch, data_root, tiny_cross_encoder, tiny_bi_encoder,
                                              torch_one_thread, ray_instance):
     from mining_jobs.config import RaySection, load_config
@@ -149,6 +155,7 @@ print(json.dumps([main(args) for args in json.loads(sys.argv[1])]))
 """
 
 
+@pytest.mark.slow
 def test_local_engine_needs_no_ray(tmp_path, data_root, tiny_cross_encoder):
     toml = tmp_path / "ray.toml"
     toml.write_text('engine = "ray"\n')
@@ -162,3 +169,56 @@ def test_local_engine_needs_no_ray(tmp_path, data_root, tiny_cross_encoder):
     assert (tmp_path / "local" / "triples.parquet").is_file()
     assert "hardneg mine: error: engine = 'ray' needs Ray: pip install 'hardneg[ray]'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_make_engine_without_ray_names_the_pip_command(monkeypatch):
+    """The fast, in-process variant of test_local_engine_needs_no_ray: with ``import ray`` failing, the local
+    engine is still made, and ``engine = "ray"`` raises the ImportError that names the pip command."""
+    from mining_jobs.config import MineConfig
+    from retriever.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails
+    cfg = MineConfig()
+    assert engine_mod.make_engine(cfg).name == "local"
+    cfg.engine = "ray"
+    with pytest.raises(MissingDependencyError, match=re.escape("pip install 'hardneg[ray]'")) as err:
+        engine_mod.make_engine(cfg)
+    assert isinstance(err.value, ImportError)  # what the command line reports as an error, exit code 2
+
+
+DOC_IDS = [f"d{i}" for i in range(300)]
+WORDS = ["solar", "wind", "tidal", "geothermal", "coal", "nuclear", "hydro", "battery", "grid", "turbine"]
+
+
+def test_indexes_shipped_to_the_actors_search_like_the_drivers():
+    """What the Ray engine puts in the object store for its actors (BM25 and dense indexes packed by
+    ``_pack_bm25`` / ``_pack_dense``, pickled as Ray does) unpacks into indexes that return the driver's
+    results: ids and scores, for every BM25 backend and dense index kind, search knobs included. No Ray."""
+    from mining_jobs.ray_engine import _pack_bm25, _pack_dense, _unpack_bm25, _unpack_dense
+    from retriever.bm25 import BACKENDS, BM25Index
+    from retriever.dense_index import DenseIndex
+    from retriever.text import TokenizerConfig
+
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(WORDS, size=6)) + f" plants report {i}" for i in range(len(DOC_IDS))]
+    queries = ["tidal turbine grid", "solar battery", "coal plants"]
+    for backend in BACKENDS:
+        bm25 = BM25Index(backend, tokenizer=TokenizerConfig()).index(DOC_IDS, texts, show_progress=False)
+        shipped = _unpack_bm25(pickle.loads(pickle.dumps(_pack_bm25(bm25))))
+        for a, b in zip(bm25.search_arrays(queries, k=10, show_progress=False),
+                        shipped.search_arrays(queries, k=10, show_progress=False), strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=backend)
+    emb = rng.standard_normal((len(DOC_IDS), 16)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    q = emb[:5] + 0.1 * rng.standard_normal((5, 16)).astype(np.float32)
+    for kind, knobs in (("flat", {}), ("hnsw", {"ef_search": 7}), ("ivf", {"nlist": 4, "nprobe": 3})):
+        dense = DenseIndex(kind, **knobs).add(DOC_IDS, emb)
+        shipped = _unpack_dense(pickle.loads(pickle.dumps(_pack_dense(dense))), DOC_IDS)
+        assert shipped.params() == dense.params(), kind
+        if kind == "hnsw":
+            assert shipped.index.hnsw.efSearch == 7
+        if kind == "ivf":
+            assert shipped.index.nprobe == 3
+        for a, b in zip(dense.search_arrays(q, k=10), shipped.search_arrays(q, k=10), strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=kind)
+        assert shipped.search(q, k=3) == dense.search(q, k=3)

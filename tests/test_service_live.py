@@ -29,6 +29,9 @@ from mining_jobs.client import Client, ClientError  # noqa: E402
 from mining_jobs.jobstore import SQLiteJobStore  # noqa: E402
 
 pytest_plugins = ("mining_fixtures",)  # tiny_cross_encoder
+# server and worker processes, SIGKILL/SIGTERM, every job kind through a worker: make test-all only (a worker
+# running one job in-process is in the fast tier: tests/test_jobstore.py)
+pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 HARDNEG = [sys.executable, "-m", "mining_jobs.cli"]
 
@@ -179,7 +182,9 @@ def test_worker_killed_mid_job_is_resumed_by_another_with_identical_triples(serv
     monkeypatch.setenv("HARDNEG_DATA", service.env["HARDNEG_DATA"])
     job = store.create("mine", kinds.resolve("mine", config))
     ref = store.create("mine", kinds.resolve("mine", config))  # the same job, run without interruption later
-    w1 = service.worker("w1", "--lease", "2")
+    roots = ["--data-root", service.env["HARDNEG_DATA"], "--data-root", str(tmp_path),
+             "--data-root", str(tiny_cross_encoder.parent)]  # the path policy: the models live in tmp folders
+    w1 = service.worker("w1", "--lease", "2", *roots)
     deadline = time.monotonic() + 300
     while True:  # kill the worker once the job has finished a few of its 45 shards
         j = store.get(job.id)
@@ -198,7 +203,7 @@ def test_worker_killed_mid_job_is_resumed_by_another_with_identical_triples(serv
     assert 3 <= shards_done < 45, shards_done
     assert not (Path(killed.run_dir) / "triples.parquet").exists()
     # a new worker takes the job over once w1's lease (2 s) has passed, then runs the reference job
-    w2 = service.worker("w2", "--lease", "2", "--max-jobs", "2")
+    w2 = service.worker("w2", "--lease", "2", "--max-jobs", "2", *roots)
     assert w2.wait(timeout=600) == 0, w2.log_path.read_text()[-3000:]
     resumed, uninterrupted = store.get(job.id), store.get(ref.id)
     assert resumed.state == "succeeded" and resumed.worker == "w2" and resumed.attempts == 2, resumed.error
@@ -246,7 +251,7 @@ def test_running_job_is_cancelled_at_its_next_checkpoint_and_the_worker_goes_on(
             "output": {"shard_size": 1}}  # 225 shards, each scored by the cross-encoder: many checkpoints
     victim = store.create("mine", kinds.resolve("mine", long))
     after = store.create("mine", kinds.resolve("mine", mine_config(2, 1, "top")))
-    worker = Worker(store, name="w", lease_s=30, poll_s=0.1)
+    worker = Worker(store, name="w", lease_s=30, poll_s=0.1, data_roots=[data_root, tiny_cross_encoder.parent])
     thread = threading.Thread(target=worker.serve, kwargs={"max_jobs": 2})
     thread.start()
     try:
@@ -278,8 +283,9 @@ def test_every_job_kind_runs_through_a_worker_and_chains_by_job_reference(tmp_pa
         monkeypatch.setenv(k, v)
     bi = str(build_small_bi_encoder(tmp_path / "bi"))
     store = SQLiteJobStore(tmp_path / "home")
-    api = TestClient(create_app(store))
-    worker = Worker(store, name="w", lease_s=60, poll_s=0.1)
+    roots = [data_root, tmp_path, tiny_cross_encoder.parent]  # the path policy: models live in tmp folders
+    api = TestClient(create_app(store, data_roots=roots))
+    worker = Worker(store, name="w", lease_s=60, poll_s=0.1, data_roots=roots)
 
     def run(kind: str, config: dict) -> dict:
         r = api.post("/jobs", json={"kind": kind, "config": config})

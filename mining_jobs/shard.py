@@ -1,0 +1,181 @@
+"""One shard of a mining job, stage by stage: retrieve (BM25 + dense, fused) -> exclude (positives, duplicates,
+the leak guard) -> score (cross-encoder, cached; lazily where the sampler allows) -> filter -> sample -> rows
+of the triples and candidates tables. ``Resources`` is what every shard reads, built once per job
+(``mine.build_resources``, or on a Ray actor). Engines (``engine``, ``ray_engine``) call ``mine_shard``; the job
+(``mine.run_mining``) writes each shard at ``shard_paths`` and ``triples.finalize`` merges them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from retriever.bm25 import BM25Index
+from retriever.dense_index import DenseIndex
+from retriever.encoder import EmbeddingCache, Encoder
+from retriever.judge import Corpus, EnsembleJudge
+from retriever.rerank import ScoreCache, score_with_cache
+
+from .candidates import Candidate, mark_exclusions, union_candidates
+from .config import MineConfig
+from .filtering import accepts, apply_filter, in_window, reduce_positive, relabel
+from .inputs import MiningInput
+from .sampling import sample
+
+CANDIDATE_SCHEMA = pa.schema([
+    ("query_id", pa.string()), ("doc_id", pa.string()), ("sources", pa.list_(pa.string())),
+    ("bm25_rank", pa.int32()), ("bm25_score", pa.float32()), ("dense_rank", pa.int32()),
+    ("dense_score", pa.float32()), ("ce_score", pa.float32()), ("positive_score", pa.float32()),
+    ("fate", pa.string()),
+])
+TRIPLE_SCHEMA = pa.schema([
+    ("query_id", pa.string()), ("query", pa.string()), ("positive_id", pa.string()), ("positive", pa.string()),
+    ("positive_score", pa.float32()), ("positive_source", pa.string()), ("negative_ids", pa.list_(pa.string())), ("negatives", pa.list_(pa.string())),
+    ("negative_scores", pa.list_(pa.float32())), ("negative_sources", pa.list_(pa.string())),
+])
+
+
+@dataclass
+class Resources:
+    """What every shard needs, built once per job."""
+
+    inp: MiningInput
+    qids: list[str]
+    doc_ids: list[str]
+    doc_pos: dict[str, int]
+    texts: list[str]
+    hashes: list[str]
+    bm25: BM25Index | None
+    encoder: Encoder | None
+    dense: DenseIndex | None
+    emb: np.ndarray | None
+    reranker: object | None
+    score_cache: ScoreCache | None
+    banned: set[int]
+
+
+def shard_paths(out: Path, k: int) -> tuple[Path, Path]:
+    """Shard ``k``'s candidates and triples files in the job folder ``out``."""
+    return out / "shards" / f"{k:05d}.candidates.parquet", out / "shards" / f"{k:05d}.triples.parquet"
+
+
+def bind_judge(reranker, doc_ids: list[str], texts: list[str], corpus_fingerprint: str, bm25: BM25Index | None,
+               encoder: Encoder | None, emb: np.ndarray | None, cache: ScoreCache | None) -> None:
+    """A learned judge (``hardneg train-judge``) reads the corpus it scores: bind it, reusing the job's BM25
+    index and corpus embeddings where they are the judge's own. Cross-encoders need nothing."""
+    if isinstance(reranker, EnsembleJudge):
+        reranker.bind(Corpus(doc_ids, texts, corpus_fingerprint, bm25, encoder, emb), EmbeddingCache(), cache)
+
+
+def retrieve(res: Resources, cfg: MineConfig, qids: list[str], qtexts: list[str]
+             ) -> tuple[list[list[Candidate]], list[list[int]]]:
+    """Candidates of each query (BM25 + dense top-k, fused order) with exclusions marked, and its positives
+    (corpus positions)."""
+    c = cfg.candidates
+    bm25 = res.bm25.search_arrays(qtexts, k=c.bm25_k, show_progress=False) if res.bm25 else None
+    dense = None
+    if res.dense is not None:
+        q_emb = res.encoder.encode_queries(qtexts, show_progress=False)
+        dense = res.dense.search_arrays(q_emb, k=c.dense_k)
+    cands = union_candidates(bm25, dense, len(qids))
+    positives: list[list[int]] = []
+    for qid, cl in zip(qids, cands, strict=True):
+        pos = sorted(res.doc_pos[d] for d in res.inp.positives[qid])
+        positives.append(pos)
+        mark_exclusions(cl, set(pos), qid, res.doc_ids, res.hashes, cfg.exclusion.drop_self, res.emb,
+                        cfg.exclusion.near_duplicate_cosine, res.banned)
+    return cands, positives
+
+
+def mine_shard(res: Resources, cfg: MineConfig, qids: list[str], counters: dict[str, float]
+               ) -> tuple[pa.Table, pa.Table]:
+    """Mine one shard of queries; returns its triples and candidates tables."""
+    qtexts = [res.inp.queries[q] for q in qids]
+    t0 = time.perf_counter()
+    cands, positives = retrieve(res, cfg, qids, qtexts)
+    counters["retrieve_s"] += time.perf_counter() - t0
+    pos_scores: list[float | None] = [None] * len(qids)
+    pos_lists: list[list[float]] = [[] for _ in qids]
+    if res.reranker is not None:
+        t0 = time.perf_counter()
+        pos_lists = score_shard(res, cfg, qids, qtexts, cands, positives, counters)
+        pos_scores = [reduce_positive(p, cfg.cross_encoder.positive_reduce) for p in pos_lists]
+        counters["score_s"] += time.perf_counter() - t0
+    triples, rows = [], []
+    for i, (qid, cl) in enumerate(zip(qids, cands, strict=True)):
+        extra = relabel(cl, cfg.filter)
+        kept = apply_filter(cl, pos_scores[i], cfg.filter)
+        chosen = sample(kept, pos_scores[i], cfg.sampling, qid)
+        rows_pos = [(p, pos_lists[i][j] if pos_lists[i] else None, "qrels") for j, p in enumerate(positives[i])]
+        rows_pos += [(c.doc, c.ce_score, "relabelled") for c in extra]
+        for p, p_score, origin in rows_pos:
+            triples.append({
+                "query_id": qid, "query": qtexts[i], "positive_id": res.doc_ids[p], "positive": res.texts[p],
+                "positive_score": p_score, "positive_source": origin,
+                "negative_ids": [res.doc_ids[x.doc] for x in chosen],
+                "negatives": [res.texts[x.doc] for x in chosen],
+                "negative_scores": [x.ce_score for x in chosen] if res.reranker is not None else [],
+                "negative_sources": ["+".join(x.sources) for x in chosen]})
+        for cand in cl:
+            rows.append({"query_id": qid, "doc_id": res.doc_ids[cand.doc], "sources": cand.sources,
+                         "bm25_rank": cand.bm25_rank, "bm25_score": cand.bm25_score, "dense_rank": cand.dense_rank,
+                         "dense_score": cand.dense_score, "ce_score": cand.ce_score,
+                         "positive_score": pos_scores[i], "fate": cand.fate})
+    return (pa.Table.from_pylist(triples, schema=TRIPLE_SCHEMA),
+            pa.Table.from_pylist(rows, schema=CANDIDATE_SCHEMA))
+
+
+def lazy_scoring(cfg: MineConfig) -> bool:
+    """Candidates are scored in retrieval order only until ``num_negatives`` pass the filter."""
+    return cfg.filter.rank_by == "retrieval" and cfg.sampling.strategy in ("top", "positive-aware")
+
+
+def score_shard(res: Resources, cfg: MineConfig, qids: list[str], qtexts: list[str], cands: list[list[Candidate]],
+                positives: list[list[int]], counters: dict[str, float]) -> list[list[float]]:
+    """Cross-encoder scores for a shard: every (query, positive) pair, and the pending candidates (all of
+    them; or, with lazy scoring, in retrieval order and only as many as still needed). Each round is one
+    call whose batches span the shard's queries. Sets ``ce_score`` on candidates; returns positive scores."""
+    pos_lists: list[list[float]] = [[] for _ in qids]
+    lazy = lazy_scoring(cfg)
+    n = cfg.sampling.num_negatives
+    ratio = cfg.sampling.positive_aware_ratio if cfg.sampling.strategy == "positive-aware" else None
+    windows = [in_window(cl, cfg.filter) for cl in cands] if lazy else None
+    ref: list[float] = []  # per query: the positive score candidates are compared with (after round one)
+    first = True
+    while True:
+        slots: list[tuple[int, Candidate | None]] = []
+        if first:
+            slots += [(i, None) for i in range(len(qids)) for _ in positives[i]]
+        for i, cl in enumerate(cands):
+            if not lazy:
+                if first:
+                    slots += [(i, c) for c in cl if c.fate == "pending"]
+                continue
+            need = n if first else n - sum(
+                1 for c in windows[i] if c.ce_score is not None and accepts(c.ce_score, ref[i], cfg.filter, ratio))
+            if need > 0:
+                slots += [(i, c) for c in [c for c in windows[i] if c.ce_score is None][:need]]
+        if not slots:
+            break
+        pos_iter = {i: iter(positives[i]) for i in range(len(qids))}
+        docs = [c.doc if c is not None else next(pos_iter[i]) for i, c in slots]
+        scores, n_new = score_with_cache(
+            res.reranker, [qids[i] for i, _ in slots], [res.doc_ids[d] for d in docs],
+            [(qtexts[i], res.texts[d]) for (i, _), d in zip(slots, docs, strict=True)], res.score_cache,
+            show_progress=False)
+        for (i, cand), s in zip(slots, scores, strict=True):
+            if cand is None:
+                pos_lists[i].append(float(s))
+            else:
+                cand.ce_score = float(s)
+        counters["ce_pairs"] += len(slots)
+        counters["ce_pairs_scored"] += n_new
+        if first and lazy:  # every positive is scored in the first round: its reference score is final
+            ref = [reduce_positive(p, cfg.cross_encoder.positive_reduce) for p in pos_lists]
+        first = False
+        if not lazy:
+            break
+    return pos_lists
