@@ -1,58 +1,110 @@
-"""Ablation: which negatives make the better retriever? SciFact, same base model and training budget per row.
+"""Ablation at equal budget: which negatives make the better retriever? SciFact, all-MiniLM-L6-v2.
 
-Rows: the base model; in-batch negatives only; random negatives; BM25 negatives; dense negatives without the
-filter; BM25 + dense with the cross-encoder filter (= ANCE round 1); negatives from
-``sentence_transformers.util.mine_hard_negatives`` with the same bi-encoder, cross-encoder and depth; ANCE
-rounds 2 and 3 (from a ``hardneg iterate`` run). Every model trains on ``train:fit`` (train minus the carved
-``train:dev``) with the same steps, batch size and learning rate; dev (``train:dev``) and test metrics come
-from the same corpus embeddings. Each row is kept in ``OUT/<row>/result.json``, so a killed run resumes.
+Every fine-tuned row trains the same total number of optimizer steps (``--steps``) with the same batch size,
+learning rate, loss and data (``train:fit``); the ANCE row spends them in ``--rounds`` rounds of
+``steps / rounds`` each (re-mining with its own model between rounds). Every row runs with each seed of
+``--seeds``. Rows:
 
-    python -m benchmarks.bench_ablation --cross-encoder runs/ce_scifact --ance runs/ance_scifact
+- ``base``: the model before fine-tuning (no seed);
+- ``in-batch``: (query, positive) pairs only, in-batch negatives;
+- ``random``: one random corpus document per example (seeded per seed);
+- ``bm25`` / ``dense``: the top BM25 / dense candidate, no filter;
+- ``st``: ``sentence_transformers.util.mine_hard_negatives`` (dense top-``depth`` of the same bi-encoder)
+  with the same judge and relative margin as hardneg;
+- ``hardneg``: one hardneg mining round (BM25 + dense top-``depth``, near-duplicate exclusion, the judge's
+  filter), the top surviving negative;
+- ``ance``: hardneg's ANCE loop (``hardneg iterate``, warm mode), ``rounds`` rounds.
+
+Nothing is chosen on test: the judge (``--judge``, ``hardneg train-judge`` on ``train:fit``) was chosen on
+``train:dev`` (benchmarks/results/judge.md), the budget is fixed in advance, and dev metrics are reported
+beside test. Each (row, seed) result is one small JSON file under ``--rows-dir`` (committed), skipped when it
+was made with the same settings, so the benchmark resumes across sessions.
+
+    python -m benchmarks.bench_ablation --judge runs/demo_judge
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
 import random
+import statistics
 import time
 from pathlib import Path
 
 from mining_jobs.config import load_config
 from mining_jobs.evaluate import evaluate_model
-from mining_jobs.files import write_json, write_text
+from mining_jobs.files import write_json
 from mining_jobs.mine import run_mining
 from mining_jobs.train import TrainConfig, run_training
 from retriever import metrics as M
 from retriever.data import load_collection
 
-from .machine import describe, markdown
+from .machine import describe, markdown, write_result
 
 logger = logging.getLogger("bench_ablation")
 METRICS = ("ndcg@10", "mrr@10", "recall@100")
-ROWS = ("base", "in-batch", "random", "bm25", "dense", "filtered", "st", "ance-2", "ance-3")
+ROWS = ("base", "in-batch", "random", "bm25", "dense", "st", "hardneg", "ance")
 LABELS = {"base": "base model (no fine-tuning)", "in-batch": "in-batch negatives only",
           "random": "random negatives", "bm25": "BM25 negatives (no filter)",
-          "dense": "dense negatives (no filter)", "filtered": "hardneg: BM25 + dense, cross-encoder filter (ANCE round 1)",
-          "st": "sentence_transformers.util.mine_hard_negatives (dense top-30 of the same bi-encoder, same "
-                "cross-encoder and margin)",
-          "ance-2": "hardneg ANCE round 2", "ance-3": "hardneg ANCE round 3"}
+          "dense": "dense negatives (no filter)",
+          "st": "sentence-transformers' miner (dense top-N, same judge and margin)",
+          "hardneg": "hardneg, one round (BM25 + dense, judge filter)",
+          "ance": "hardneg ANCE (rounds re-mine with the model being trained)"}
+# What each rule adds on its own: (row, the row it adds one thing to, what it adds)
+CONTRASTS = (("random", "in-batch", "one random negative per example"),
+             ("bm25", "random", "hard (BM25) instead of random negatives"),
+             ("dense", "bm25", "dense instead of BM25 candidates"),
+             ("hardneg", "dense", "BM25 + dense candidates, near-duplicate exclusion and the judge's filter"),
+             ("hardneg", "st", "hardneg's miner instead of sentence-transformers' (same judge, margin, depth)"),
+             ("ance", "hardneg", "re-mining with the model being trained (same total steps)"),
+             ("ance", "in-batch", "everything hardneg does"))
 
 
-def mine_config(args, **sections) -> list[str]:
+def settings_key(args, row: str, seed: int | None) -> dict:
+    """Everything a row's result depends on; a stored result with another key is recomputed."""
+    key = {"row": row, "data": args.data, "fit": args.fit_split, "dev": args.dev_split, "test": args.test_split,
+           "base_model": args.base_model}
+    if row == "base":
+        return key
+    key |= {"seed": seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+            "train_max_seq_length": args.train_max_seq_length, "negatives": 0 if row == "in-batch" else args.negatives}
+    if row in ("bm25", "dense", "st", "hardneg", "ance"):
+        key |= {"depth": args.depth, "mine_negatives": args.mine_negatives}
+    if row in ("st", "hardneg", "ance"):
+        key |= {"judge": judge_fingerprint(args.judge), "relative_margin": args.relative_margin}
+    if row == "ance":
+        key["rounds"] = args.rounds
+    return key
+
+
+def judge_fingerprint(folder: str) -> str:
+    p = Path(folder) / "judge.json"
+    if not p.is_file():
+        raise SystemExit(f"--judge {folder}: no judge.json (fit it first: hardneg train-judge --data scifact "
+                         f"--split train:fit --out {folder})")
+    return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+
+
+def mine_sets(args, **sections) -> list[str]:
     sets = [f"data.name={json.dumps(args.data)}", f"data.split={json.dumps(args.fit_split)}",
             f"sampling.num_negatives={args.mine_negatives}", f"candidates.bm25_k={args.depth}",
-            f"candidates.dense_k={args.depth}", "output.overwrite=false"]
-    for k, v in sections.items():
-        sets.append(f"{k.replace('__', '.')}={json.dumps(v)}")
-    return sets
+            f"candidates.dense_k={args.depth}", f"candidates.model={json.dumps(args.base_model)}",
+            "output.overwrite=false"]
+    return sets + [f"{k.replace('__', '.')}={json.dumps(v)}" for k, v in sections.items()]
+
+
+def judge_sections(args) -> dict:
+    return {"cross_encoder__model": args.judge, "cross_encoder__max_length": args.max_length,
+            "filter__relative_margin": args.relative_margin}
 
 
 def mine(args, name: str, **sections) -> Path:
-    out = Path(args.out) / name / "mine"
-    cfg = load_config(None, mine_config(args, **sections))
+    out = Path(args.out) / f"mine_{name}"
+    cfg = load_config(None, mine_sets(args, **sections))
     if (out / "manifest.json").is_file():
         if json.loads((out / "manifest.json").read_text())["config_fingerprint"] != cfg.fingerprint():
             raise SystemExit(f"{out} was mined with other settings; remove it or use another --out")
@@ -61,21 +113,9 @@ def mine(args, name: str, **sections) -> Path:
     return out
 
 
-TRAIN_KEYS = {"steps": "max_steps", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
-              "train_max_seq_length": "max_seq_length"}
-
-
-def check_train(args, config: dict, where: str, negatives: int) -> None:
-    """A reused or external model must have been trained with this benchmark's budget."""
-    want = {v: getattr(args, k) for k, v in TRAIN_KEYS.items()} | {"negatives": negatives}
-    bad = {k: (config.get(k), v) for k, v in want.items() if config.get(k) != v}
-    if bad:
-        raise SystemExit(f"{where} was trained with other settings (found, wanted): {bad}")
-
-
-def random_triples(args, out: Path) -> Path:
-    """Per training query, ``mine_negatives`` corpus documents drawn uniformly (positives excluded), seeded."""
-    path = out / "random" / "triples.parquet"
+def random_triples(args, seed: int) -> Path:
+    """Per positive pair, ``mine_negatives`` corpus documents drawn uniformly (judged documents excluded)."""
+    path = Path(args.out) / "random_triples" / f"s{seed}.parquet"
     if path.is_file():
         return path
     import pyarrow as pa
@@ -83,15 +123,13 @@ def random_triples(args, out: Path) -> Path:
 
     col = load_collection(args.data, args.fit_split)
     texts = dict(zip(col.doc_ids, col.doc_texts(), strict=True))
-    ids = col.doc_ids
-    rng = random.Random(args.seed)
+    rng = random.Random(seed)
     rows = []
     for qid, judged in col.qrels.items():
-        pos = [d for d, g in judged.items() if g >= 1]
-        for p in pos:
+        for p in (d for d, g in judged.items() if g >= 1):
             negs: list[str] = []
             while len(negs) < args.mine_negatives:
-                d = ids[rng.randrange(len(ids))]
+                d = col.doc_ids[rng.randrange(len(col.doc_ids))]
                 if d not in judged and d not in negs:
                     negs.append(d)
             rows.append({"query_id": qid, "query": col.queries[qid], "positive": texts[p],
@@ -101,19 +139,22 @@ def random_triples(args, out: Path) -> Path:
     return path
 
 
-class CachedFoldCrossEncoder:
-    """What ``mine_hard_negatives`` calls (``predict``), backed by the same cross-fitted cross-encoders and score
-    cache as ``hardneg mine``: both miners see identical cross-encoder scores (sigmoid of the logits, which is
-    what a one-label ``CrossEncoder.predict`` returns)."""
+class JudgeAsCrossEncoder:
+    """What ``mine_hard_negatives`` calls (``predict``), backed by hardneg's judge bound to the same corpus:
+    both miners see identical judge scores (sigmoid of the logits, as a one-label ``CrossEncoder.predict``)."""
 
-    def __init__(self, folder: str, max_length: int, queries: dict[str, str], docs: dict[str, str]) -> None:
-        from retriever.rerank import ScoreCache, load_reranker
+    def __init__(self, folder: str, max_length: int, col) -> None:
+        from retriever.judge import Corpus, load_judge
+        from retriever.rerank import ScoreCache
 
-        self.model = load_reranker(folder, max_length, 32, "auto")
+        texts = col.doc_texts()
+        self.model = load_judge(folder, max_length, 32, "auto")
+        if hasattr(self.model, "bind"):
+            self.model.bind(Corpus(list(col.doc_ids), texts, col.fingerprint()))
         self.cache = ScoreCache(None)
-        self.qid = {t: q for q, t in queries.items()}
+        self.qid = {t: q for q, t in col.queries.items()}
         self.did: dict[str, str] = {}
-        for d, t in docs.items():
+        for d, t in zip(col.doc_ids, texts, strict=True):
             self.did.setdefault(t, d)
         self.pairs_scored = 0
 
@@ -124,16 +165,16 @@ class CachedFoldCrossEncoder:
         from retriever.rerank import score_with_cache, sigmoid
 
         pairs = [tuple(p) for p in pairs]
-        qids = [self.qid[q] for q, _ in pairs]
-        dids = [self.did.get(d, f"text:{hash(d)}") for _, d in pairs]
-        logits, n_new = score_with_cache(self.model, qids, dids, pairs, self.cache, show_progress=False)
+        logits, n_new = score_with_cache(self.model, [self.qid[q] for q, _ in pairs],
+                                         [self.did[d] for _, d in pairs], pairs, self.cache, show_progress=False)
         self.pairs_scored += n_new
         probs = sigmoid(logits)
         return torch.tensor(probs, dtype=torch.float32) if convert_to_tensor else probs.astype(np.float32)
 
 
-def st_triples(args, out: Path) -> Path:
-    path = out / "st" / "triples.parquet"
+def st_triples(args) -> Path:
+    out = Path(args.out) / "st"
+    path = out / "triples.parquet"
     if path.is_file():
         return path
     from datasets import Dataset
@@ -149,108 +190,162 @@ def st_triples(args, out: Path) -> Path:
             if g >= 1:
                 q.append(col.queries[qid])
                 p.append(texts[d])
-    ce = CachedFoldCrossEncoder(args.cross_encoder, args.max_length, col.queries, texts)
+    ce = JudgeAsCrossEncoder(args.judge, args.max_length, col)
     t0 = time.perf_counter()
-    ds = mine_hard_negatives(Dataset.from_dict({"query": q, "positive": p}), load_model("default"),
+    ds = mine_hard_negatives(Dataset.from_dict({"query": q, "positive": p}), load_model(args.base_model),
                              corpus=col.doc_texts(), cross_encoder=ce, range_max=args.depth,
-                             relative_margin=0.1, num_negatives=max(1, args.negatives), sampling_strategy="top",
-                             output_format="n-tuple", batch_size=64, verbose=True,
-                             cache_folder=str(out / "st" / "emb_cache"))
-    path.parent.mkdir(parents=True, exist_ok=True)
+                             relative_margin=args.relative_margin, num_negatives=args.mine_negatives,
+                             sampling_strategy="top", output_format="n-tuple", batch_size=64, verbose=True)
+    out.mkdir(parents=True, exist_ok=True)
     ds.to_parquet(str(path))
-    write_json(out / "st" / "mining.json", {"seconds": time.perf_counter() - t0, "rows": len(ds),
-                                             "rows_in": len(q), "ce_pairs_scored": ce.pairs_scored})
+    write_json(out / "mining.json", {"seconds": time.perf_counter() - t0, "rows": len(ds), "rows_in": len(q),
+                                      "judge_pairs_scored": ce.pairs_scored})
     return path
 
 
-def train_and_eval(args, name: str, triples: str | Path | None, negatives: int) -> dict:
-    out = Path(args.out) / name
-    res_path = out / "result.json"
-    if res_path.is_file():
-        if triples is not None:
-            check_train(args, json.loads((out / "train" / "metrics.json").read_text())["config"], str(out), negatives)
-        return json.loads(res_path.read_text())
+def ance_model(args, seed: int) -> tuple[str, dict]:
+    """Run (or resume) ``hardneg iterate``: ``rounds`` rounds of ``steps / rounds`` steps each, no early stop."""
+    from mining_jobs.iterate import loop_config_from_dict, run_loop
+
+    per_round = args.steps // args.rounds
+    raw = {"loop": {"out": str(Path(args.out) / f"ance_s{seed}"), "rounds": args.rounds, "patience": args.rounds,
+                    "base_model": args.base_model, "data": args.data, "dev_split": args.dev_split,
+                    "test_split": args.test_split},
+           "mine": {"data": {"name": args.data, "split": args.fit_split},
+                    "candidates": {"bm25_k": args.depth, "dense_k": args.depth},
+                    "cross_encoder": {"model": args.judge, "max_length": args.max_length},
+                    "filter": {"relative_margin": args.relative_margin},
+                    "sampling": {"num_negatives": args.mine_negatives}},
+           "train": {"negatives": args.negatives, "batch_size": args.batch_size, "max_steps": per_round,
+                     "lr": args.lr, "max_seq_length": args.train_max_seq_length, "seed": seed}}
+    summary = run_loop(loop_config_from_dict(raw, "bench_ablation"))
+    last = summary["rounds"][-1]
+    return last["model"], {"steps": sum(r["train"]["steps"] for r in summary["rounds"][1:]),
+                           "rounds": len(summary["rounds"]) - 1,
+                           "rows": [r["train"]["rows"] for r in summary["rounds"][1:]]}
+
+
+def triples_for(args, row: str, seed: int) -> Path:
+    if row in ("in-batch", "bm25"):
+        return mine(args, "bm25", candidates__dense=False)
+    if row == "dense":
+        return mine(args, "dense", candidates__bm25=False)
+    if row == "random":
+        return random_triples(args, seed)
+    if row == "st":
+        return st_triples(args)
+    if row == "hardneg":
+        return mine(args, "hardneg", **judge_sections(args))
+    raise SystemExit(f"unknown row {row!r}; rows: {', '.join(ROWS)}")
+
+
+def run_row(args, row: str, seed: int | None) -> dict:
+    """One (row, seed): train (unless base), evaluate on dev and test, write ``rows-dir/<row>__s<seed>.json``."""
+    key = settings_key(args, row, seed)
+    path = Path(args.rows_dir) / (f"{row}.json" if seed is None else f"{row}__s{seed}.json")
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("key") == key:
+            return old
+        logger.info("%s: stored with other settings; recomputing", path)
     t0 = time.perf_counter()
-    model_path = "default"
-    train = None
-    if triples is not None:
-        cfg = TrainConfig(triples=str(triples), out=str(out / "train"), negatives=negatives, batch_size=args.batch_size,
-                          max_steps=args.steps, lr=args.lr, seed=args.seed, max_seq_length=args.train_max_seq_length)
-        train = run_training(cfg) if not (out / "train" / "metrics.json").is_file() else \
-            json.loads((out / "train" / "metrics.json").read_text())
-        model_path = train["model"]
-    ev = evaluate_model(model_path, args.data, [args.dev_split, args.test_split])
-    result = {"row": name, "label": LABELS[name], "model": model_path, "triples": str(triples) if triples else None,
-              "train": {k: train[k] for k in ("steps", "train_loss", "data", "seconds")} if train else None,
-              "dev": ev[args.dev_split]["metrics"], "test": ev[args.test_split]["metrics"],
-              "test_per_query": ev[args.test_split]["per_query"], "seconds": time.perf_counter() - t0}
-    res_path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(res_path, result)
-    logger.info("%s: dev nDCG@10 %.4f, test nDCG@10 %.4f", name, result["dev"]["ndcg@10"], result["test"]["ndcg@10"])
-    return result
+    train: dict | None = None
+    if row == "base":
+        model = args.base_model
+    elif row == "ance":
+        model, train = ance_model(args, seed)
+    else:
+        negatives = 0 if row == "in-batch" else args.negatives
+        out = Path(args.out) / f"{row}_s{seed}"
+        cfg = TrainConfig(triples=str(triples_for(args, row, seed)), out=str(out), base_model=args.base_model,
+                          negatives=negatives, batch_size=args.batch_size, max_steps=args.steps, lr=args.lr,
+                          seed=seed, max_seq_length=args.train_max_seq_length)
+        m = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else run_training(cfg)
+        model = m["model"]
+        train = {"steps": m["steps"], "rows": m["data"]["rows"], "loss": m["train_loss"]}
+    ev = evaluate_model(model, args.data, [args.dev_split, args.test_split])
+    res = {"key": key, "row": row, "seed": seed, "train": train,
+           "dev": ev[args.dev_split]["metrics"], "test": ev[args.test_split]["metrics"],
+           "dev_per_query_ndcg@10": ev[args.dev_split]["per_query"]["ndcg@10"],
+           "test_per_query_ndcg@10": ev[args.test_split]["per_query"]["ndcg@10"],
+           "minutes": round((time.perf_counter() - t0) / 60, 2), "machine": describe()}
+    if train is not None and train["steps"] != args.steps:
+        raise SystemExit(f"{row} seed {seed}: trained {train['steps']} steps, the budget is {args.steps}")
+    write_json(path, res)
+    logger.info("%s seed %s: dev nDCG@10 %.4f, test nDCG@10 %.4f (%.1f min)", row, seed, res["dev"]["ndcg@10"],
+                res["test"]["ndcg@10"], res["minutes"])
+    return res
 
 
-def ance_row(args, r: int) -> dict | None:
-    """Round ``r`` of a ``hardneg iterate`` run, evaluated on the same splits by the loop itself."""
-    if not args.ance:
-        return None
-    ev = Path(args.ance) / f"round_{r}" / "eval.json"
-    if not ev.is_file():
-        return None
-    e = json.loads(ev.read_text())
-    check_train(args, json.loads((Path(args.ance) / f"round_{r}" / "train" / "metrics.json").read_text())["config"],
-                f"{args.ance}/round_{r}", args.negatives)
-    m = json.loads((Path(args.ance) / f"round_{r}" / "mine" / "manifest.json").read_text())["config"]
-    got = (m["candidates"]["bm25_k"], m["candidates"]["dense_k"], m["data"]["split"], m["cross_encoder"]["model"],
-           m["cross_encoder"]["max_length"])
-    if got != (args.depth, args.depth, args.fit_split, args.cross_encoder, args.max_length):
-        raise SystemExit(f"{args.ance}/round_{r} was mined with other settings: {got}")
-    name = "filtered" if r == 1 else f"ance-{r}"
-    return {"row": name, "label": LABELS[name], "model": e["model"], "dev": e["splits"][args.dev_split]["metrics"],
-            "test": e["splits"][args.test_split]["metrics"],
-            "test_per_query": e["splits"][args.test_split]["per_query"]}
+def seed_mean(results: list[dict], split: str = "test") -> dict[str, float]:
+    """Per-query nDCG@10 averaged over the row's seeds."""
+    per = [r[f"{split}_per_query_ndcg@10"] for r in results]
+    return {q: statistics.fmean(p[q] for p in per) for q in per[0]}
 
 
-def render(results: dict[str, dict], args, machine: str, elapsed: float) -> str:
-    order = [r for r in ROWS if r in results]
-    refs = [r for r in ("in-batch", "st") if r in results]
-    head = ["row", *(f"test {m}" for m in METRICS), "dev ndcg@10", *(f"p vs {r}" for r in refs)]
-    lines = ["# Ablation: negatives for fine-tuning all-MiniLM-L6-v2 on SciFact", "",
-             f"Every fine-tuned row: {args.steps} steps, batch {args.batch_size} (no duplicate texts), lr {args.lr}, "
+def summarize(by_row: dict[str, list[dict]]) -> dict[str, dict]:
+    out = {}
+    for row, rs in by_row.items():
+        s = {"name": row, "label": LABELS[row], "steps": rs[0]["train"]["steps"] if rs[0]["train"] else 0,
+             "seeds": [r["seed"] for r in rs]}
+        for split in ("test", "dev"):
+            for m in METRICS:
+                v = [r[split][m] for r in rs]
+                s[f"{split}_{m.replace('@', '')}_mean"] = statistics.fmean(v)
+                s[f"{split}_{m.replace('@', '')}_std"] = statistics.stdev(v) if len(v) > 1 else 0.0
+        s["test_per_query_ndcg@10_seed_mean"] = seed_mean(rs)
+        s["minutes_per_seed"] = statistics.fmean(r["minutes"] for r in rs)
+        out[row] = s
+    return out
+
+
+def p_value(a: dict, b: dict) -> float:
+    return M.randomization_test(a["test_per_query_ndcg@10_seed_mean"], b["test_per_query_ndcg@10_seed_mean"])["p_value"]
+
+
+def render(summary: dict[str, dict], args) -> list[str]:
+    ms = lambda s, k: f"{s[k + '_mean']:.4f} ± {s[k + '_std']:.4f}"  # noqa: E731
+    refs = [r for r in ("in-batch", "st") if r in summary]
+    lines = ["# Ablation at equal budget: negatives for fine-tuning all-MiniLM-L6-v2 on SciFact", "",
+             f"Every fine-tuned row trains **{args.steps} optimizer steps** in all (the ANCE row: {args.rounds} "
+             f"rounds of {args.steps // args.rounds}), batch {args.batch_size}, lr {args.lr}, "
              f"{args.negatives} hard negative per example (in-batch row: 0), MultipleNegativesRankingLoss, "
-             f"max_seq_length {args.train_max_seq_length} while training, seed {args.seed}; trained on "
-             f"`{args.fit_split}`, dev = `{args.dev_split}`, test = `{args.test_split}` (300 queries, never tuned on). "
-             f"Mining depth {args.depth} (BM25 and dense each), {args.mine_negatives} negatives mined per query, "
-             f"cross-encoder `{args.cross_encoder}` (cross-fitted, max_length {args.max_length}), relative margin 0.1.",
-             "", "p: paired randomization test on per-query test nDCG@10 (10,000 resamples).", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in order:
-        res = results[r]
-        row = [LABELS[r], *(f"{res['test'][m]:.4f}" for m in METRICS), f"{res['dev']['ndcg@10']:.4f}"]
-        for ref in refs:
-            if ref == r:
-                row.append("-")
-            else:
-                t = M.randomization_test(results[ref]["test_per_query"]["ndcg@10"], res["test_per_query"]["ndcg@10"])
-                row.append(f"{t['p_value']:.4f}")
-        lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "## Reading the table", "",
-              "- Single-round rows all train the same 50 steps. ANCE rounds warm-start from the previous round and "
-              "add 50 steps each: round 2 has trained 100 steps in all, round 3 150. Part of their gain may come "
-              "from the extra steps, which this table does not separate from the re-mined negatives.",
-              "- hardneg mines BM25 top-N plus dense top-N candidates and excludes near duplicates of the positives "
-              "(cosine >= 0.95). sentence-transformers' miner mines dense top-N only. Both rank the candidates with "
-              "the same cross-encoder scores (the same cross-fitted models, read from one score cache) and use the "
-              "same relative margin, 0.1 on probabilities. Both keep the top surviving negative.",
-              "- The cross-encoder (`make reranker`) was cross-fitted on all of SciFact train, dev queries included. "
-              "It only judges the training queries' candidates. Dev metrics come from the bi-encoder alone.",
-              ""]
-    spent = {r: results[r].get("seconds") for r in order if results[r].get("seconds")}
-    lines += ["", "Minutes per row (training + encoding the corpus for dev/test): "
-              + ", ".join(f"{r} {v / 60:.1f}" for r, v in spent.items())
-              + f". This invocation: {elapsed / 60:.1f} min (rows finished earlier are reused).", "", "## Machine", "", machine, "",
-              "## Commands", "", "```", *args.commands, "```", ""]
-    return "\n".join(lines)
+             f"max_seq_length {args.train_max_seq_length}, on `{args.fit_split}`; seeds {args.seeds}. "
+             f"Mining depth {args.depth} (BM25 and dense each), {args.mine_negatives} negatives mined per query "
+             f"(training uses the first), judge `{args.judge}` (`hardneg train-judge` on `{args.fit_split}`, chosen "
+             f"on `{args.dev_split}` in benchmarks/results/judge.md), relative margin {args.relative_margin}. "
+             f"Test = `{args.test_split}` (300 queries), read only for this table.", "",
+             "mean ± std over seeds. p: paired randomization test (10,000 sign flips) on per-query test nDCG@10 "
+             "averaged over the seeds.", ""]
+    head = ["row", "steps", "seeds", "test nDCG@10", "test MRR@10", "dev nDCG@10", *(f"p vs {r}" for r in refs)]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in ROWS:
+        if row not in summary:
+            continue
+        s = summary[row]
+        cells = [s["label"], str(s["steps"]), str(len(s["seeds"]) if s["steps"] else "-"), ms(s, "test_ndcg10"),
+                 ms(s, "test_mrr10"), ms(s, "dev_ndcg10")]
+        cells += ["-" if r == row else f"{p_value(summary[r], s):.4f}" for r in refs]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## What each rule contributes on its own", "",
+              "| adds | to | test nDCG@10 change | p |", "|---|---|---|---|"]
+    for row, ref, what in CONTRASTS:
+        if row in summary and ref in summary:
+            d = summary[row]["test_ndcg10_mean"] - summary[ref]["test_ndcg10_mean"]
+            lines.append(f"| {what} ({row}) | {ref} | {d:+.4f} | {p_value(summary[ref], summary[row]):.4f} |")
+    dev_best = max((r for r in summary if r != "base"), key=lambda r: summary[r]["dev_ndcg10_mean"], default=None)
+    if dev_best:
+        lines += ["", f"Chosen on dev (highest mean dev nDCG@10): **{summary[dev_best]['label']}**, test nDCG@10 "
+                  f"{ms(summary[dev_best], 'test_ndcg10')}."]
+    missing = [r for r in args.rows.split(",") if r not in summary]
+    if missing:
+        lines += ["", f"Not yet run at these settings: {', '.join(missing)} (rerun the command; finished rows are kept)."]
+    lines += ["", "Minutes per seed (training + mining + encoding the corpus for dev/test, on the machine that ran "
+              "it): " + ", ".join(f"{r} {s['minutes_per_seed']:.1f}" for r, s in summary.items()), "",
+              "## Machine", "", markdown(describe()),
+              "Each row file under `benchmarks/results/ablation_rows/` records the machine that ran it.", "",
+              "## Command", "", "```", args.command, "```", ""]
+    return lines
 
 
 def main() -> None:
@@ -259,55 +354,55 @@ def main() -> None:
     p.add_argument("--fit-split", default="train:fit")
     p.add_argument("--dev-split", default="train:dev")
     p.add_argument("--test-split", default="test")
-    p.add_argument("--cross-encoder", default="runs/ce_scifact")
+    p.add_argument("--base-model", default="default")
+    p.add_argument("--judge", default="runs/demo_judge", help="a `hardneg train-judge` folder (or any cross-encoder)")
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--ance", default="", help="a `hardneg iterate` folder (rows filtered, ance-2, ance-3)")
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--relative-margin", type=float, default=0.1)
+    p.add_argument("--steps", type=int, default=60, help="total optimizer steps of every fine-tuned row")
+    p.add_argument("--rounds", type=int, default=3, help="ANCE rounds (steps / rounds each)")
+    p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--negatives", type=int, default=1)
     p.add_argument("--mine-negatives", type=int, default=5)
     p.add_argument("--depth", type=int, default=30)
     p.add_argument("--train-max-seq-length", type=int, default=128)
-    p.add_argument("--seed", type=int, default=42)
     p.add_argument("--rows", default=",".join(ROWS))
     p.add_argument("--out", default="runs/ablation")
-    p.add_argument("--result", default="benchmarks/results/ablation.md")
+    p.add_argument("--rows-dir", default="benchmarks/results/ablation_rows")
+    p.add_argument("--report-only", action="store_true", help="render the stored rows, train nothing")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    args.commands = ["python -m benchmarks.bench_ablation " + " ".join(os.sys.argv[1:])]
-    out = Path(args.out)
-    t0 = time.perf_counter()
-    wanted = args.rows.split(",")
-    results: dict[str, dict] = {}
-    for row in wanted:
-        if row == "base":
-            results[row] = train_and_eval(args, row, None, 0)
-        elif row == "in-batch":
-            results[row] = train_and_eval(args, row, mine(args, "bm25", candidates__dense=False), 0)
-        elif row == "bm25":
-            results[row] = train_and_eval(args, row, mine(args, "bm25", candidates__dense=False), args.negatives)
-        elif row == "dense":
-            results[row] = train_and_eval(args, row, mine(args, "dense", candidates__bm25=False), args.negatives)
-        elif row == "random":
-            results[row] = train_and_eval(args, row, random_triples(args, out), args.negatives)
-        elif row == "st":
-            results[row] = train_and_eval(args, row, st_triples(args, out), args.negatives)
-        elif row in ("filtered", "ance-2", "ance-3"):
-            res = ance_row(args, 1 if row == "filtered" else int(row[-1]))
-            if res is None:
-                logger.warning("row %s needs a finished `hardneg iterate` round in --ance; skipped", row)
+    args.command = "python -m benchmarks.bench_ablation " + " ".join(os.sys.argv[1:])
+    if args.steps % args.rounds:
+        raise SystemExit(f"--steps {args.steps} is not a multiple of --rounds {args.rounds}")
+    rows = args.rows.split(",")
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        raise SystemExit(f"unknown row(s) {unknown}; rows: {', '.join(ROWS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    by_row: dict[str, list[dict]] = {}
+
+    def publish() -> None:
+        summary = summarize(by_row)
+        data = {"settings": {k: v for k, v in vars(args).items() if k != "command"}, "command": args.command,
+                "rows": [{k: v for k, v in summary[r].items() if k != "test_per_query_ndcg@10_seed_mean"}
+                         for r in ROWS if r in summary]}
+        write_result("ablation", data, render(summary, args))
+
+    # seed-major: a partial run has every row at the first seeds rather than some rows at every seed
+    jobs = [("base", None)] if "base" in rows else []
+    jobs += [(r, s) for s in seeds for r in rows if r != "base"]
+    for row, seed in jobs:
+        if args.report_only:
+            path = Path(args.rows_dir) / (f"{row}.json" if seed is None else f"{row}__s{seed}.json")
+            if not path.is_file() or json.loads(path.read_text()).get("key") != settings_key(args, row, seed):
                 continue
-            results[row] = res
+            res = json.loads(path.read_text())
         else:
-            raise SystemExit(f"unknown row {row!r}; rows: {', '.join(ROWS)}")
-        write_text(Path(args.result), render(results, args, markdown(describe()), time.perf_counter() - t0))
-        write_json(Path(args.result).with_suffix(".json"), {
-            "machine": describe(), "commands": args.commands,
-            "settings": {k: v for k, v in vars(args).items() if k != "commands"},
-            "rows": {k: {"label": v["label"], "dev": v["dev"], "test": v["test"],
-                         "test_per_query_ndcg@10": v["test_per_query"]["ndcg@10"]} for k, v in results.items()}})
-    print(Path(args.result).read_text())
+            res = run_row(args, row, seed)
+        by_row.setdefault(row, []).append(res)
+        publish()
 
 
 if __name__ == "__main__":

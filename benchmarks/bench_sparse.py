@@ -1,0 +1,284 @@
+"""Sparse labels, as in MS MARCO: most relevant documents are unlabelled. Do the mined negatives contain them?
+
+On collections with many judged positives per query (cisi, med, cranfield by default), the queries are split
+in two by a hash of their ids. Training queries with two or more positives keep **one** positive (chosen
+with the seed); the others are hidden (written to ``planted.json`` as ``hidden_positives``). The other
+half are held-out queries with their full qrels. The derived collections live under ``--out``.
+
+(a) For each miner (hardneg with no filter, hardneg with a judge, sentence-transformers' miner with no judge
+and with the same judge), the share of mined negatives that are hidden positives, over all mined negatives
+and over the first one (the one training uses). The judges: ``own`` is ``hardneg train-judge`` fitted on the
+sparse training queries themselves (what a user has); ``scifact`` is the SciFact judge (``--transfer-judge``),
+applied unchanged to another collection.
+
+(b) With ``--train``: each miner's triples fine-tune all-MiniLM-L6-v2 for the same number of steps
+(``--steps``, each seed of ``--seeds``), evaluated by nDCG@10 on the held-out queries with full qrels;
+the in-batch row trains on the same (query, positive) pairs without hard negatives.
+
+    python -m benchmarks.bench_sparse --train
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import statistics
+import time
+import zlib
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from mining_jobs.config import load_config
+from mining_jobs.evaluate import evaluate_model
+from mining_jobs.files import write_json
+from mining_jobs.mine import run_mining
+from retriever import metrics as M
+from retriever.data import load_beir, resolve_data
+
+from .bench_ablation import JudgeAsCrossEncoder
+from .machine import write_result
+
+logger = logging.getLogger("bench_sparse")
+MINERS = ("none", "own", "scifact", "st-none", "st-own")
+LABELS = {"none": "hardneg, no filter", "own": "hardneg + judge fitted on the sparse training queries",
+          "scifact": "hardneg + SciFact judge (transferred)", "st-none": "sentence-transformers' miner, no judge",
+          "st-own": "sentence-transformers' miner + the same own judge", "in-batch": "in-batch negatives only",
+          "base": "base model (no fine-tuning)"}
+
+
+def derive(name: str, dest: Path, seed: int) -> dict:
+    """Write the sparse-label collection ``dest``: qrels/train.tsv (one positive per training query),
+    qrels/test.tsv (held-out queries, all their positives), planted.json (the hidden positives)."""
+    src = resolve_data(name)
+    col = load_beir(src, "test", name=name)
+    rng = random.Random(seed)
+    train, test, hidden = {}, {}, []
+    for q in sorted(col.qrels):
+        pos = sorted(d for d, g in col.qrels[q].items() if g >= 1)
+        if not pos:
+            continue
+        if zlib.crc32(f"{seed}:{q}".encode()) % 2:
+            test[q] = {d: g for d, g in col.qrels[q].items() if g >= 1}
+        elif len(pos) >= 2:
+            keep = rng.choice(pos)
+            train[q] = {keep: col.qrels[q][keep]}
+            hidden += [[q, d] for d in pos if d != keep]
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "qrels").mkdir(exist_ok=True)
+    for f in ("corpus.jsonl", "queries.jsonl"):
+        link = dest / f
+        if not link.exists():
+            link.symlink_to((src / f).resolve())
+    for split, qrels in (("train", train), ("test", test)):
+        with (dest / "qrels" / f"{split}.tsv").open("w") as fh:
+            fh.write("query-id\tcorpus-id\tscore\n")
+            for q, v in qrels.items():
+                for d, g in v.items():
+                    fh.write(f"{q}\t{d}\t{g}\n")
+    (dest / "planted.json").write_text(json.dumps({"hidden_positives": hidden}))
+    return {"train_queries": len(train), "hidden_positives": len(hidden), "test_queries": len(test),
+            "test_positives": sum(len(v) for v in test.values()), "documents": len(col.doc_ids)}
+
+
+def own_judge(folder: Path, out: Path) -> Path:
+    from mining_jobs.judge_train import JudgeJob, run_train_judge
+
+    if not (out / "judge.json").is_file():
+        run_train_judge(JudgeJob(data=str(folder), split="train", out=str(out)))
+    return out
+
+
+def mine_hardneg(args, folder: Path, out: Path, judge: str) -> Path:
+    sets = [f"data.name={json.dumps(str(folder))}", 'data.split="train"', f"candidates.bm25_k={args.depth}",
+            f"candidates.dense_k={args.depth}", f"sampling.num_negatives={args.negatives}",
+            f"cross_encoder.model={json.dumps(judge)}", "cross_encoder.max_length=128", "output.overwrite=false"]
+    cfg = load_config(None, sets)
+    if not (out / "manifest.json").is_file():
+        run_mining(cfg, out)
+    return out / "triples.parquet"
+
+
+def mine_st(args, folder: Path, out: Path, judge: str) -> Path:
+    path = out / "triples.parquet"
+    if path.is_file():
+        return path
+    from datasets import Dataset
+    from sentence_transformers.util import mine_hard_negatives
+
+    from retriever.data import load_collection
+    from retriever.encoder import load_model
+
+    col = load_collection(str(folder), "train")
+    texts = dict(zip(col.doc_ids, col.doc_texts(), strict=True))
+    rows = [(q, d) for q, v in col.qrels.items() for d, g in v.items() if g >= 1]
+    ds = Dataset.from_dict({"query": [col.queries[q] for q, _ in rows], "positive": [texts[d] for _, d in rows]})
+    ce = JudgeAsCrossEncoder(judge, 128, col) if judge else None
+    out_ds = mine_hard_negatives(ds, load_model("default"), corpus=col.doc_texts(), cross_encoder=ce,
+                                 range_max=args.depth, relative_margin=0.1 if judge else None,
+                                 num_negatives=args.negatives, sampling_strategy="top", output_format="n-tuple",
+                                 batch_size=64, verbose=False)
+    out.mkdir(parents=True, exist_ok=True)
+    qid = {t: q for q, t in col.queries.items()}
+    did = {t: d for d, t in texts.items()}
+    table = out_ds.to_dict()
+    neg_cols = [c for c in table if c.startswith("negative")]
+    import pyarrow as pa
+
+    pq.write_table(pa.Table.from_pylist([
+        {"query_id": qid[table["query"][i]], "query": table["query"][i], "positive": table["positive"][i],
+         "negative_ids": [did[table[c][i]] for c in neg_cols], "negatives": [table[c][i] for c in neg_cols]}
+        for i in range(len(table["query"]))]), path)
+    return path
+
+
+def hidden_share(triples: Path, hidden: set[tuple[str, str]]) -> dict:
+    t = pq.read_table(triples, columns=["query_id", "negative_ids"]).to_pylist()
+    negs = [(r["query_id"], d) for r in t for d in r["negative_ids"]]
+    first = [(r["query_id"], r["negative_ids"][0]) for r in t if r["negative_ids"]]
+    n_hidden = sum(p in hidden for p in negs)
+    return {"rows": len(t), "negatives": len(negs), "hidden_in_negatives": n_hidden,
+            "hidden_share": n_hidden / len(negs) if negs else 0.0,
+            "first_negative_hidden_share": sum(p in hidden for p in first) / len(first) if first else 0.0}
+
+
+def filter_stats(mine_dir: Path, hidden: set[tuple[str, str]]) -> dict | None:
+    """Of the hidden positives among the candidates, how many the judge filtered; of the others, how many."""
+    path = mine_dir / "candidates.parquet"
+    if not path.is_file():
+        return None
+    c = pq.read_table(path, columns=["query_id", "doc_id", "fate"]).to_pylist()
+    scored = [r for r in c if r["fate"] not in ("positive", "duplicate", "self", "eval_positive")]
+    h = [r for r in scored if (r["query_id"], r["doc_id"]) in hidden]
+    o = [r for r in scored if (r["query_id"], r["doc_id"]) not in hidden]
+    gone = lambda rs: sum(r["fate"].startswith("filtered") or r["fate"] == "relabelled" for r in rs)  # noqa: E731
+    return {"hidden_candidates": len(h), "hidden_filtered": gone(h), "other_candidates": len(o),
+            "other_filtered": gone(o)}
+
+
+def train_eval(args, folder: Path, triples: Path | None, out: Path, seed: int, negatives: int) -> dict:
+    from mining_jobs.train import TrainConfig, run_training
+
+    res_path = out / "result.json"
+    if res_path.is_file():
+        return json.loads(res_path.read_text())
+    model = "default"
+    if triples is not None:
+        cfg = TrainConfig(triples=str(triples), out=str(out / "train"), negatives=negatives,
+                          batch_size=args.batch_size, max_steps=args.steps, lr=args.lr, seed=seed, overwrite=True)
+        model = run_training(cfg)["model"]
+    ev = evaluate_model(model, str(folder), ["test"])["test"]
+    res = {"ndcg@10": ev["metrics"]["ndcg@10"], "per_query": ev["per_query"]["ndcg@10"]}
+    write_json(res_path, res)
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--collections", default="cisi,med,cranfield")
+    p.add_argument("--transfer-judge", default="runs/demo_judge")
+    p.add_argument("--depth", type=int, default=30)
+    p.add_argument("--negatives", type=int, default=5, help="negatives mined per query")
+    p.add_argument("--seed", type=int, default=13, help="seed of the query split and the kept positive")
+    p.add_argument("--train", action="store_true", help="(b): fine-tune on each miner's triples and evaluate")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-5)
+    p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--out", default="runs/sparse")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    results: dict[str, dict] = {}
+    for name in args.collections.split(","):
+        folder = out / name / "data"
+        info = derive(name, folder, args.seed)
+        hidden = {tuple(x) for x in json.loads((folder / "planted.json").read_text())["hidden_positives"]}
+        judge = own_judge(folder, out / name / "judge")
+        jq = json.loads((judge / "judge.json").read_text()).get("held_in_quality", {})
+        rows = {}
+        for miner in MINERS:
+            if miner == "scifact" and not Path(args.transfer_judge, "judge.json").is_file():
+                logger.warning("no %s/judge.json: row 'scifact' skipped", args.transfer_judge)
+                continue
+            j = {"none": "", "own": str(judge), "scifact": args.transfer_judge, "st-none": "",
+                 "st-own": str(judge)}[miner]
+            mdir = out / name / f"mine_{miner}"
+            triples = mine_st(args, folder, mdir, j) if miner.startswith("st") else mine_hardneg(args, folder, mdir, j)
+            rows[miner] = {"label": LABELS[miner], **hidden_share(triples, hidden),
+                           "filter": filter_stats(mdir, hidden), "triples": str(triples)}
+            if (mdir / "manifest.json").is_file():
+                rows[miner]["judge_check"] = json.loads((mdir / "manifest.json").read_text()).get("judge_check")
+        results[name] = {"collection": info, "own_judge_held_in": jq, "miners": rows}
+        if args.train:
+            seeds = [int(s) for s in args.seeds.split(",")]
+            down: dict[str, list[dict]] = {"base": [train_eval(args, folder, None, out / name / "eval_base", 0, 0)]}
+            first = next(iter(rows.values()))["triples"]
+            for s in seeds:
+                down.setdefault("in-batch", []).append(
+                    train_eval(args, folder, Path(first), out / name / f"in-batch_s{s}", s, 0))
+                for miner, r in rows.items():
+                    down.setdefault(miner, []).append(
+                        train_eval(args, folder, Path(r["triples"]), out / name / f"{miner}_s{s}", s, 1))
+            results[name]["downstream"] = down
+    summary, lines = render(results, args, time.perf_counter() - t0)
+    write_result("sparse_labels", {"settings": vars(args), "results": summary,
+                                   "command": "python -m benchmarks.bench_sparse " + " ".join(os.sys.argv[1:])},
+                 lines)
+
+
+def render(results: dict, args, elapsed: float) -> tuple[dict, list[str]]:
+    lines = ["# Sparse labels: hidden positives among mined negatives", "",
+             f"Collections {args.collections}; queries split in two by a hash (seed {args.seed}); each training "
+             "query with two or more positives keeps one, the rest are hidden; held-out queries keep all "
+             f"their positives. Mining: BM25 + dense top-{args.depth}, {args.negatives} negatives per query, "
+             "relative margin 0.1 where a judge filters.", ""]
+    summary: dict = {}
+    for name, r in results.items():
+        c = r["collection"]
+        q = r["own_judge_held_in"]
+        lines += [f"## {name}", "", f"{c['documents']} documents; {c['train_queries']} training queries with "
+                  f"{c['hidden_positives']} hidden positives; {c['test_queries']} held-out queries "
+                  f"({c['test_positives']} positives). Own judge, held-in nDCG@10: "
+                  f"{q.get('judge_cv_ndcg@10', float('nan')):.4f} (CV) vs fused retrieval "
+                  f"{q.get('fused_retrieval_ndcg@10', float('nan')):.4f}, on sparse labels.", "",
+                  "| miner | negatives | hidden positives among them | share | share of first negatives | "
+                  "hidden candidates filtered | other candidates filtered |", "|---|---|---|---|---|---|---|"]
+        summary[name] = {"collection": c, "miners": {}}
+        for miner, m in r["miners"].items():
+            f = m["filter"]
+            fh = f"{f['hidden_filtered']} / {f['hidden_candidates']}" if f and miner != "none" else "-"
+            fo = f"{f['other_filtered'] / max(f['other_candidates'], 1):.1%}" if f and miner != "none" else "-"
+            lines.append(f"| {m['label']} | {m['negatives']} | {m['hidden_in_negatives']} | {m['hidden_share']:.1%} "
+                         f"| {m['first_negative_hidden_share']:.1%} | {fh} | {fo} |")
+            summary[name]["miners"][miner] = {k: v for k, v in m.items() if k != "triples"}
+        if "downstream" in r:
+            d = r["downstream"]
+            ref = d.get("none")
+            mean_pq = {k: {qq: statistics.fmean(x["per_query"][qq] for x in v) for qq in v[0]["per_query"]}
+                       for k, v in d.items()}
+            lines += ["", f"Downstream, held-out queries (full qrels), {args.steps} steps, batch {args.batch_size}, "
+                      f"seeds {args.seeds}; p: paired randomization test vs 'hardneg, no filter' on per-query "
+                      "nDCG@10 averaged over seeds.", "", "| row | nDCG@10 mean ± std | p vs no filter |",
+                      "|---|---|---|"]
+            summary[name]["downstream"] = {}
+            for k, v in d.items():
+                vals = [x["ndcg@10"] for x in v]
+                sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                p = "-" if k == "none" or ref is None else \
+                    f"{M.randomization_test(mean_pq['none'], mean_pq[k])['p_value']:.4f}"
+                lines.append(f"| {LABELS[k]} | {statistics.fmean(vals):.4f} ± {sd:.4f} | {p} |")
+                summary[name]["downstream"][k] = {"ndcg10_mean": statistics.fmean(vals), "ndcg10_std": sd,
+                                                  "seeds": len(vals)}
+        lines.append("")
+    lines += [f"This invocation: {elapsed / 60:.1f} min (finished stages are reused).", "", "## Command", "", "```",
+              "python -m benchmarks.bench_sparse " + " ".join(os.sys.argv[1:]), "```", ""]
+    return summary, lines
+
+
+if __name__ == "__main__":
+    main()
