@@ -24,11 +24,13 @@ setup: $(VENV)/.installed
 # The main job, the whole loop on SciFact on 2 cores: fit the false-negative judge that measured best
 # (benchmarks/results/judge.md; skipped when runs/demo_judge holds one), then one ANCE round (mine train:fit
 # with BM25 + dense + the judge's filter, fine-tune all-MiniLM-L6-v2, evaluate base and fine-tuned on
-# train:dev and test). It ends by printing the before/after table; rerunning reuses every finished stage.
+# train:dev and test). It ends by printing the before/after table and recording the loop's report, with the
+# machine, in benchmarks/results/demo.md (+ .json, the plot); rerunning reuses every finished stage.
 demo: setup
 	test -f runs/demo_judge/judge.json || $(VENV)/bin/hardneg train-judge --data scifact --split train:fit \
 		--out runs/demo_judge --overwrite
 	$(VENV)/bin/hardneg iterate --config examples/demo.toml
+	$(PY) -m benchmarks.record_run runs/demo demo --command "make demo" > /dev/null
 
 # Every judge measured against the retrievers it judges (benchmarks/results/judge.md).
 judges: setup
@@ -44,20 +46,24 @@ ance: setup
 	test -f runs/ce_scifact/folds.json || $(MAKE) reranker
 	$(VENV)/bin/hardneg iterate --config examples/ance.toml
 
-# Evaluate BM25, the default bi-encoder and their hybrid on SciFact test and print the table.
+# Evaluate BM25, the default bi-encoder and their hybrid on SciFact test, print the table and record it, with the
+# machine, in benchmarks/results/evaluate.md (+ .json).
 evaluate: setup
 	$(VENV)/bin/hardneg evaluate --data scifact --split test --retriever bm25,dense,hybrid --out runs/evaluate --overwrite
+	$(PY) -m benchmarks.record_run runs/evaluate evaluate --command "make evaluate" > /dev/null
 
-# Train a cross-fitted cross-encoder (2 folds) on SciFact train, then mine with the false-negative filter.
+# Train a cross-fitted cross-encoder (2 folds) on SciFact train (the filter of `make demo-filtered` and `make ance`).
 reranker: setup
 	$(VENV)/bin/hardneg train-reranker --data scifact --split train --folds 2 --epochs 3 --lr 1e-4 --negatives 3 \
 		--max-length 128 --eval-split '' --out runs/ce_scifact --overwrite
 
+# Mine SciFact train with that cross-encoder as the false-negative filter; print the report and record it, with
+# the machine, in benchmarks/results/demo_filtered.md (+ .json, the histogram).
 demo-filtered: setup
 	test -f runs/ce_scifact/folds.json || $(MAKE) reranker
 	$(VENV)/bin/hardneg mine --data scifact --split train --cross-encoder runs/ce_scifact \
 		--set cross_encoder.max_length=128 --set exclusion.near_duplicate_cosine=0.95 --out runs/mine_filtered --overwrite
-	@echo; cat runs/mine_filtered/report.md
+	@echo; $(PY) -m benchmarks.record_run runs/mine_filtered demo_filtered --command "make demo-filtered"
 
 # The fast tier: skips the tests marked slow (pyproject.toml: live service, SIGKILL/resume, Ray, the ANCE loop,
 # real-model training).

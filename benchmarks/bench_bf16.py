@@ -8,7 +8,6 @@ the same SciFact documents, and reports the median of the repeats.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.machine import describe, markdown
+from benchmarks.machine import describe, markdown, write_result
 from retriever.data import load_collection
 from retriever.encoder import Encoder, cpu_bf16_flags, cpu_supports_bf16
 
@@ -54,12 +53,8 @@ def main() -> None:
         "speedup_bf16_over_fp32": m32 / m16,
         "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
         "cpu_bf16_flags": list(cpu_bf16_flags()), "auto_mode_uses_bf16": cpu_supports_bf16(),
-        "machine": describe(),
         "command": f"python -m benchmarks.bench_bf16 --docs {args.docs} --repeats {args.repeats}",
     }
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    (out / "bf16.json").write_text(json.dumps(result, indent=2))
     verdict = ("bf16 is faster here and `--bf16 auto` turns it on" if result["auto_mode_uses_bf16"] else
                "this CPU has no AMX / AVX-512 BF16, so `--bf16 auto` keeps fp32")
     md = (f"# bf16 autocast vs fp32 encoding (all-MiniLM-L6-v2, {len(texts)} SciFact documents)\n\n"
@@ -69,9 +64,8 @@ def main() -> None:
           f"- speed-up bf16 / fp32: **{result['speedup_bf16_over_fp32']:.2f}x** (median of {args.repeats})\n"
           f"- embedding agreement (cosine bf16 vs fp32): min {result['cosine_min']:.5f}, "
           f"mean {result['cosine_mean']:.5f}\n- CPU bf16 flags: {result['cpu_bf16_flags'] or 'none'}; {verdict}\n\n"
-          f"## Machine\n{markdown(result['machine'])}\n## Command\n`{result['command']}`\n")
-    (out / "bf16.md").write_text(md)
-    print(md)
+          f"## Machine\n{markdown(describe())}\n## Command\n`{result['command']}`\n")
+    write_result("bf16", result, md.split("\n"))
 
 
 if __name__ == "__main__":

@@ -13,13 +13,12 @@ Writes benchmarks/results/bm25_backends.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
 from pathlib import Path
 
-from benchmarks.machine import describe, markdown
+from benchmarks.machine import describe, markdown, write_result
 from retriever.bm25 import BM25Index
 from retriever.data import load_collection
 from retriever.metrics import evaluate
@@ -68,11 +67,8 @@ def main() -> None:
     result = {"data": args.data, "split": args.split, "queries": len(qids), "documents": len(texts),
               "top_k": args.top_k, "backends": rows, "throughput_ratio_bm25s_over_rank_bm25": ratio,
               "throughput_ratio_with_run_dicts": ratio_run,
-              "ndcg@10_gap": gap, "machine": describe(),
+              "ndcg@10_gap": gap,
               "command": f"python -m benchmarks.bench_bm25 --data {args.data} --split {args.split} --repeats {args.repeats}"}
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    (out / "bm25_backends.json").write_text(json.dumps(result, indent=2))
     lines = [f"# BM25 backends on {args.data}/{args.split} ({len(qids)} queries, {len(texts)} documents, top-{args.top_k})\n",
              "Same tokenizer (lowercase, English stopwords, Snowball stemmer), k1=1.5, b=0.75. "
              "Search time includes query tokenization; median of repeats.\n",
@@ -86,11 +82,9 @@ def main() -> None:
               f"- bm25s's own per-query `retrieve` on the same index: "
               f"{rows['bm25s']['bm25s_retrieve_queries_per_s']:.1f} queries/s",
               f"- nDCG@10 gap (bm25s - rank-bm25): {gap:+.4f} (target within 0.015: "
-              f"{'met' if abs(gap) <= 0.015 else 'NOT met'})", "", "## Machine", markdown(result["machine"]),
+              f"{'met' if abs(gap) <= 0.015 else 'NOT met'})", "", "## Machine", markdown(describe()),
               "## Command", f"`{result['command']}`", ""]
-    md = "\n".join(lines)
-    (out / "bm25_backends.md").write_text(md)
-    print(md)
+    write_result("bm25_backends", result, lines)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from benchmarks.machine import describe, markdown
+from benchmarks.machine import describe, markdown, write_result
 from mining_jobs.config import load_config
 from mining_jobs.mine import run_mining
 from retriever.data import load_beir
@@ -155,12 +155,7 @@ def main() -> None:
               f"margin {args.relative_margin} on probabilities, near-duplicate cosine >= {args.near_dup_cosine}",
               "", "## Machine", markdown(describe()), "## Command",
               f"`python -m benchmarks.bench_planted --cross-encoder {args.cross_encoder} --max-length {args.max_length}`", ""]
-    res_dir = HERE / "results"
-    res_dir.mkdir(exist_ok=True)
-    (res_dir / "planted_false_negatives.json").write_text(json.dumps(
-        {"summary": summary, "runs": results, "args": vars(args), "machine": describe()}, indent=2))
-    (res_dir / "planted_false_negatives.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_result("planted_false_negatives", {"summary": summary, "runs": results, "args": vars(args)}, lines)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from benchmarks.machine import describe, markdown
+from benchmarks.machine import describe, markdown, write_result
 from mining_jobs.train_reranker import rerank_eval
 
 HERE = Path(__file__).parent
@@ -47,13 +47,8 @@ def main() -> None:
         lines.append(f"| {name} | {m['ndcg@10']:.4f} | {m['mrr@10']:.4f} | {m['recall@100']:.4f} | {m['map']:.4f} |")
     lines += ["", f"Paired randomization test on nDCG@10: p = {ev['p_value_ndcg@10']:.4f}. Took {seconds:.0f} s.", "",
               "## Machine", markdown(describe()), "## Command", f"`{cmd}`", ""]
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    (out / "reranker.json").write_text(json.dumps({"eval": ev, "fold_set": meta | {"assignment": None},
-                                                   "seconds": seconds, "command": cmd, "machine": describe()},
-                                                  indent=2))
-    (out / "reranker.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_result("reranker", {"eval": ev, "fold_set": meta | {"assignment": None}, "seconds": seconds,
+                              "command": cmd}, lines)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from mining_jobs.files import versions as package_versions
 
+RESULTS = Path(__file__).parent / "results"
+
 
 def describe() -> dict[str, object]:
     cpu = "unknown"
@@ -42,11 +44,12 @@ def markdown(info: dict[str, object]) -> str:
             f"- Python {info['python']} on {info['platform']}\n- {v}\n")
 
 
-def write_result(name: str, data: dict[str, object], lines: list[str]) -> None:
-    """Write ``results/<name>.json`` (``data`` plus the machine) and ``results/<name>.md``; print the Markdown."""
+def write_result(name: str, data: dict[str, object], lines: list[str], res_dir: Path | None = None) -> None:
+    """Write ``results/<name>.json`` (``data`` plus the machine) and ``results/<name>.md``; print the Markdown.
+    ``res_dir`` replaces ``benchmarks/results`` (tests)."""
     import json
 
-    res_dir = Path(__file__).parent / "results"
+    res_dir = RESULTS if res_dir is None else Path(res_dir)
     res_dir.mkdir(exist_ok=True)
     (res_dir / f"{name}.json").write_text(json.dumps({**data, "machine": describe()}, indent=2))
     (res_dir / f"{name}.md").write_text("\n".join(lines))

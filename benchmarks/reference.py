@@ -7,12 +7,11 @@ runs/reference/). Published: BM25 0.665 (BEIR), 0.679 (Pyserini flat), 0.687 (bm
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 
-from benchmarks.machine import describe, markdown
+from benchmarks.machine import describe, markdown, write_result
 from mining_jobs.evaluate import EvalConfig, run_evaluation
 
 HERE = Path(__file__).parent
@@ -47,11 +46,7 @@ def main() -> None:
     lines += ["", "BM25: k1=1.5, b=0.75, lowercase, English stopwords, Snowball stemmer. Dense: max_seq_length 256,",
               "normalized embeddings, faiss IndexFlatIP, title and text joined BEIR-style.", "",
               "## Machine", markdown(info), "## Command", "`python -m benchmarks.reference`", ""]
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    (out / "reference.md").write_text("\n".join(lines))
-    (out / "reference.json").write_text(json.dumps({"metrics": full, "machine": info}, indent=2))
-    print("\n".join(lines))
+    write_result("reference", {"metrics": full}, lines)
 
 
 if __name__ == "__main__":
