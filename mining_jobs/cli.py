@@ -13,7 +13,7 @@ from pathlib import Path
 from retriever import metrics as M
 from retriever.errors import HardnegError
 
-from .evaluate import RETRIEVERS, EvalConfig, RunFolderError, format_table, run_evaluation
+from .evaluate import RETRIEVERS, EvalConfig, format_table, run_evaluation
 
 
 def _csv(value: str) -> list[str]:
@@ -527,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
                     "serve": _cmd_serve, "worker": _cmd_worker, "submit": _cmd_submit, "status": _cmd_status,
                     "wait": _cmd_wait, "fetch": _cmd_fetch, "cancel": _cmd_cancel}
         return commands[args.command](args)
-    except (HardnegError, RunFolderError, ValueError, OSError, ImportError) as exc:  # FileExistsError: an OSError
+    except (HardnegError, ValueError, OSError, ImportError) as exc:  # a refused run folder: runfolder.RunFolderError
         # ImportError: an optional extra is missing (the service, Ray); its message names the pip command
         print(f"hardneg {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import tomllib
 import types
@@ -12,6 +11,8 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from .runfolder import fingerprint
 
 
 class ConfigError(ValueError):
@@ -156,7 +157,7 @@ class MineConfig:
         d.pop("engine")
         d.pop("ray")
         d["output"] = {k: v for k, v in d["output"].items() if k not in ("overwrite", "score_cache")}
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return fingerprint(d)
 
 
 _SECTION_TYPES = {"data": DataSection, "candidates": CandidatesSection, "exclusion": ExclusionSection,

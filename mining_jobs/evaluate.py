@@ -3,6 +3,7 @@ write ``metrics.json``, ``per_query.json``, ``run.trec`` and ``manifest.json`` t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,15 +19,12 @@ from retriever.progress import stage
 from retriever.runs import Run, drop_self, write_trec
 from retriever.text import TokenizerConfig
 
-from .files import versions, write_json
+from .files import versions
+from .runfolder import Layout, fingerprint, finish, prepare, write_json
 
 logger = logging.getLogger(__name__)
 
 RETRIEVERS = ("bm25", "dense", "hybrid")
-
-
-class RunFolderError(Exception):
-    """The output folder already holds a finished run and overwriting was not asked for."""
 
 
 @dataclass
@@ -78,10 +76,22 @@ class EvalConfig:
             M._parse(m)
 
 
-def _prepare_out(folder: Path, overwrite: bool) -> None:
-    if (folder / "metrics.json").exists() and not overwrite:
-        raise RunFolderError(f"{folder} already holds a finished run (metrics.json); pass --overwrite to replace it")
-    folder.mkdir(parents=True, exist_ok=True)
+def _legacy(out: Path) -> bool:
+    """A run folder of an evaluation from before run.json: its metrics (one retriever) or its summary (many)."""
+    return ((out / "metrics.json").is_file() and (out / "manifest.json").is_file()) or (out / "summary.md").is_file()
+
+
+# one retriever: out/metrics.json marks the evaluation finished; several: out/<retriever>/ each, then summary.md
+FOLDER = Layout("evaluate", done_file="metrics.json", noun="evaluation", redo="evaluate again", legacy=_legacy)
+FOLDER_MANY = dataclasses.replace(FOLDER, done_file="summary.md")
+
+
+def _prepare_out(cfg: EvalConfig) -> Path:
+    """Create the run folder or refuse (``runfolder``): a finished evaluation, one with other settings, or a
+    folder that holds no evaluation (never written into, also with --overwrite). Returns it."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "overwrite", "cache_dir")}
+    layout = FOLDER_MANY if len(cfg.retrievers) > 1 else FOLDER
+    return prepare(cfg.out, layout, fingerprint(settings), overwrite=cfg.overwrite, config=asdict(cfg)).out
 
 
 def bm25_run(col: Collection, cfg: EvalConfig, texts: list[str], timings: dict[str, float]) -> Run:
@@ -120,11 +130,9 @@ def dense_run(col: Collection, cfg: EvalConfig, texts: list[str], timings: dict[
 def run_evaluation(cfg: EvalConfig) -> dict[str, dict[str, float]]:
     """Run every retriever of ``cfg`` and write its run folder; returns ``{retriever: metrics}``."""
     cfg.validate()
-    out = Path(cfg.out)
+    out = _prepare_out(cfg)
     many = len(cfg.retrievers) > 1
     folders = {r: (out / r if many else out) for r in cfg.retrievers}
-    for f in folders.values():
-        _prepare_out(f, cfg.overwrite)
     t_start = time.perf_counter()
     col = load_collection(cfg.data, cfg.split)
     logger.info("loaded %s/%s: %d documents, %d queries, %d judgments", col.name, col.split,
@@ -160,7 +168,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, dict[str, float]]:
         write_json(folder / "manifest.json", manifest)
         write_json(folder / "metrics.json", {**agg, "num_queries": len(col.qrels)})  # last: marks the run done
     if many:
-        (out / "summary.md").write_text(format_table(results, col, per_q_all) + "\n")
+        finish(out, FOLDER_MANY, format_table(results, col, per_q_all) + "\n")  # last: marks the evaluation done
     return results
 
 

@@ -1,5 +1,6 @@
-"""Run-folder helpers shared by the jobs: atomic writes (temporary name, then rename) and the package
-versions every manifest records. No job logic here."""
+"""File helpers shared by the jobs: atomic writes (temporary name, then rename) and the package versions every
+manifest records. No job logic here; the run-folder protocol (prepare, resume, refuse, overwrite, completion
+marker, fingerprint) is ``runfolder``, which re-exports these writers."""
 
 from __future__ import annotations
 

@@ -19,7 +19,6 @@ in an earlier round come from the score cache.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -32,12 +31,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from retriever.errors import HardnegError
 from retriever.progress import stage
 
 from .config import ConfigError, MineConfig, from_dict, read_toml, set_fields, set_override
 from .evaluate import evaluate_model
-from .files import versions, write_json, write_parquet, write_text
+from .files import versions
+from .runfolder import Layout, RunFolderError, fingerprint, prepare, write_json, write_parquet, write_text
 from .train import EVAL_METRICS, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -45,8 +44,7 @@ logger = logging.getLogger(__name__)
 FAULT_ENV = "HARDNEG_FAULT_AFTER"  # test hook: "round2:mine" kills the process (SIGKILL) after that stage
 
 
-class LoopError(HardnegError):
-    """The loop folder holds a different loop, or the loop config is invalid."""
+LoopError = RunFolderError  # the loop folder holds a different loop (``runfolder``)
 
 
 @dataclass
@@ -76,7 +74,7 @@ class LoopConfig:
         d = self.to_dict()
         d["loop"] = {k: v for k, v in d["loop"].items() if k not in ("out", "overwrite", "rounds", "patience")}
         d["mine"] = self.mine.fingerprint()  # what changes the mined triples (not the engine, not overwrite)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return fingerprint(d)
 
 
 def load_loop_config(path: str | os.PathLike | None, overrides: list[str] | None = None,
@@ -164,25 +162,18 @@ def _fault(stage: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _prepare(out: Path, cfg: LoopConfig) -> None:
-    state = out / "loop.json"
-    if state.is_file():
-        old = json.loads(state.read_text())
-        if old.get("fingerprint") == cfg.fingerprint():
-            logger.info("resuming the loop in %s", out)
-            write_json(state, {**old, "config": cfg.to_dict()})
-            return
-        if not cfg.loop.overwrite:
-            raise LoopError(f"{out} holds a loop with a different config; set loop.overwrite=true or choose "
-                            "another --out")
-        import shutil
+# no completion marker: rerunning a finished loop resumes it (every stage is reused) and reports it again
+FOLDER = Layout("iterate", state_file="loop.json", noun="loop", hint="set loop.overwrite=true")
 
-        shutil.rmtree(out)
-    elif out.exists() and any(out.iterdir()):
-        raise LoopError(f"{out} is not empty and holds no hardneg loop (no loop.json)")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(state, {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict(), "created": time.time(),
-                       "versions": versions()})
+
+def _prepare(out: Path, cfg: LoopConfig) -> None:
+    """Create ``out`` or resume the loop it holds (``runfolder``): loop.overwrite replaces only a loop with
+    another config; the resumed loop's state records the config it now runs with (rounds, patience)."""
+    state = prepare(out, FOLDER, cfg.fingerprint(), overwrite=cfg.loop.overwrite, resume_same=True,
+                    config=cfg.to_dict(), extra={"versions": versions()})
+    if state.resumed:
+        state.record["config"] = cfg.to_dict()
+        state.save()
 
 
 def _evaluate(cfg: LoopConfig, model: str, path: Path) -> dict:

@@ -5,10 +5,8 @@ pairwise-logistic combination of BM25, bi-encoder and cross-encoder features on 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +35,7 @@ from retriever.progress import stage
 
 from .files import write_json, write_parquet, write_text
 from .judge_report import rrf_scores
+from .runfolder import Layout, fingerprint, prepare
 from .train_reranker import fold_assignment
 
 logger = logging.getLogger(__name__)
@@ -155,33 +154,25 @@ def labels_of(col: Collection, corpus: Corpus, qids: list[str], pools: list[np.n
             for q, pool in zip(qids, pools, strict=True)]
 
 
+def _legacy(out: Path) -> bool:
+    """A judge folder from before job.json: its judge.json."""
+    return (out / JUDGE_FILE).is_file()
+
+
+# job.json first, judge.json (save_judge) last; --overwrite keeps the fold models of a judge with the same settings
+FOLDER = Layout("train-judge", state_file="job.json", done_file=JUDGE_FILE, key_field="key", noun="judge",
+                redo="train it again", legacy=_legacy)
+
+
 def _key(job: JudgeJob) -> str:
-    d = asdict(job)
-    d.pop("overwrite")
-    d.pop("out")
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    return fingerprint({k: v for k, v in asdict(job).items() if k not in ("overwrite", "out")})
 
 
 def run_train_judge(job: JudgeJob) -> dict:
     job.validate()
     feats = job.feature_list()
-    out = Path(job.out)
-    if (out / JUDGE_FILE).is_file():
-        old = json.loads((out / JUDGE_FILE).read_text())
-        if not job.overwrite:
-            raise JudgeJobError(f"{out} already holds a trained judge; pass --overwrite to train it again")
-        if old.get("key") != _key(job) and (out / "bi").exists():
-            shutil.rmtree(out / "bi")  # other settings: the fold models cannot be kept
-        (out / JUDGE_FILE).unlink()
-    elif out.exists() and any(out.iterdir()) and not (out / "job.json").is_file():
-        raise JudgeJobError(f"{out} is not empty and holds no judge; choose an empty or new folder")
-    out.mkdir(parents=True, exist_ok=True)
-    old_job = json.loads((out / "job.json").read_text()) if (out / "job.json").is_file() else None
-    if old_job is not None and old_job.get("key") != _key(job):
-        if not job.overwrite:
-            raise JudgeJobError(f"{out} holds an unfinished judge with other settings; pass --overwrite")
-        shutil.rmtree(out / "bi", ignore_errors=True)
-    write_json(out / "job.json", {"key": _key(job), "job": asdict(job)})
+    out = prepare(job.out, FOLDER, _key(job), overwrite=job.overwrite, resume_same=True,
+                  extra={"job": asdict(job)}).out
     t0 = time.perf_counter()
     col = load_collection(job.data, job.split)
     qids = sorted(q for q in col.qrels if any(g >= 1 for g in col.qrels[q].values()))

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import re
-import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -21,8 +19,7 @@ from retriever.encoder import DEFAULT_MODEL
 from retriever.errors import HardnegError
 
 from .config import ConfigError, from_dict, set_fields
-
-logger = logging.getLogger(__name__)
+from .runfolder import Layout, clear_unstarted, read_done
 
 
 @dataclass(frozen=True)
@@ -85,22 +82,14 @@ def _settings(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k not in ("out", "overwrite")}
 
 
-def _clear_unstarted(out: Path, state_file: str) -> None:
-    """The run folder belongs to the job. A worker killed after creating it but before writing the job's state
-    file leaves it neither empty nor resumable: such a folder holds nothing finished, so it is emptied."""
-    if out.is_dir() and not (out / state_file).is_file() and any(out.iterdir()):
-        logger.info("%s has no %s: nothing to resume, starting afresh", out, state_file)
-        shutil.rmtree(out)
-
-
-def _finished_or_run(out: Path, done_file: str, state_file: str | None, run: Callable[[], dict]) -> dict:
-    """The job's result: read from ``done_file`` when the job's files are complete (its worker died before the
-    store recorded it), else ``run()`` it, resuming from the run folder (emptied first if left unstarted)."""
-    done = out / done_file
-    if done.is_file():
-        return json.loads(done.read_text())
-    if state_file:
-        _clear_unstarted(out, state_file)
+def _finished_or_run(out: Path, layout: Layout, run: Callable[[], dict]) -> dict:
+    """The job's result: read from its completion marker when the job's files are complete (its worker died
+    before the store recorded it), else ``run()`` it, resuming from the run folder (emptied first if left
+    unstarted: the run folder belongs to the job)."""
+    done = read_done(out, layout)
+    if done is not None:
+        return done
+    clear_unstarted(out, layout)
     return run()
 
 
@@ -138,9 +127,9 @@ def _check_mine_data(data: Any, prefix: str) -> None:
 
 
 def _run_mine(conf: dict[str, Any], out: Path) -> dict[str, Any]:
-    from .mine import run_mining
+    from .mine import FOLDER, run_mining
 
-    manifest = _finished_or_run(out, "manifest.json", "job.json", lambda: run_mining(from_dict(conf, "config"), out))
+    manifest = _finished_or_run(out, FOLDER, lambda: run_mining(from_dict(conf, "config"), out))
     c = manifest["counts"]
     return {"queries": c["queries"], "triples": c["triples"], "fates": c["fates"],
             "queries_without_negatives": c["queries_without_negatives"], "ce_pairs": c.get("ce_pairs"),
@@ -164,9 +153,9 @@ def _resolve_train(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_train(conf: dict[str, Any], out: Path) -> dict[str, Any]:
-    from .train import TrainConfig, run_training
+    from .train import FOLDER, TrainConfig, run_training
 
-    s = _finished_or_run(out, "metrics.json", "train.json", lambda: run_training(TrainConfig(**conf, out=str(out))))
+    s = _finished_or_run(out, FOLDER, lambda: run_training(TrainConfig(**conf, out=str(out))))
     return {"model": s["model"], "steps": s["steps"], "train_loss": s["train_loss"], "best_dev": s["best_dev"],
             "seconds": s["seconds"]["total"]}
 
@@ -203,11 +192,11 @@ def _resolve_reranker(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_reranker(conf: dict[str, Any], out: Path) -> dict[str, Any]:
-    from .train_reranker import run_train_reranker
+    from .train_reranker import FOLDER, run_train_reranker
 
     # after a worker died: the folds it finished are kept (resume), the rest trained; overwrite only ever replaces
     # this job's own files
-    r = _finished_or_run(out, "report.json", None, lambda: run_train_reranker(_reranker_job(conf, str(out), True)))
+    r = _finished_or_run(out, FOLDER, lambda: run_train_reranker(_reranker_job(conf, str(out), True)))
     return {"models": r["models"], "eval": r.get("eval"), "seconds": r["train_seconds"]}
 
 
@@ -237,9 +226,10 @@ def _resolve_evaluate(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_evaluate(conf: dict[str, Any], out: Path) -> dict[str, Any]:
-    from .evaluate import EvalConfig, run_evaluation
+    from .evaluate import FOLDER, EvalConfig, run_evaluation
 
     # evaluation is recomputed when its worker died (no partial state worth keeping)
+    clear_unstarted(out, FOLDER)
     return {"metrics": run_evaluation(EvalConfig(**conf, out=str(out), overwrite=True))}
 
 
@@ -274,10 +264,10 @@ def _resolve_iterate(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_iterate(conf: dict[str, Any], out: Path) -> dict[str, Any]:
-    from .iterate import loop_config_from_dict, run_loop
+    from .iterate import FOLDER, loop_config_from_dict, run_loop
 
     cfg = loop_config_from_dict(json.loads(json.dumps(conf)), "config", out=str(out))
-    _clear_unstarted(out, "loop.json")
+    clear_unstarted(out, FOLDER)
     result = run_loop(cfg)
     return {"best_round": result["best_round"], "best_model": result["best_model"], "stopped": result["stopped"],
             "rounds": [{"round": r["round"], "metrics": r["metrics"]} for r in result["rounds"]],

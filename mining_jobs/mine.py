@@ -6,10 +6,8 @@ and report (``triples.finalize``). Resumable per shard."""
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -19,7 +17,6 @@ from retriever.bm25 import BM25Index
 from retriever.data import column
 from retriever.dense_index import DenseIndex
 from retriever.encoder import EmbeddingCache, Encoder
-from retriever.errors import HardnegError
 from retriever.judge import load_judge
 from retriever.progress import report, show_progress, stage
 from retriever.rerank import ScoreCache
@@ -29,44 +26,26 @@ from . import engine as engines  # engines.make_engine is looked up at call time
 from .candidates import normalized_hash
 from .config import MineConfig
 from .engine import LocalEngine
-from .files import write_parquet, write_text
 from .inputs import leak_guard, load_input
 from .judge_check import check_judge, choose_margin
 from .planted import find_planted, load_planted
+from .runfolder import Layout, RunFolderError, State, prepare, write_parquet
 from .shard import Resources, bind_judge, shard_paths
 from .triples import finalize
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "job.json"
+FOLDER = Layout("mine", state_file=STATE_FILE, done_file="manifest.json", key_field="config_fingerprint",
+                noun="job", redo="mine again", hint="pass --overwrite (or --set output.overwrite=true)")
+
+JobStateError = RunFolderError  # the run folder holds another or a finished job, or the inputs changed
 
 
-class JobStateError(HardnegError):
-    """The output folder holds a different or finished job and overwriting was not asked for."""
-
-
-def prepare_folder(out: Path, cfg: MineConfig) -> dict:
-    """Create the run folder, or check that it holds the same job (resume); refuse otherwise."""
-    state_path = out / STATE_FILE
-    if state_path.exists():
-        state = json.loads(state_path.read_text())
-        same = state.get("config_fingerprint") == cfg.fingerprint()
-        if not cfg.output.overwrite:
-            if not same:
-                raise JobStateError(f"{out} holds a job with a different config; pass --overwrite "
-                                    "(or --set output.overwrite=true) to replace it, or choose another --out")
-            if (out / "manifest.json").exists():
-                raise JobStateError(f"{out} already holds this finished job; pass --overwrite to mine again")
-            logger.info("resuming the job in %s", out)
-            return state
-        shutil.rmtree(out)
-    elif out.exists() and any(out.iterdir()):
-        # never delete a folder that is not a hardneg job, even with --overwrite
-        raise JobStateError(f"{out} is not empty and holds no hardneg job (no {STATE_FILE}); choose an empty "
-                            "or new folder")
-    (out / "shards").mkdir(parents=True, exist_ok=True)
-    state = {"config_fingerprint": cfg.fingerprint(), "config": cfg.to_dict(), "created": time.time()}
-    write_text(state_path, json.dumps(state, indent=2))
+def prepare_folder(out: Path, cfg: MineConfig) -> State:
+    """Create the run folder, or check that it holds the same job (resume); refuse otherwise (``runfolder``)."""
+    state = prepare(out, FOLDER, cfg.fingerprint(), overwrite=cfg.output.overwrite, config=cfg.to_dict())
+    (out / "shards").mkdir(exist_ok=True)
     return state
 
 
@@ -116,16 +95,16 @@ def input_fingerprints(res: Resources) -> dict[str, str | None]:
             "cross_encoder": res.reranker.fingerprint() if res.reranker is not None else None}
 
 
-def check_inputs(out: Path, state: dict, fps: dict[str, str | None]) -> None:
+def check_inputs(out: Path, state: State, fps: dict[str, str | None]) -> None:
     """Record the input fingerprints in ``job.json``; on resume, refuse when any of them changed, since
     finished shards would mix old and new inputs (``--overwrite`` has already emptied the folder)."""
-    old = state.get("inputs")
+    old = state.record.get("inputs")
     if old is not None and old != fps:
         changed = sorted(k for k in fps if old.get(k) != fps[k])
         raise JobStateError(f"{out} holds a partly finished job whose {', '.join(changed)} changed since it "
                             "started; pass --overwrite to start again")
-    state["inputs"] = fps
-    write_text(out / STATE_FILE, json.dumps(state, indent=2))
+    state.record["inputs"] = fps
+    state.save()
 
 
 def run_mining(cfg: MineConfig, out: str | os.PathLike) -> dict:

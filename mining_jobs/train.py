@@ -9,7 +9,6 @@ config and the metrics.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -29,7 +28,8 @@ from retriever.encoder import load_model, resolve_bf16, resolve_model_name
 from retriever.errors import HardnegError
 from retriever.progress import report, show_progress, stage
 
-from .files import versions, write_json, write_text
+from .files import versions
+from .runfolder import Layout, fingerprint, finish, prepare, write_json, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class TrainConfig:
             d["triples_file"] = [st.st_size, st.st_mtime_ns]
         except TrainError:
             pass
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return fingerprint(d)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -273,26 +273,15 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
     return None
 
 
+FOLDER = Layout("train", state_file="train.json", done_file="metrics.json", noun="training job", done_noun="model",
+                redo="train again")
+
+
 def _prepare(out: Path, cfg: TrainConfig) -> Path | None:
-    """Create ``out`` or check it holds the same unfinished job; returns the checkpoint to resume from."""
-    state = out / "train.json"
-    if state.is_file():
-        old = json.loads(state.read_text())
-        same = old.get("fingerprint") == cfg.fingerprint()
-        if cfg.overwrite:
-            shutil.rmtree(out)
-        elif not same:
-            raise TrainError(f"{out} holds a training job with different settings; pass --overwrite or "
-                             "choose another --out")
-        elif (out / "metrics.json").is_file():
-            raise TrainError(f"{out} already holds this finished model; pass --overwrite to train again")
-        else:
-            return last_complete_checkpoint(out / "checkpoints")
-    elif out.exists() and any(out.iterdir()):
-        raise TrainError(f"{out} is not empty and holds no hardneg training job (no train.json)")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(state, {"fingerprint": cfg.fingerprint(), "config": dataclasses.asdict(cfg), "created": time.time()})
-    return None
+    """Create ``out`` or check it holds the same unfinished job (``runfolder``); returns the checkpoint to
+    resume from."""
+    state = prepare(out, FOLDER, cfg.fingerprint(), overwrite=cfg.overwrite, config=dataclasses.asdict(cfg))
+    return last_complete_checkpoint(out / "checkpoints") if state.resumed else None
 
 
 def run_training(cfg: TrainConfig, model=None) -> dict:
@@ -399,7 +388,7 @@ def run_training(cfg: TrainConfig, model=None) -> dict:
     }
     write_json(out / "log.json", log)
     write_text(model_dir / "README.md", model_card(summary))
-    write_json(out / "metrics.json", summary)  # marks the job finished
+    finish(out, FOLDER, summary)  # metrics.json, last: marks the job finished
     if os.environ.get("HARDNEG_KEEP_CHECKPOINTS", "") != "1":
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return summary

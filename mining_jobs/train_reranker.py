@@ -4,7 +4,6 @@ quality (nDCG@10 of BM25 top-k reranked) on a held-out split. Writes a fold set 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -21,7 +20,7 @@ from retriever.progress import stage
 from retriever.rerank import FOLDS_FILE
 from retriever.rerank_train import Group, TrainArgs, train_cross_encoder
 
-from .files import write_json, write_text
+from .runfolder import Layout, fingerprint, finish, prepare, write_json, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +67,25 @@ class RerankerJob:
 FOLD_DONE = "fold.json"
 
 
+def _legacy(out: Path) -> bool:
+    """A fold set from before run.json: its folds.json or a finished fold."""
+    return (out / FOLDS_FILE).is_file() or (out / "report.json").is_file() or any(out.glob(f"*/{FOLD_DONE}"))
+
+
+# report.json, written last, marks the job finished (the job service reads it as the result)
+FOLDER = Layout("train-reranker", done_file="report.json", noun="fold set", redo="train it again", legacy=_legacy)
+
+
+def _job_key(job: RerankerJob) -> str:
+    """What the fold set depends on: every setting but the output folder and how to treat it."""
+    return fingerprint({k: v for k, v in asdict(job).items() if k not in ("out", "overwrite", "resume")})
+
+
 def _fold_key(job: RerankerJob, train_q: list[str]) -> str:
     """What a fold's model depends on: the training settings, the data and the fold's queries."""
     d = {"train": asdict(job.train), "data": job.data, "split": job.split, "negatives": job.negatives,
          "bm25_depth": job.bm25_depth, "queries": train_q}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    return fingerprint(d)
 
 
 def fold_assignment(qids: list[str], k: int, seed: int) -> dict[str, int]:
@@ -129,10 +142,11 @@ def rerank_eval(model_dir: Path, data: str, split: str, depth: int, max_length: 
 
 
 def run_train_reranker(job: RerankerJob) -> dict:
-    out = Path(job.out)
-    if (out / FOLDS_FILE).exists() and not job.overwrite:
-        raise FileExistsError(f"{out} already holds a trained fold set; pass --overwrite to retrain")
-    out.mkdir(parents=True, exist_ok=True)
+    """Train (or, with ``resume``, finish) the fold set in ``job.out``. The run folder (``runfolder``): a fold
+    set with the same settings is resumed unless finished; ``overwrite`` replaces it, except that with ``resume``
+    too (the job service) a fold set with the same settings is resumed, its finished folds kept."""
+    out = prepare(job.out, FOLDER, _job_key(job), overwrite=job.overwrite, resume_same=job.resume,
+                  config=asdict(job)).out
     (out / FOLDS_FILE).unlink(missing_ok=True)  # a half-retrained fold set must never look usable
     t0 = time.perf_counter()
     col = load_collection(job.data, job.split)
@@ -168,7 +182,7 @@ def run_train_reranker(job: RerankerJob) -> dict:
             report["eval"] = rerank_eval(out, job.data, job.eval_split, job.eval_depth, job.train.max_length,
                                          job.max_eval_queries)
     write_text(out / "report.md", render(report))
-    write_json(out / "report.json", report)  # last: the service reads it as "finished"
+    finish(out, FOLDER, report)  # report.json, last: the service reads it as "finished"
     return report
 
 

@@ -86,6 +86,31 @@ def test_evaluate_bm25_on_adi(cli_env, tmp_path, capsys, adi_qrels):
     _check_metrics_file(out, adi_qrels)
 
 
+def test_evaluate_refuses_a_foreign_non_empty_folder(cli_env, tmp_path, capsys, adi_qrels):
+    """evaluate never writes into a folder that holds no evaluation, not even with --overwrite (one or several
+    retrievers); a folder written by an evaluation from before run.json is replaced with --overwrite."""
+    foreign = tmp_path / "home"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("years of work")
+    base = ["-q", "evaluate", "--data", "adi", "--split", "test", "--out", str(foreign)]
+    for extra in ([], ["--overwrite"], ["--retriever", "bm25,dense"]):
+        assert main([*base, *extra]) == 2, extra
+        assert "is not empty and holds no hardneg evaluation (no run.json)" in capsys.readouterr().err
+    assert sorted(p.name for p in foreign.iterdir()) == ["thesis.tex"]
+    assert (foreign / "thesis.tex").read_text() == "years of work"
+
+    old = tmp_path / "old"  # an evaluation's files without run.json
+    old.mkdir()
+    for name in ("metrics.json", "manifest.json", "per_query.json"):
+        (old / name).write_text("{}")
+    assert main(["-q", "evaluate", "--data", "adi", "--split", "test", "--out", str(old)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["-q", "evaluate", "--data", "adi", "--split", "test", "--out", str(old), "--overwrite"]) == 0
+    capsys.readouterr()
+    assert (old / "run.json").is_file()
+    _check_metrics_file(old, adi_qrels)
+
+
 @pytest.mark.slow
 def test_evaluate_bm25_dense_hybrid_on_adi(cli_env, tmp_path, capsys, adi_qrels):
     out = tmp_path / "multi"

@@ -120,6 +120,28 @@ def test_existing_fold_set_is_not_overwritten_silently(fold_set, capsys):
     assert (fold_set / "folds.json").read_text() == before
 
 
+def test_refused_run_folders_raise_the_projects_error(tmp_path):
+    """A folder holding a fold set (here one from before run.json) or files that are no fold set is refused with
+    RunFolderError (a HardnegError, not FileExistsError), before any data is read; the folder is left alone."""
+    from mining_jobs.runfolder import RunFolderError
+    from mining_jobs.train_reranker import RerankerJob, run_train_reranker
+    from retriever.errors import HardnegError
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "folds.json").write_text("{}")
+    with pytest.raises(RunFolderError, match="fold set written by an earlier hardneg.*--overwrite") as err:
+        run_train_reranker(RerankerJob(data="nowhere", out=str(old)))
+    assert isinstance(err.value, HardnegError) and not isinstance(err.value, FileExistsError)
+    assert (old / "folds.json").read_text() == "{}"
+    foreign = tmp_path / "home"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("years of work")
+    with pytest.raises(RunFolderError, match="holds no hardneg fold set"):
+        run_train_reranker(RerankerJob(data="nowhere", out=str(foreign), overwrite=True))
+    assert sorted(p.name for p in foreign.iterdir()) == ["thesis.tex"]
+
+
 def test_resume_keeps_finished_folds_and_trains_the_rest(tmp_path, data_root, tiny_cross_encoder, torch_one_thread,
                                                          monkeypatch):
     """The job service resumes a fold set whose worker died: a fold with its fold.json (written after its
