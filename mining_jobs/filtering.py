@@ -18,11 +18,16 @@ def reduce_positive(scores: list[float], how: str) -> float:
     return float({"min": np.min, "mean": np.mean, "max": np.max}[how](scores))
 
 
-def filter_reason(score: float, pos: float, cfg: FilterSection) -> str | None:
+def filter_reason(score: float, pos: float, cfg: FilterSection, positive_aware_ratio: float | None = None
+                  ) -> str | None:
     """The first rule that rejects a candidate with logit ``score`` against positive logit ``pos``, or None.
+    The one rule function: the filter, lazy scoring, the what-if table, the judge check and the judge report
+    all call it.
 
     The relative margin compares probabilities (sigmoid of the logits), so negative logits behave:
-    a candidate is dropped when ``p(cand) > (1 - relative_margin) * p(pos)``.
+    a candidate is dropped when ``p(cand) > (1 - relative_margin) * p(pos)``. With ``positive_aware_ratio``
+    (sampling strategy ``positive-aware``), a candidate whose probability is not below that ratio of the
+    positive's is dropped last (``filtered:positive_aware``).
     """
     if cfg.max_score is not None and score > cfg.max_score:
         return "filtered:max_score"
@@ -32,6 +37,8 @@ def filter_reason(score: float, pos: float, cfg: FilterSection) -> str | None:
         return "filtered:absolute_margin"
     if cfg.relative_margin is not None and float(sigmoid(score)) > (1.0 - cfg.relative_margin) * float(sigmoid(pos)):
         return "filtered:relative_margin"
+    if positive_aware_ratio is not None and not float(sigmoid(score)) < positive_aware_ratio * float(sigmoid(pos)):
+        return "filtered:positive_aware"
     return None
 
 
@@ -47,12 +54,13 @@ def relabel(cands: list[Candidate], cfg: FilterSection) -> list[Candidate]:
     return out
 
 
-def apply_filter(cands: list[Candidate], pos_score: float | None, cfg: FilterSection) -> list[Candidate]:
+def apply_filter(cands: list[Candidate], pos_score: float | None, cfg: FilterSection,
+                 positive_aware_ratio: float | None = None) -> list[Candidate]:
     """Mark filtered candidates and return the survivors, best first.
 
     Candidates still pending are ordered by cross-encoder score (else, or with ``rank_by = "retrieval"``, by
     fused rank); those outside ``[range_min, range_max)`` get ``filtered:rank_window``; with a positive score,
-    the score rules apply. With a positive score, a candidate left unscored (lazy scoring in retrieval order)
+    the score rules apply (and ``positive_aware_ratio``, see ``filter_reason``). With a positive score, a candidate left unscored (lazy scoring in retrieval order)
     gets ``not_scored`` and is never a negative.
     """
     pending = [c for c in cands if c.fate == "pending"]
@@ -67,7 +75,7 @@ def apply_filter(cands: list[Candidate], pos_score: float | None, cfg: FilterSec
             c.fate = "not_scored"
             continue
         if pos_score is not None:
-            reason = filter_reason(c.ce_score, pos_score, cfg)
+            reason = filter_reason(c.ce_score, pos_score, cfg, positive_aware_ratio)
             if reason:
                 c.fate = reason
                 continue
@@ -83,6 +91,4 @@ def in_window(cands: list[Candidate], cfg: FilterSection) -> list[Candidate]:
 
 def accepts(score: float, pos: float, cfg: FilterSection, positive_aware_ratio: float | None) -> bool:
     """Whether a candidate with logit ``score`` passes the filter (and the positive-aware ratio, if given)."""
-    if filter_reason(score, pos, cfg) is not None:
-        return False
-    return positive_aware_ratio is None or float(sigmoid(score)) < positive_aware_ratio * float(sigmoid(pos))
+    return filter_reason(score, pos, cfg, positive_aware_ratio) is None

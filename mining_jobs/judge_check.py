@@ -14,7 +14,7 @@ from retriever.judge import mean_ndcg10, roc_auc
 from retriever.rerank import score_lists
 
 from .config import MineConfig
-from .shard import retrieve
+from .shard import candidates_of
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def check_judge(res, cfg: MineConfig) -> dict | None:
         return None
     qids = sorted(res.qids, key=lambda q: (zlib.crc32(q.encode()), q))[:n]
     qtexts = [res.inp.queries[q] for q in qids]
-    cands, positives = retrieve(res, cfg, qids, qtexts)
+    cands, positives = candidates_of(res, cfg, qids, qtexts)
     pools, labels, fused = [], [], []
     for cl, pos in zip(cands, positives, strict=True):
         by_doc = {c.doc: c for c in cl}
@@ -100,7 +100,7 @@ def choose_margin(res, cfg: MineConfig) -> dict | None:
         logger.warning("filter.auto_margin: no query has two positives to hide one of; the configured margin stays")
         return {"chosen": cfg.filter.relative_margin, "why": "no query with two or more positives", "queries": 0}
     qtexts = [res.inp.queries[q] for q in multi]
-    cands, positives = retrieve(res, cfg, multi, qtexts)
+    cands, positives = candidates_of(res, cfg, multi, qtexts)
     pools = [pos + [c.doc for c in cl if c.fate == "pending"] for cl, pos in zip(cands, positives, strict=True)]
     scores, _ = score_lists(res.reranker, multi, qtexts, pools, res.doc_ids, res.texts, res.score_cache)
     sweep = []

@@ -22,15 +22,7 @@ def sample(kept: list[Candidate], pos_score: float | None, cfg: SamplingSection,
     """Pick up to ``num_negatives`` from ``kept`` (ordered best first); mark them ``kept`` and the rest
     ``not_sampled``. Returns the chosen ones, best first."""
     n = cfg.num_negatives
-    pool = kept
-    if cfg.strategy == "positive-aware" and pos_score is not None:
-        limit = cfg.positive_aware_ratio * float(sigmoid(pos_score))
-        pool = [c for c in kept if c.ce_score is not None and float(sigmoid(c.ce_score)) < limit]
-        in_pool = {id(c) for c in pool}
-        for c in kept:
-            if id(c) not in in_pool:
-                c.fate = "filtered:positive_aware"
-        kept = pool
+    pool = kept  # positive-aware: the filter has applied its ratio (filtering.filter_reason)
     if cfg.strategy in ("top", "positive-aware") or len(pool) <= n:
         chosen = pool[:n]
     elif cfg.strategy == "random":

@@ -7,7 +7,7 @@ of the triples and candidates tables. ``Resources`` is what every shard reads, b
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -70,62 +70,117 @@ def bind_judge(reranker, doc_ids: list[str], texts: list[str], corpus_fingerprin
         reranker.bind(Corpus(doc_ids, texts, corpus_fingerprint, bm25, encoder, emb), EmbeddingCache(), cache)
 
 
-def retrieve(res: Resources, cfg: MineConfig, qids: list[str], qtexts: list[str]
-             ) -> tuple[list[list[Candidate]], list[list[int]]]:
-    """Candidates of each query (BM25 + dense top-k, fused order) with exclusions marked, and its positives
-    (corpus positions)."""
+@dataclass
+class Shard:
+    """One shard's work, filled in stage by stage (``mine_shard``): its queries; after ``retrieve``, the
+    candidates (fused order); after ``exclude``, the positives (corpus positions) and exclusion fates; after
+    ``score``, judge scores on candidates and positives (``pos_lists``, reduced to ``pos_scores``); after
+    ``filter_stage``, the relabelled extra positives and the survivors; after ``sample_stage``, the negatives."""
+
+    qids: list[str]
+    qtexts: list[str]
+    cands: list[list[Candidate]] = field(default_factory=list)
+    positives: list[list[int]] = field(default_factory=list)
+    pos_lists: list[list[float]] = field(default_factory=list)
+    pos_scores: list[float | None] = field(default_factory=list)
+    extra: list[list[Candidate]] = field(default_factory=list)
+    kept: list[list[Candidate]] = field(default_factory=list)
+    chosen: list[list[Candidate]] = field(default_factory=list)
+
+
+def retrieve(res: Resources, cfg: MineConfig, sh: Shard) -> None:
+    """Stage 1: BM25 top-k and dense top-k of every query, fused into one candidate list per query."""
     c = cfg.candidates
-    bm25 = res.bm25.search_arrays(qtexts, k=c.bm25_k, show_progress=False) if res.bm25 else None
+    bm25 = res.bm25.search_arrays(sh.qtexts, k=c.bm25_k, show_progress=False) if res.bm25 else None
     dense = None
     if res.dense is not None:
-        q_emb = res.encoder.encode_queries(qtexts, show_progress=False)
+        q_emb = res.encoder.encode_queries(sh.qtexts, show_progress=False)
         dense = res.dense.search_arrays(q_emb, k=c.dense_k)
-    cands = union_candidates(bm25, dense, len(qids))
-    positives: list[list[int]] = []
-    for qid, cl in zip(qids, cands, strict=True):
+    sh.cands = union_candidates(bm25, dense, len(sh.qids))
+
+
+def exclude(res: Resources, cfg: MineConfig, sh: Shard) -> None:
+    """Stage 2: each query's positives; its candidates that are positives, duplicates of one, the query
+    itself or banned by the leak guard get their exclusion fate."""
+    sh.positives = []
+    for qid, cl in zip(sh.qids, sh.cands, strict=True):
         pos = sorted(res.doc_pos[d] for d in res.inp.positives[qid])
-        positives.append(pos)
+        sh.positives.append(pos)
         mark_exclusions(cl, set(pos), qid, res.doc_ids, res.hashes, cfg.exclusion.drop_self, res.emb,
                         cfg.exclusion.near_duplicate_cosine, res.banned)
-    return cands, positives
 
 
-def mine_shard(res: Resources, cfg: MineConfig, qids: list[str], counters: dict[str, float]
-               ) -> tuple[pa.Table, pa.Table]:
-    """Mine one shard of queries; returns its triples and candidates tables."""
-    qtexts = [res.inp.queries[q] for q in qids]
-    t0 = time.perf_counter()
-    cands, positives = retrieve(res, cfg, qids, qtexts)
-    counters["retrieve_s"] += time.perf_counter() - t0
-    pos_scores: list[float | None] = [None] * len(qids)
-    pos_lists: list[list[float]] = [[] for _ in qids]
-    if res.reranker is not None:
-        t0 = time.perf_counter()
-        pos_lists = score_shard(res, cfg, qids, qtexts, cands, positives, counters)
-        pos_scores = [reduce_positive(p, cfg.cross_encoder.positive_reduce) for p in pos_lists]
-        counters["score_s"] += time.perf_counter() - t0
-    triples, rows = [], []
-    for i, (qid, cl) in enumerate(zip(qids, cands, strict=True)):
-        extra = relabel(cl, cfg.filter)
-        kept = apply_filter(cl, pos_scores[i], cfg.filter)
-        chosen = sample(kept, pos_scores[i], cfg.sampling, qid)
-        rows_pos = [(p, pos_lists[i][j] if pos_lists[i] else None, "qrels") for j, p in enumerate(positives[i])]
-        rows_pos += [(c.doc, c.ce_score, "relabelled") for c in extra]
+def candidates_of(res: Resources, cfg: MineConfig, qids: list[str], qtexts: list[str]
+                  ) -> tuple[list[list[Candidate]], list[list[int]]]:
+    """Stages 1 and 2 for a list of queries (the judge check and the automatic margin use them too)."""
+    sh = Shard(qids, qtexts)
+    retrieve(res, cfg, sh)
+    exclude(res, cfg, sh)
+    return sh.cands, sh.positives
+
+
+def score(res: Resources, cfg: MineConfig, sh: Shard, counters: dict[str, float]) -> None:
+    """Stage 3: the judge's scores (nothing without a judge)."""
+    sh.pos_lists = [[] for _ in sh.qids]
+    sh.pos_scores = [None] * len(sh.qids)
+    if res.reranker is None:
+        return
+    sh.pos_lists = score_shard(res, cfg, sh.qids, sh.qtexts, sh.cands, sh.positives, counters)
+    sh.pos_scores = [reduce_positive(p, cfg.cross_encoder.positive_reduce) for p in sh.pos_lists]
+
+
+def filter_stage(cfg: MineConfig, sh: Shard) -> None:
+    """Stage 4: relabel the confidently relevant, then the false-negative filter (rank window, score rules,
+    positive-aware ratio); ``kept`` holds each query's survivors, best first."""
+    ratio = cfg.sampling.positive_aware_ratio if cfg.sampling.strategy == "positive-aware" else None
+    sh.extra = [relabel(cl, cfg.filter) for cl in sh.cands]
+    sh.kept = [apply_filter(cl, ps, cfg.filter, ratio) for cl, ps in zip(sh.cands, sh.pos_scores, strict=True)]
+
+
+def sample_stage(cfg: MineConfig, sh: Shard) -> None:
+    """Stage 5: the negatives of each query among its survivors."""
+    sh.chosen = [sample(k, ps, cfg.sampling, q) for k, ps, q in zip(sh.kept, sh.pos_scores, sh.qids, strict=True)]
+
+
+def rows(res: Resources, sh: Shard) -> tuple[pa.Table, pa.Table]:
+    """Stage 6: the shard's triples (one row per positive, relabelled ones included) and candidates tables."""
+    triples, cand_rows = [], []
+    for i, (qid, cl) in enumerate(zip(sh.qids, sh.cands, strict=True)):
+        chosen = sh.chosen[i]
+        rows_pos = [(p, sh.pos_lists[i][j] if sh.pos_lists[i] else None, "qrels") for j, p in enumerate(sh.positives[i])]
+        rows_pos += [(c.doc, c.ce_score, "relabelled") for c in sh.extra[i]]
         for p, p_score, origin in rows_pos:
             triples.append({
-                "query_id": qid, "query": qtexts[i], "positive_id": res.doc_ids[p], "positive": res.texts[p],
+                "query_id": qid, "query": sh.qtexts[i], "positive_id": res.doc_ids[p], "positive": res.texts[p],
                 "positive_score": p_score, "positive_source": origin,
                 "negative_ids": [res.doc_ids[x.doc] for x in chosen],
                 "negatives": [res.texts[x.doc] for x in chosen],
                 "negative_scores": [x.ce_score for x in chosen] if res.reranker is not None else [],
                 "negative_sources": ["+".join(x.sources) for x in chosen]})
         for cand in cl:
-            rows.append({"query_id": qid, "doc_id": res.doc_ids[cand.doc], "sources": cand.sources,
-                         "bm25_rank": cand.bm25_rank, "bm25_score": cand.bm25_score, "dense_rank": cand.dense_rank,
-                         "dense_score": cand.dense_score, "ce_score": cand.ce_score,
-                         "positive_score": pos_scores[i], "fate": cand.fate})
+            cand_rows.append({"query_id": qid, "doc_id": res.doc_ids[cand.doc], "sources": cand.sources,
+                              "bm25_rank": cand.bm25_rank, "bm25_score": cand.bm25_score,
+                              "dense_rank": cand.dense_rank, "dense_score": cand.dense_score,
+                              "ce_score": cand.ce_score, "positive_score": sh.pos_scores[i], "fate": cand.fate})
     return (pa.Table.from_pylist(triples, schema=TRIPLE_SCHEMA),
-            pa.Table.from_pylist(rows, schema=CANDIDATE_SCHEMA))
+            pa.Table.from_pylist(cand_rows, schema=CANDIDATE_SCHEMA))
+
+
+def mine_shard(res: Resources, cfg: MineConfig, qids: list[str], counters: dict[str, float]
+               ) -> tuple[pa.Table, pa.Table]:
+    """Mine one shard of queries: retrieve -> exclude -> score -> filter -> sample -> rows."""
+    sh = Shard(qids, [res.inp.queries[q] for q in qids])
+    t0 = time.perf_counter()
+    retrieve(res, cfg, sh)
+    exclude(res, cfg, sh)
+    counters["retrieve_s"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    score(res, cfg, sh, counters)
+    if res.reranker is not None:
+        counters["score_s"] += time.perf_counter() - t0
+    filter_stage(cfg, sh)
+    sample_stage(cfg, sh)
+    return rows(res, sh)
 
 
 def lazy_scoring(cfg: MineConfig) -> bool:

@@ -7,16 +7,16 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from retriever.rerank import sigmoid
-
-from .config import MineConfig
+from .config import FilterSection, MineConfig
 from .files import versions, write_json, write_parquet, write_text
+from .filtering import filter_reason
 from .judge_check import render_auto_margin, render_check
 from .planted import Planted, planted_stats, render_planted
 from .shard import shard_paths
@@ -81,25 +81,22 @@ def _stats(x: np.ndarray) -> dict[str, float] | None:
             "mean": float(x.mean())}
 
 
-def what_if(cands: pa.Table, n: int, queries: list[str]) -> list[dict[str, object]]:
+def what_if(cands: pa.Table, n: int, queries: list[str], fcfg: FilterSection) -> list[dict[str, object]]:
     """How many negatives and queries would survive at other margins: exclusions, the rank window and the
-    score bounds stay as configured; only the margin rule changes."""
-    fate = np.array(cands["fate"].to_pylist(), dtype=object)
-    ce = cands["ce_score"].to_numpy(zero_copy_only=False)
-    pos = cands["positive_score"].to_numpy(zero_copy_only=False)
-    qid = np.array(cands["query_id"].to_pylist(), dtype=object)
+    score bounds stay as configured; only the margin rule changes. Decided by the filter's own rule
+    (``filtering.filter_reason``) with the margin replaced."""
     margin_rules = ("filtered:relative_margin", "filtered:absolute_margin", "filtered:positive_aware")
-    eligible = np.array([f in ("kept", "not_sampled") or f in margin_rules for f in fate]) \
-        & ~np.isnan(ce.astype(np.float64))
+    eligible = [(q, float(c), float(p)) for q, c, p, f in zip(
+        cands["query_id"].to_pylist(), cands["ce_score"].to_pylist(), cands["positive_score"].to_pylist(),
+        cands["fate"].to_pylist(), strict=True)
+        if (f in ("kept", "not_sampled") or f in margin_rules) and c is not None and p is not None]
     out = []
     for kind, margins in (("relative", REL_MARGINS), ("absolute", ABS_MARGINS)):
         for m in margins:
-            if kind == "relative":
-                keep = eligible & (sigmoid(ce) <= (1 - m) * sigmoid(pos))
-            else:
-                keep = eligible & (ce <= pos - m)
-            per_q = Counter(qid[keep].tolist())
-            out.append({"rule": kind, "margin": m, "negatives": int(keep.sum()),
+            rule = replace(fcfg, relative_margin=m if kind == "relative" else None,
+                           absolute_margin=m if kind == "absolute" else None)
+            per_q = Counter(q for q, c, p in eligible if filter_reason(c, p, rule) is None)
+            out.append({"rule": kind, "margin": m, "negatives": sum(per_q.values()),
                         "queries_with_n": sum(1 for q in queries if per_q[q] >= n),
                         "queries_with_none": sum(1 for q in queries if per_q[q] == 0)})
     return out
@@ -191,7 +188,7 @@ def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, tim
                         "kept": _stats(ce[(fate_arr == "kept") & ~np.isnan(ce)]),
                         "filtered": _stats(ce[np.array([f.startswith("filtered:") for f in fate_arr])
                                               & ~np.isnan(ce)])} if has_ce else None,
-        "what_if": what_if(cands, n, list(neg_counts)) if has_ce else None,
+        "what_if": what_if(cands, n, list(neg_counts), cfg.filter) if has_ce else None,
         "judge_check": judge_check, "auto_margin": auto_margin,
         "planted": planted_stats(planted[1], planted[0], set(res.qids), cands, triples) if planted else None,
         "timings": {**timings, "total_s": total_s},

@@ -206,13 +206,17 @@ def test_sample_random_is_seeded_per_query():
 
 def test_sample_positive_aware_only_below_ratio_of_positive_probability():
     pos = 1.0  # p = 0.7311; ratio 0.95 -> limit 0.6945 (logit 0.822)
-    kept = _cands([2.0, 0.9, 0.8, 0.0, -1.0, -2.0])
+    cands = _cands([2.0, 0.9, 0.8, 0.0, -1.0, -2.0])
+    # the positive-aware ratio is a rule of the filter (one rule function, filter_reason); sampling then picks
+    kept = apply_filter(cands, pos, _fcfg(), positive_aware_ratio=0.95)
+    assert filter_reason(0.9, pos, _fcfg(), 0.95) == "filtered:positive_aware"
+    assert filter_reason(0.8, pos, _fcfg(), 0.95) is None and filter_reason(0.9, pos, _fcfg()) is None
     chosen = sample(kept, pos, _scfg(strategy="positive-aware", num_negatives=2, positive_aware_ratio=0.95), "q")
     assert _sig(0.9) > 0.95 * _sig(pos) > _sig(0.8)
     assert [c.doc for c in chosen] == [2, 3]  # best two under the limit
     # above the ratio: rejected by the positive-aware rule, named as such; below it but not chosen: not_sampled
-    assert [c.fate for c in kept] == ["filtered:positive_aware", "filtered:positive_aware", "kept", "kept",
-                                      "not_sampled", "not_sampled"]
+    assert [c.fate for c in cands] == ["filtered:positive_aware", "filtered:positive_aware", "kept", "kept",
+                                       "not_sampled", "not_sampled"]
     for c in chosen:
         assert _sig(c.ce_score) < 0.95 * _sig(pos)
 
