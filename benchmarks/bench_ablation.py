@@ -15,12 +15,21 @@ learning rate, loss and data (``train:fit``); the ANCE row spends them in ``--ro
   filter), the top surviving negative;
 - ``ance``: hardneg's ANCE loop (``hardneg iterate``, warm mode), ``rounds`` rounds.
 
+Loss rows (``--loss-rows``, issue 14): the same budget with another ``hardneg train --loss``. ``<row>+<loss>`` trains
+like ``<row>`` with that loss (its other settings at ``hardneg train``'s defaults, or ``--loss-set``); a bare loss
+name in ``--loss-rows`` stands for ``hardneg+<loss>``, and for the losses that mine online (gist, hardness) also
+``in-batch+<loss>``. With loss rows, ``--rows`` defaults to the references ``in-batch,hardneg`` (MNRL) and the
+report is ``benchmarks/results/losses.md`` (+ .json) instead of ablation.md: is offline mining still needed when
+the loss mines online, and which loss is best on mined negatives (both chosen on dev).
+
 Nothing is chosen on test: the judge (``--judge``, ``hardneg train-judge`` on ``train:fit``) was chosen on
 ``train:dev`` (benchmarks/results/judge.md), the budget is fixed in advance, and dev metrics are reported
 beside test. Each (row, seed) result is one small JSON file under ``--rows-dir`` (committed), skipped when it
 was made with the same settings, so the benchmark resumes across sessions.
 
     python -m benchmarks.bench_ablation --judge runs/demo_judge
+    python -m benchmarks.bench_ablation --judge runs/demo_judge \
+        --loss-rows gist,hardness,margin-mse,batch-hard-triplet,cached-mnrl
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import statistics
 import time
 from pathlib import Path
 
+from mining_jobs import losses as L
 from mining_jobs.config import load_config
 from mining_jobs.evaluate import evaluate_model
 from mining_jobs.files import write_json
@@ -62,11 +72,62 @@ CONTRASTS = (("random", "in-batch", "one random negative per example"),
              ("hardneg", "st", "hardneg's miner instead of sentence-transformers' (same judge, margin, depth)"),
              ("ance", "hardneg", "re-mining with the model being trained (same total steps)"),
              ("ance", "in-batch", "everything hardneg does"))
+ONLINE_LOSSES = ("gist", "hardness")  # losses that mine inside the batch: they also get an in-batch-only row
+LOSS_BASES = ("in-batch", "random", "bm25", "dense", "st", "hardneg")  # rows trained by one `hardneg train`
+
+
+def split_row(row: str) -> tuple[str, str]:
+    """``"hardneg+gist"`` -> ``("hardneg", "gist")``; a row without a loss trains with mnrl."""
+    base, _, loss = row.partition("+")
+    return base, loss or "mnrl"
+
+
+def label(row: str) -> str:
+    base, loss = split_row(row)
+    return LABELS[base] if loss == "mnrl" else f"{LABELS[base]} + {loss} loss"
+
+
+def loss_rows(spec: str) -> list[str]:
+    """The rows of ``--loss-rows``: ``gist`` -> in-batch+gist, hardneg+gist; ``margin-mse`` -> hardneg+margin-mse;
+    an explicit ``<row>+<loss>`` as given."""
+    rows: list[str] = []
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        if "+" in item:
+            new = [item]
+        else:
+            new = ([f"in-batch+{item}"] if item in ONLINE_LOSSES else []) + [f"hardneg+{item}"]
+        for r in new:
+            base, loss = split_row(r)
+            if base not in LOSS_BASES or loss not in L.LOSSES or loss == "mnrl":
+                raise SystemExit(f"--loss-rows {item!r}: expected a loss other than mnrl ({', '.join(L.LOSSES[1:])}) "
+                                 f"or <row>+<loss> with a row of {', '.join(LOSS_BASES)}")
+            if r not in rows:
+                rows.append(r)
+    return rows
+
+
+def loss_settings(args, row: str) -> dict:
+    """The TrainConfig fields of a row's loss: ``hardneg train``'s defaults, then ``--loss-set``."""
+    _, loss = split_row(row)
+    cfg = TrainConfig(loss=loss)
+    known = {f for fields in L.LOSS_FIELDS.values() for f in fields}
+    for item in args.loss_set:
+        k, _, v = item.partition("=")
+        if k not in known:
+            raise SystemExit(f"--loss-set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(known))}")
+        if k in L.LOSS_FIELDS.get(loss, ()):
+            try:
+                setattr(cfg, k, json.loads(v))
+            except ValueError:
+                setattr(cfg, k, v)  # a bare string (a guide's path, a mode)
+    return L.loss_settings(cfg)
 
 
 def settings_key(args, row: str, seed: int | None) -> dict:
-    """Everything a row's result depends on; a stored result with another key is recomputed."""
-    key = {"row": row, "data": args.data, "fit": args.fit_split, "dev": args.dev_split, "test": args.test_split,
+    """Everything a row's result depends on; a stored result with another key is recomputed. A row with the
+    default loss (mnrl) has the key it had before loss rows existed; another loss adds itself and its settings."""
+    row_name, (row, loss) = row, split_row(row)
+    key = {"row": row_name, "data": args.data, "fit": args.fit_split, "dev": args.dev_split, "test": args.test_split,
            "base_model": args.base_model}
     if row == "base":
         return key
@@ -78,6 +139,8 @@ def settings_key(args, row: str, seed: int | None) -> dict:
         key |= {"judge": judge_fingerprint(args.judge), "relative_margin": args.relative_margin}
     if row == "ance":
         key["rounds"] = args.rounds
+    if loss != "mnrl":
+        key |= loss_settings(args, row_name)
     return key
 
 
@@ -242,7 +305,7 @@ def triples_for(args, row: str, seed: int) -> Path:
 def run_row(args, row: str, seed: int | None) -> dict:
     """One (row, seed): train (unless base), evaluate on dev and test, write ``rows-dir/<row>__s<seed>.json``."""
     key = settings_key(args, row, seed)
-    path = Path(args.rows_dir) / (f"{row}.json" if seed is None else f"{row}__s{seed}.json")
+    path = row_path(args, row, seed)
     if path.is_file():
         old = json.loads(path.read_text())
         if old.get("key") == key:
@@ -255,11 +318,12 @@ def run_row(args, row: str, seed: int | None) -> dict:
     elif row == "ance":
         model, train = ance_model(args, seed)
     else:
-        negatives = 0 if row == "in-batch" else args.negatives
+        base = split_row(row)[0]
+        negatives = 0 if base == "in-batch" else args.negatives
         out = Path(args.out) / f"{row}_s{seed}"
-        cfg = TrainConfig(triples=str(triples_for(args, row, seed)), out=str(out), base_model=args.base_model,
+        cfg = TrainConfig(triples=str(triples_for(args, base, seed)), out=str(out), base_model=args.base_model,
                           negatives=negatives, batch_size=args.batch_size, max_steps=args.steps, lr=args.lr,
-                          seed=seed, max_seq_length=args.train_max_seq_length)
+                          seed=seed, max_seq_length=args.train_max_seq_length, **loss_settings(args, row))
         m = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else run_training(cfg)
         model = m["model"]
         train = {"steps": m["steps"], "rows": m["data"]["rows"], "loss": m["train_loss"]}
@@ -277,6 +341,10 @@ def run_row(args, row: str, seed: int | None) -> dict:
     return res
 
 
+def row_path(args, row: str, seed: int | None) -> Path:
+    return Path(args.rows_dir) / (f"{row}.json" if seed is None else f"{row}__s{seed}.json")
+
+
 def seed_mean(results: list[dict], split: str = "test") -> dict[str, float]:
     """Per-query nDCG@10 averaged over the row's seeds."""
     per = [r[f"{split}_per_query_ndcg@10"] for r in results]
@@ -286,8 +354,8 @@ def seed_mean(results: list[dict], split: str = "test") -> dict[str, float]:
 def summarize(by_row: dict[str, list[dict]]) -> dict[str, dict]:
     out = {}
     for row, rs in by_row.items():
-        s = {"name": row, "label": LABELS[row], "steps": rs[0]["train"]["steps"] if rs[0]["train"] else 0,
-             "seeds": [r["seed"] for r in rs]}
+        s = {"name": row, "label": label(row), "loss": split_row(row)[1],
+             "steps": rs[0]["train"]["steps"] if rs[0]["train"] else 0, "seeds": [r["seed"] for r in rs]}
         for split in ("test", "dev"):
             for m in METRICS:
                 v = [r[split][m] for r in rs]
@@ -348,6 +416,67 @@ def render(summary: dict[str, dict], args) -> list[str]:
     return lines
 
 
+def render_losses(summary: dict[str, dict], args) -> list[str]:
+    """losses.md: every loss row beside its MNRL reference at the same budget, and the two answers of issue 14,
+    each chosen on dev."""
+    ms = lambda s, k: f"{s[k + '_mean']:.4f} ± {s[k + '_std']:.4f}"  # noqa: E731
+    refs = [r for r in ("in-batch", "hardneg") if r in summary]
+    order = [r for base in LOSS_BASES for r in summary if split_row(r)[0] == base]
+    lines = ["# Losses at equal budget: fine-tuning all-MiniLM-L6-v2 on SciFact", "",
+             f"Every row trains **{args.steps} optimizer steps**, batch {args.batch_size}, lr {args.lr}, "
+             f"{args.negatives} mined negative per example (in-batch rows: 0), max_seq_length "
+             f"{args.train_max_seq_length}, on `{args.fit_split}`; seeds {args.seeds}. Rows without a loss name use "
+             "MultipleNegativesRankingLoss (mnrl); `<row> + <loss>` is the same data with `hardneg train --loss "
+             "<loss>` at its default settings" + (f" and {', '.join(args.loss_set)}" if args.loss_set else "") +
+             f". Mined rows: judge `{args.judge}`, relative margin {args.relative_margin}, depth {args.depth}. "
+             f"Test = `{args.test_split}`, read only for this table.", "",
+             "mean ± std over seeds. p: paired randomization test (10,000 sign flips) on per-query test nDCG@10 "
+             "averaged over the seeds.", ""]
+    head = ["row", "loss", "steps", "seeds", "test nDCG@10", "test MRR@10", "dev nDCG@10", *(f"p vs {r}" for r in refs)]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in order:
+        s = summary[row]
+        cells = [s["label"], s["loss"], str(s["steps"]), str(len(s["seeds"])), ms(s, "test_ndcg10"),
+                 ms(s, "test_mrr10"), ms(s, "dev_ndcg10")]
+        cells += ["-" if r == row else f"{p_value(summary[r], s):.4f}" for r in refs]
+        lines.append("| " + " | ".join(cells) + " |")
+
+    def best(rows: list[str]) -> str | None:
+        return max(rows, key=lambda r: summary[r]["dev_ndcg10_mean"], default=None)
+
+    def versus(a: str, b: str) -> str:
+        d = summary[a]["test_ndcg10_mean"] - summary[b]["test_ndcg10_mean"]
+        return (f"**{summary[a]['label']}** ({ms(summary[a], 'test_ndcg10')}) vs {summary[b]['label']} "
+                f"({ms(summary[b], 'test_ndcg10')}): {d:+.4f} test nDCG@10, p = {p_value(summary[b], summary[a]):.4f}")
+
+    online = best([r for r in summary if split_row(r)[0] == "in-batch" and split_row(r)[1] in ONLINE_LOSSES])
+    mined = best([r for r in summary if split_row(r)[0] == "hardneg"])
+    lines += ["", "## Is offline mining still needed when the loss mines online?", ""]
+    lines.append(f"In-batch negatives with the best online loss (chosen on dev) against hardneg's mined negatives "
+                 f"with mnrl: {versus(online, 'hardneg')}." if online and "hardneg" in summary else
+                 "Not answered yet: it needs an `in-batch+gist` or `in-batch+hardness` row and the `hardneg` row.")
+    lines += ["", "## Mined negatives with the best loss", ""]
+    if mined and mined != "hardneg" and "hardneg" in summary:
+        lines.append(f"Best loss on hardneg's negatives (chosen on dev): {versus(mined, 'hardneg')}.")
+        if online:
+            lines += ["", f"Against the best online-only row: {versus(mined, online)}."]
+    elif mined == "hardneg":
+        lines.append("On dev, no loss beat mnrl on hardneg's negatives "
+                     f"({ms(summary['hardneg'], 'dev_ndcg10')} dev nDCG@10).")
+    else:
+        lines.append("Not answered yet: it needs the `hardneg` row and at least one `hardneg+<loss>` row.")
+    expected = ([r for r in args.rows.split(",") if r != "base"]) + args.loss_rows_list
+    missing = [r for r in expected if r not in summary]
+    if missing:
+        lines += ["", f"Not yet run at these settings: {', '.join(missing)} (rerun the command; finished rows are kept)."]
+    lines += ["", "Minutes per seed (training + mining + encoding the corpus for dev/test, on the machine that ran "
+              "it): " + ", ".join(f"{r} {s['minutes_per_seed']:.1f}" for r, s in summary.items()), "",
+              "## Machine", "", markdown(describe()),
+              "Each row file under `benchmarks/results/ablation_rows/` records the machine that ran it.", "",
+              "## Command", "", "```", args.command, "```", ""]
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default="scifact")
@@ -367,35 +496,61 @@ def main() -> None:
     p.add_argument("--mine-negatives", type=int, default=5)
     p.add_argument("--depth", type=int, default=30)
     p.add_argument("--train-max-seq-length", type=int, default=128)
-    p.add_argument("--rows", default=",".join(ROWS))
+    p.add_argument("--rows", default=None, help=f"comma-separated rows of {', '.join(ROWS)} (default: all; with "
+                   "--loss-rows: in-batch,hardneg, the mnrl references)")
+    p.add_argument("--loss-rows", default="", help="losses to compare at the same budget: gist -> in-batch+gist and "
+                   "hardneg+gist (gist and hardness mine online), margin-mse -> hardneg+margin-mse, or explicit "
+                   "<row>+<loss>; the report is losses.md instead of ablation.md")
+    p.add_argument("--loss-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a loss setting of `hardneg train` for the loss rows (e.g. gist_margin=0.05); repeatable")
     p.add_argument("--out", default="runs/ablation")
     p.add_argument("--rows-dir", default="benchmarks/results/ablation_rows")
+    p.add_argument("--results-dir", default=None, help="where the report goes (default: benchmarks/results)")
     p.add_argument("--report-only", action="store_true", help="render the stored rows, train nothing")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args.command = "python -m benchmarks.bench_ablation " + " ".join(os.sys.argv[1:])
     if args.steps % args.rounds:
         raise SystemExit(f"--steps {args.steps} is not a multiple of --rounds {args.rounds}")
+    args.loss_rows_list = loss_rows(args.loss_rows)
+    if args.rows is None:
+        args.rows = "in-batch,hardneg" if args.loss_rows_list else ",".join(ROWS)
     rows = args.rows.split(",")
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         raise SystemExit(f"unknown row(s) {unknown}; rows: {', '.join(ROWS)}")
+    for row in args.loss_rows_list:  # a loss that cannot train on its row fails here, before anything runs
+        base = split_row(row)[0]
+        try:
+            TrainConfig(triples="set-per-row", negatives=0 if base == "in-batch" else args.negatives,
+                        **loss_settings(args, row)).validate()
+        except ValueError as exc:
+            raise SystemExit(f"--loss-rows {row}: {exc}") from None
+        if L.needs_scores(split_row(row)[1]) and base not in ("hardneg",):
+            raise SystemExit(f"--loss-rows {row}: {split_row(row)[1]} needs the judge's scores; only hardneg's "
+                             "triples carry them")
     seeds = [int(s) for s in args.seeds.split(",")]
     by_row: dict[str, list[dict]] = {}
 
     def publish() -> None:
         summary = summarize(by_row)
+        order = [*ROWS, *args.loss_rows_list]
+        if args.loss_rows_list:  # the references beside their loss rows, as in the table
+            order = [r for base in LOSS_BASES for r in order if split_row(r)[0] == base]
         data = {"settings": {k: v for k, v in vars(args).items() if k != "command"}, "command": args.command,
                 "rows": [{k: v for k, v in summary[r].items() if k != "test_per_query_ndcg@10_seed_mean"}
-                         for r in ROWS if r in summary]}
-        write_result("ablation", data, render(summary, args))
+                         for r in order if r in summary]}
+        if args.loss_rows_list:
+            write_result("losses", data, render_losses(summary, args), res_dir=args.results_dir)
+        else:
+            write_result("ablation", data, render(summary, args), res_dir=args.results_dir)
 
     # seed-major: a partial run has every row at the first seeds rather than some rows at every seed
     jobs = [("base", None)] if "base" in rows else []
-    jobs += [(r, s) for s in seeds for r in rows if r != "base"]
+    jobs += [(r, s) for s in seeds for r in [*rows, *args.loss_rows_list] if r != "base"]
     for row, seed in jobs:
         if args.report_only:
-            path = Path(args.rows_dir) / (f"{row}.json" if seed is None else f"{row}__s{seed}.json")
+            path = row_path(args, row, seed)
             if not path.is_file() or json.loads(path.read_text()).get("key") != settings_key(args, row, seed):
                 continue
             res = json.loads(path.read_text())

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.machine import describe, markdown, write_result
-from mining_jobs.client import Client
+from mining_jobs.service.client import Client
 
 REPO = Path(__file__).resolve().parents[1]
 HARDNEG = [sys.executable, "-m", "mining_jobs.cli"]

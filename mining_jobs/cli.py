@@ -111,7 +111,9 @@ def _add_dataclass_options(p: argparse.ArgumentParser, cls, required: tuple[str,
             p.add_argument(flag, action="store_true", help=helptext)
         else:
             tp = {"int": int, "float": float}.get(str(f.type), str)
+            choices = f.metadata.get("choices")  # shown, not enforced: the dataclass's validation names the option
             p.add_argument(flag, type=tp, default=f.default, required=f.name in required,
+                           metavar="{" + ",".join(choices) + "}" if choices else None,
                            help=(helptext + " " if helptext else "") + f"(default: {f.default!r})")
 
 
@@ -149,8 +151,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     from .train import TrainConfig
 
     p = sub.add_parser("train", help="fine-tune a bi-encoder on mined triples",
-                       description="sentence-transformers trainer with MultipleNegativesRankingLoss (or cached), "
-                                   "no duplicate texts in a batch, dev evaluation with the best checkpoint kept, "
+                       description="sentence-transformers trainer with the loss of --loss (MultipleNegativesRankingLoss "
+                                   "by default), no duplicate texts in a batch, dev evaluation with the best checkpoint kept, "
                                    "resumable in the same --out.")
     _add_dataclass_options(p, TrainConfig, required=("triples",))
 
@@ -179,7 +181,7 @@ def _data_root_flag(p: argparse.ArgumentParser) -> None:
 
 def _data_roots(args: argparse.Namespace) -> list[Path]:
     """``--data-root`` as given, else the default from the environment (``$HARDNEG_DATA``, ``$HARDNEG_HOME``)."""
-    from .jobstore import default_data_roots
+    from .service.store import default_data_roots
 
     return [Path(d) for d in args.data_root] if args.data_root else default_data_roots()
 
@@ -385,17 +387,18 @@ def _cmd_iterate(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from .service.server import serve
 
     serve(args.home, host=args.host, port=args.port, token_file=args.token_file, data_roots=_data_roots(args))
     return 0
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from .jobstore import open_store
-    from .worker import Worker
+    from .service import kinds
+    from .service.store import open_store
+    from .service.worker import Worker
 
-    w = Worker(open_store(args.home), name=args.name, lease_s=args.lease, poll_s=args.poll,
+    w = Worker(open_store(args.home, kinds.NAMES), name=args.name, lease_s=args.lease, poll_s=args.poll,
                max_attempts=args.max_attempts, data_roots=_data_roots(args))
     w.install_signal_handlers()
     n = w.serve(max_jobs=args.max_jobs, exit_when_idle=args.exit_when_idle)
@@ -404,7 +407,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace):
-    from .client import Client
+    from .service.client import Client
 
     return Client(args.server, token_file=args.token_file)
 
@@ -437,7 +440,7 @@ def _submitted_config(path: str | None, overrides: list[str]) -> dict:
 def _print_job(job: dict) -> None:
     import json
 
-    from .client import describe
+    from .service.client import describe
 
     print(describe(job))
     print(f"  run folder: {job['run_dir']}")
@@ -462,7 +465,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _wait(client, job_id: str, timeout: float | None) -> int:
-    from .client import describe
+    from .service.client import describe
 
     job = client.wait(job_id, timeout=timeout, on_update=lambda j: print(describe(j), flush=True))
     _print_job(job)
@@ -472,7 +475,7 @@ def _wait(client, job_id: str, timeout: float | None) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    from .client import describe
+    from .service.client import describe
 
     client = _client(args)
     if args.job_id:
@@ -505,7 +508,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
-    from .client import describe
+    from .service.client import describe
 
     print(describe(_client(args).cancel(args.job_id)))
     return 0

@@ -22,7 +22,7 @@ import dataclasses
 import json
 import logging
 import os
-import signal
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,13 +36,11 @@ from retriever.progress import stage
 from .config import ConfigError, MineConfig, from_dict, read_toml, set_fields, set_override
 from .evaluate import evaluate_model
 from .files import versions
+from .losses import needs_scores
 from .runfolder import Layout, RunFolderError, fingerprint, prepare, write_json, write_parquet, write_text
-from .train import EVAL_METRICS, TrainConfig
+from .train import EVAL_METRICS, TrainConfig, TrainError
 
 logger = logging.getLogger(__name__)
-
-FAULT_ENV = "HARDNEG_FAULT_AFTER"  # test hook: "round2:mine" kills the process (SIGKILL) after that stage
-
 
 LoopError = RunFolderError  # the loop folder holds a different loop (``runfolder``)
 
@@ -74,6 +72,7 @@ class LoopConfig:
         d = self.to_dict()
         d["loop"] = {k: v for k, v in d["loop"].items() if k not in ("out", "overwrite", "rounds", "patience")}
         d["mine"] = self.mine.fingerprint()  # what changes the mined triples (not the engine, not overwrite)
+        d["train"] = {k: v for k, v in d["train"].items() if k not in self.train.unused_fields()}
         return fingerprint(d)
 
 
@@ -130,7 +129,21 @@ def loop_config_from_dict(raw: dict[str, Any], source: str = "config", out: str 
         cfg.train.query_prompt = c.query_prompt  # train with the prompts the loop mines and evaluates with
     if not train.get("doc_prompt"):
         cfg.train.doc_prompt = c.doc_prompt
+    _check_train(cfg)
     return cfg
+
+
+def _check_train(cfg: LoopConfig) -> None:
+    """The [train] settings, checked before any round mines (the loop fills in triples and base_model)."""
+    try:
+        dataclasses.replace(cfg.train, triples="set-by-the-loop").validate()
+    except TrainError as exc:
+        m = re.search(r"--([a-z][a-z0-9-]*)", str(exc))
+        field_name = f"train.{m.group(1).replace('-', '_')}" if m else "train"
+        raise ConfigError(f"{field_name}: {exc}", field_name) from None
+    if needs_scores(cfg.train.loss) and not cfg.mine.cross_encoder.model:
+        raise ConfigError(f"train.loss = {cfg.train.loss!r} learns from the judge's scores, but the loop mines "
+                          "without a judge: set mine.cross_encoder.model, or choose another train.loss", "train.loss")
 
 
 def _check_splits(cfg: LoopConfig) -> None:
@@ -154,12 +167,6 @@ def _check_splits(cfg: LoopConfig) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- stages
-
-
-def _fault(stage: str) -> None:
-    if os.environ.get(FAULT_ENV) == stage:
-        logger.warning("%s=%s: killing this process", FAULT_ENV, stage)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # no completion marker: rerunning a finished loop resumes it (every stage is reused) and reports it again
@@ -197,26 +204,32 @@ def _negatives(mine_dir: Path) -> set[tuple[str, str]]:
 
 def _union_triples(mine_dirs: list[Path], dest: Path, per_row: int) -> Path:
     """The negatives of every round so far, per (query, positive) without repeats, cut into rows of ``per_row``
-    negatives, so training sees all of them whatever ``train.negatives`` is."""
+    negatives, so training sees all of them whatever ``train.negatives`` is. The judge's scores
+    (``positive_score``, ``negative_scores``, the same judge in every round) travel with them."""
     if dest.is_file():
         return dest
     rows: dict[tuple[str, str], dict] = {}
     for d in reversed(mine_dirs):
         t = pq.read_table(d / "triples.parquet", columns=["query_id", "query", "positive_id", "positive",
-                                                          "negative_ids", "negatives"]).to_pylist()
+                                                          "positive_score", "negative_ids", "negatives",
+                                                          "negative_scores"]).to_pylist()
         for r in t:
             key = (r["query_id"], r["positive_id"])
             row = rows.setdefault(key, {"query_id": r["query_id"], "query": r["query"], "positive": r["positive"],
-                                        "negative_ids": [], "negatives": []})
-            for nid, ntext in zip(r["negative_ids"], r["negatives"], strict=True):
+                                        "positive_score": r["positive_score"], "negative_ids": [], "negatives": [],
+                                        "negative_scores": []})
+            scores = r["negative_scores"] or []
+            for j, (nid, ntext) in enumerate(zip(r["negative_ids"], r["negatives"], strict=True)):
                 if nid not in row["negative_ids"]:
                     row["negative_ids"].append(nid)
                     row["negatives"].append(ntext)
+                    row["negative_scores"].append(scores[j] if j < len(scores) else None)
     out_rows = []
     for row in rows.values():
-        ids, texts = row["negative_ids"], row["negatives"]
+        ids, texts, scores = row["negative_ids"], row["negatives"], row["negative_scores"]
         for i in range(0, max(len(ids), 1), per_row):
-            out_rows.append({**row, "negative_ids": ids[i:i + per_row], "negatives": texts[i:i + per_row]})
+            out_rows.append({**row, "negative_ids": ids[i:i + per_row], "negatives": texts[i:i + per_row],
+                             "negative_scores": scores[i:i + per_row]})
     write_parquet(pa.Table.from_pylist(out_rows), dest)
     return dest
 
@@ -244,7 +257,6 @@ def run_round(cfg: LoopConfig, out: Path, r: int, prev_model: str, history: list
         with stage("mine"):
             manifest = run_mining(mcfg, mine_dir)
     timings["mine_s"] = float(manifest["timings"]["total_s"])
-    _fault(f"round{r}:mine")
     # 2. train model r
     if cfg.loop.mode == "restart" and r > 1:
         triples = _union_triples([out / f"round_{k}" / "mine" for k in range(1, r + 1)], rdir / "union.parquet",
@@ -263,7 +275,6 @@ def run_round(cfg: LoopConfig, out: Path, r: int, prev_model: str, history: list
 
         train = run_training(tcfg)
     timings["train_s"] = float(train["seconds"]["total"])
-    _fault(f"round{r}:train")
     # 3. evaluate model r on dev and test
     logger.info("round %d/%d: evaluating %s", r, cfg.loop.rounds, train["model"])
     with stage("evaluate"):

@@ -1,5 +1,5 @@
 """The run folder, one protocol for every job kind (mine, train, train-reranker, evaluate, iterate, and the job
-service's recovery in ``kinds``).
+service's recovery in ``service.kinds``).
 
 - ``prepare``: a missing or empty folder is created and gets the kind's state file first (the kind, the
   fingerprint of the settings, the config); a folder whose state file holds the same kind and fingerprint is

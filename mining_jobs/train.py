@@ -1,6 +1,6 @@
 """The fine-tuning job: train a bi-encoder on mined triples with the sentence-transformers trainer.
 
-MultipleNegativesRankingLoss (or its cached variant for large effective batches), batches without duplicate
+MultipleNegativesRankingLoss or another loss of ``--loss`` (``mining_jobs.losses``), batches without duplicate
 texts, bf16 where the CPU supports it, seeded, checkpoints with resume, evaluation on a dev split with the
 project's own metrics, the best checkpoint kept, and a model folder whose README names the data, the mining
 config and the metrics.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import time
 import warnings
@@ -28,13 +27,14 @@ from retriever.encoder import load_model, resolve_bf16, resolve_model_name
 from retriever.errors import HardnegError
 from retriever.progress import report, show_progress, stage
 
+from . import losses as L
 from .files import versions
 from .runfolder import Layout, fingerprint, finish, prepare, write_json, write_text
 
 logger = logging.getLogger(__name__)
 
 EVAL_METRICS = ("ndcg@10", "mrr@10", "recall@100")
-LOSSES = ("mnrl", "cached-mnrl")
+LOSSES = L.LOSSES
 
 
 class TrainError(HardnegError, ValueError):
@@ -50,8 +50,34 @@ class TrainConfig:
     out: str = "runs/train"
     base_model: str = "default"
     negatives: int = field(default=1, metadata={"help": "hard negatives per example (0 = in-batch negatives only)"})
-    loss: str = "mnrl"
+    loss: str = field(default="mnrl", metadata={
+        "choices": L.LOSSES,
+        "help": "mnrl: in-batch + mined negatives, softmax; cached-mnrl: the same with GradCache (large batches); "
+                "gist: mnrl without the candidates a guide bi-encoder scores above the positive (minus "
+                "--gist-margin) or that repeat the positive's text; hardness: mnrl with harder negatives weighted "
+                "up (--hardness-mode, --hardness-strength); batch-hard-triplet: per query only the hardest in-batch "
+                "negative, a cosine margin loss (--triplet-margin); margin-mse: distil the judge's score margins "
+                "(triples mined with a judge; --margin-mse-weight)"})
     mini_batch_size: int = field(default=16, metadata={"help": "cached-mnrl: examples per forward pass"})
+    guide: str = field(default="default", metadata={
+        "help": "gist: the guide bi-encoder, hub name or local path ('default' = packaged all-MiniLM-L6-v2); a "
+                "`hardneg train-judge` folder or a cross-encoder cannot guide (no embeddings)"})
+    gist_margin: float = field(default=0.0, metadata={
+        "help": "gist: mask a candidate the guide scores above positive - margin (absolute) or positive - "
+                "|positive| * margin (relative)"})
+    gist_margin_strategy: str = field(default="absolute", metadata={"choices": L.GIST_MARGIN_STRATEGIES,
+                                                                    "help": "gist: how --gist-margin applies"})
+    hardness_mode: str = field(default="all_negatives", metadata={
+        "choices": L.HARDNESS_MODES,
+        "help": "hardness: which negatives are weighted by the model's own cosine (in-batch, mined, or both)"})
+    hardness_strength: float = field(default=5.0, metadata={
+        "help": "hardness: alpha, the logit of a negative gets alpha * cos (no gradient through the weight)"})
+    triplet_margin: float = field(default=0.2, metadata={
+        "help": "batch-hard-triplet: cosine margin between the positive and the hardest in-batch negative"})
+    margin_mse_weight: float = field(default=1.0, metadata={
+        "help": "margin-mse: loss = (1 - w) * mnrl + w * MarginMSE, w in (0, 1]; 1 = distillation alone. The "
+                "student's margin is --scale * (cos(q, pos) - cos(q, neg)), the target positive_score - "
+                "negative_score"})
     batch_size: int = 32
     epochs: float = 1.0
     max_steps: int = field(default=-1, metadata={"help": "stop after this many steps (-1 = epochs decide)"})
@@ -76,8 +102,10 @@ class TrainConfig:
     def validate(self) -> None:
         if not self.triples:
             raise TrainError("--triples: name a mining run folder or a parquet file")
-        if self.loss not in LOSSES:
-            raise TrainError(f"--loss {self.loss!r}: expected one of {', '.join(LOSSES)}")
+        try:
+            L.check_settings(self)
+        except L.LossError as exc:
+            raise TrainError(str(exc)) from None
         for name in ("batch_size", "max_seq_length", "mini_batch_size", "dev_pool_depth"):
             if getattr(self, name) < 1:
                 raise TrainError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -100,9 +128,14 @@ class TrainConfig:
         if not (np.isfinite(self.scale) and self.scale > 0):
             raise TrainError(f"--scale must be a positive number, got {self.scale}")
 
+    def unused_fields(self) -> set[str]:
+        """The loss settings this config's loss does not read (left out of fingerprints)."""
+        return L.unused_fields(self.loss)
+
     def fingerprint(self) -> str:
         """Hash of what changes the trained model: the settings and the triples file (path, size, mtime)."""
-        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("out", "overwrite", "save_total_limit")}
+        skip = {"out", "overwrite", "save_total_limit"} | self.unused_fields()
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         try:
             st = _triples_path(self.triples).stat()
             d["triples_file"] = [st.st_size, st.st_mtime_ns]
@@ -127,12 +160,17 @@ def _triples_path(triples: str) -> Path:
     return p
 
 
-def load_examples(triples: str, negatives: int) -> tuple[dict[str, list[str]], dict[str, object]]:
+def load_examples(triples: str, negatives: int, loss: str = "mnrl") -> tuple[dict[str, list], dict[str, object]]:
     """Training columns ``query, positive, negative_1..n`` from a triples table.
 
     Accepts the mining job's ``triples.parquet`` (a list column ``negatives``) or a table whose text
     columns are already ``query, positive, negative...`` (the sentence-transformers miner's output).
     Rows with fewer than ``negatives`` negatives are dropped and counted.
+
+    For a loss that learns from the judge's scores (``margin-mse``) a ``label`` column is added: per row the
+    list of margins ``positive_score - negative_scores[j]``, j < ``negatives`` (what sentence-transformers'
+    ``MarginMSELoss`` reads as is). Rows without those scores are dropped and counted; triples without any
+    (mined without a judge) raise ``TrainError``.
     """
     path = _triples_path(triples)
     table = pq.read_table(path)
@@ -155,10 +193,17 @@ def load_examples(triples: str, negatives: int) -> tuple[dict[str, list[str]], d
     keep = [i for i in range(len(queries)) if len(negs[i]) >= negatives and queries[i] and pos[i]]
     if not keep:
         raise TrainError(f"--triples {path}: no row has {negatives} negatives (lower --negatives)")
-    data = {"query": [queries[i] for i in keep], "positive": [pos[i] for i in keep]}
+    n_enough = len(keep)
+    margins: list[list[float]] = []
+    if L.needs_scores(loss):
+        keep, margins = _score_margins(table, path, keep, negatives, loss)
+    data: dict[str, list] = {"query": [queries[i] for i in keep], "positive": [pos[i] for i in keep]}
     for j in range(negatives):
         data[f"negative_{j + 1}"] = [negs[i][j] for i in keep]
-    info.update({"rows": len(keep), "rows_dropped_few_negatives": len(queries) - len(keep)})
+    info.update({"rows": len(keep), "rows_dropped_few_negatives": len(queries) - n_enough})
+    if L.needs_scores(loss):
+        data["label"] = margins
+        info["rows_dropped_no_scores"] = n_enough - len(keep)
     if "query_id" in cols:
         ids = table.column("query_id").to_pylist()
         info["query_ids"] = sorted({ids[i] for i in keep})
@@ -169,6 +214,30 @@ def load_examples(triples: str, negatives: int) -> tuple[dict[str, list[str]], d
         info["mining"] = {"collection": {k: inp.get(k) for k in ("name", "source", "fingerprint")},
                           "config": m.get("config")}
     return data, info
+
+
+def _score_margins(table, path: Path, keep: list[int], negatives: int, loss: str
+                   ) -> tuple[list[int], list[list[float]]]:
+    """The rows of ``keep`` with the judge's scores of the positive and of the first ``negatives`` negatives,
+    and their margins ``positive_score - negative_score``."""
+    cols = table.column_names
+    hint = (f"--loss {loss} learns from the judge's scores, but the triples {path} have none{{}}: they were mined "
+            "without a judge (no cross-encoder). Mine with one (hardneg mine --cross-encoder ..., or "
+            "[cross_encoder] model in the config) or choose another --loss")
+    missing = [c for c in ("positive_score", "negative_scores") if c not in cols]
+    if missing:
+        raise TrainError(hint.format(f" (no {' / '.join(missing)} column)"))
+    ps = table.column("positive_score").to_pylist()
+    ns = table.column("negative_scores").to_pylist()
+
+    def ok(x) -> bool:
+        return x is not None and np.isfinite(x)
+
+    scored = [i for i in keep if ok(ps[i]) and ns[i] is not None and len(ns[i]) >= negatives
+              and all(ok(x) for x in ns[i][:negatives])]
+    if not scored:
+        raise TrainError(hint.format(f" (no row with a positive_score and {negatives} negative_scores)"))
+    return scored, [[float(ps[i]) - float(ns[i][j]) for j in range(negatives)] for i in scored]
 
 
 def check_dev_leak(col: Collection, info: dict) -> None:
@@ -292,7 +361,7 @@ def run_training(cfg: TrainConfig, model=None) -> dict:
     cfg.validate()
     out = Path(cfg.out)
     t_start = time.perf_counter()
-    data, data_info = load_examples(cfg.triples, cfg.negatives)
+    data, data_info = load_examples(cfg.triples, cfg.negatives, cfg.loss)
     dev_col = None
     if cfg.dev_data:
         dev_col = load_collection(cfg.dev_data, cfg.dev_split)
@@ -301,7 +370,7 @@ def run_training(cfg: TrainConfig, model=None) -> dict:
 
     import torch
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments, losses
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
     try:
         from sentence_transformers.sentence_transformer.training_args import BatchSamplers
@@ -314,11 +383,7 @@ def run_training(cfg: TrainConfig, model=None) -> dict:
     model.max_seq_length = cfg.max_seq_length
     bf16 = resolve_bf16(cfg.bf16)
     train_ds = Dataset.from_dict(data)
-    if cfg.loss == "mnrl":
-        loss = losses.MultipleNegativesRankingLoss(model, scale=cfg.scale)
-    else:
-        loss = losses.CachedMultipleNegativesRankingLoss(model, scale=cfg.scale, mini_batch_size=cfg.mini_batch_size,
-                                                         show_progress_bar=False)
+    loss = L.build_loss(cfg, model)
     evaluator = None
     dev_info: dict[str, object] = {}
     if dev_col is not None:
@@ -333,7 +398,7 @@ def run_training(cfg: TrainConfig, model=None) -> dict:
     strategy = "steps" if cfg.eval_steps else "epoch"
     prompts = None
     if cfg.query_prompt or cfg.doc_prompt:
-        prompts = {c: (cfg.query_prompt if c == "query" else cfg.doc_prompt) for c in data}
+        prompts = {c: (cfg.query_prompt if c == "query" else cfg.doc_prompt) for c in data if c != "label"}
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out / "checkpoints"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
@@ -389,9 +454,13 @@ def run_training(cfg: TrainConfig, model=None) -> dict:
     write_json(out / "log.json", log)
     write_text(model_dir / "README.md", model_card(summary))
     finish(out, FOLDER, summary)  # metrics.json, last: marks the job finished
-    if os.environ.get("HARDNEG_KEEP_CHECKPOINTS", "") != "1":
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    drop_checkpoints(out)
     return summary
+
+
+def drop_checkpoints(out: Path) -> None:
+    """Remove a finished run's trainer checkpoints (the best one's weights are in ``model/``)."""
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
 
 def _progress_callback():

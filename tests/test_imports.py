@@ -177,3 +177,15 @@ def test_retriever_never_imports_mining_jobs():
            for mod, deps in graph.items() if mod.split(".")[0] == "retriever"}
     bad = {m: d for m, d in bad.items() if d}
     assert not bad, f"retriever modules importing mining_jobs: {bad}"
+
+
+def test_the_job_store_imports_no_job_kind():
+    """The service's store is given the kind names by whoever opens it; it imports nothing of the service (nor,
+    through it, any job)."""
+    graph = import_graph()
+    reach, todo = set(), ["mining_jobs.service.store"]
+    while todo:
+        for dep in graph[todo.pop()] - reach:
+            reach.add(dep)
+            todo.append(dep)
+    assert not {m for m in reach if m.startswith("mining_jobs")}, sorted(reach)

@@ -9,14 +9,14 @@ import time
 
 import pytest
 
-from mining_jobs import kinds
 from mining_jobs.config import ConfigError
-from mining_jobs.jobstore import JobStoreError, SQLiteJobStore
+from mining_jobs.service import kinds
+from mining_jobs.service.store import JobStoreError, SQLiteJobStore
 
 
 @pytest.fixture
 def store(tmp_path) -> SQLiteJobStore:
-    return SQLiteJobStore(tmp_path / "home")
+    return SQLiteJobStore(tmp_path / "home", kinds.NAMES)  # the store knows no kind: it is given their names
 
 
 def test_create_get_list_and_save_then_load(store, tmp_path):
@@ -30,8 +30,9 @@ def test_create_get_list_and_save_then_load(store, tmp_path):
     # a second store over the same home sees the same jobs (the file is the state)
     again = SQLiteJobStore(tmp_path / "home")
     assert again.get(a.id).to_dict()["name"] == "first"
-    with pytest.raises(JobStoreError, match="unknown job kind"):
+    with pytest.raises(JobStoreError, match="unknown job kind 'dance'; expected one of mine, train-reranker"):
         store.create("dance", {})
+    assert again.create("dance", {}).kind == "dance"  # a store opened without kind names holds any kind
 
 
 def test_claims_are_exclusive_across_threads(store, tmp_path):
@@ -136,7 +137,7 @@ def test_old_store_files_are_migrated(tmp_path):
     home = tmp_path / "old"
     home.mkdir()
     db = sqlite3.connect(home / "jobs.sqlite")
-    from mining_jobs.jobstore import SCHEMA
+    from mining_jobs.service.store import SCHEMA
 
     db.executescript(SCHEMA.replace(",\n    claim TEXT", ""))
     db.execute("INSERT INTO meta VALUES ('schema', '1')")
@@ -252,7 +253,7 @@ def test_a_worker_runs_a_queued_job_once_and_records_its_result(data_env, monkey
 
     import pyarrow.parquet as pq
 
-    from mining_jobs.worker import Worker
+    from mining_jobs.service.worker import Worker
 
     monkeypatch.setenv("HARDNEG_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("TQDM_DISABLE", "1")

@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("fastapi", reason="the service extra: pip install 'hardneg[service]'")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from mining_jobs.jobstore import SQLiteJobStore  # noqa: E402
-from mining_jobs.server import create_app  # noqa: E402
+from mining_jobs.service.server import create_app  # noqa: E402
+from mining_jobs.service.store import SQLiteJobStore  # noqa: E402
 
 MINE = {"data": {"name": "adi", "split": "test"}, "candidates": {"dense": False}, "sampling": {"num_negatives": 2}}
 

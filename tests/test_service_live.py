@@ -25,8 +25,8 @@ pytest.importorskip("uvicorn", reason="the service extra: pip install 'hardneg[s
 pytest.register_assert_rewrite("mining_fixtures")
 from mining_fixtures import subprocess_env  # noqa: E402
 
-from mining_jobs.client import Client, ClientError  # noqa: E402
-from mining_jobs.jobstore import SQLiteJobStore  # noqa: E402
+from mining_jobs.service.client import Client, ClientError  # noqa: E402
+from mining_jobs.service.store import SQLiteJobStore  # noqa: E402
 
 pytest_plugins = ("mining_fixtures",)  # tiny_cross_encoder
 # server and worker processes, SIGKILL/SIGTERM, every job kind through a worker: make test-all only (a worker
@@ -177,7 +177,7 @@ def test_worker_killed_mid_job_is_resumed_by_another_with_identical_triples(serv
               "cross_encoder": {"model": str(tiny_cross_encoder), "max_length": 64},
               "sampling": {"num_negatives": 3}, "output": {"shard_size": 5}}
     store = SQLiteJobStore(service.home)
-    from mining_jobs import kinds
+    from mining_jobs.service import kinds
 
     monkeypatch.setenv("HARDNEG_DATA", service.env["HARDNEG_DATA"])
     job = store.create("mine", kinds.resolve("mine", config))
@@ -240,8 +240,8 @@ def test_running_job_is_cancelled_at_its_next_checkpoint_and_the_worker_goes_on(
                                                                                tiny_cross_encoder, torch_one_thread):
     import threading
 
-    from mining_jobs import kinds
-    from mining_jobs.worker import Worker
+    from mining_jobs.service import kinds
+    from mining_jobs.service.worker import Worker
 
     monkeypatch.setenv("HARDNEG_DATA", str(data_root))
     monkeypatch.setenv("HARDNEG_CACHE", str(tmp_path / "cache"))
@@ -274,8 +274,8 @@ def test_every_job_kind_runs_through_a_worker_and_chains_by_job_reference(tmp_pa
     worker into its own run folder, with the command line's files there."""
     from fastapi.testclient import TestClient
 
-    from mining_jobs.server import create_app
-    from mining_jobs.worker import Worker
+    from mining_jobs.service.server import create_app
+    from mining_jobs.service.worker import Worker
     from retriever.small_models import build_small_bi_encoder
 
     for k, v in {"HARDNEG_DATA": str(data_root), "HARDNEG_CACHE": str(tmp_path / "cache"), "TQDM_DISABLE": "1",
@@ -320,7 +320,7 @@ def test_sigterm_gives_the_job_back_and_cancel_stops_a_stage_without_checkpoints
     """A dense evaluation encodes a corpus in one stage with no checkpoint inside. SIGTERM makes its worker give
     the job back to the queue at once and exit; the next worker takes it over; a cancel request then stops it
     within seconds (the heartbeat thread interrupts the job), and that worker goes on with the next job."""
-    from mining_jobs import kinds
+    from mining_jobs.service import kinds
 
     monkeypatch.setenv("HARDNEG_DATA", service.env["HARDNEG_DATA"])
     store = SQLiteJobStore(service.home)

@@ -13,11 +13,11 @@ import pytest
 pytest.importorskip("fastapi", reason="the service extra: pip install 'hardneg[service]'")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from mining_jobs import kinds  # noqa: E402
 from mining_jobs.cli import build_parser, main  # noqa: E402
-from mining_jobs.jobstore import SQLiteJobStore, default_data_roots  # noqa: E402
-from mining_jobs.server import create_app  # noqa: E402
-from mining_jobs.worker import Worker  # noqa: E402
+from mining_jobs.service import kinds  # noqa: E402
+from mining_jobs.service.server import create_app  # noqa: E402
+from mining_jobs.service.store import SQLiteJobStore, default_data_roots  # noqa: E402
+from mining_jobs.service.worker import Worker  # noqa: E402
 
 ADI = {"name": "adi", "split": "test"}
 
@@ -197,11 +197,13 @@ NOT_PATHS = {
     "mine": {"data.split", "candidates.bm25_backend", "candidates.index", "candidates.bf16",
              "candidates.query_prompt", "candidates.doc_prompt", "cross_encoder.bf16", "cross_encoder.positive_reduce",
              "filter.rank_by", "sampling.strategy", "engine", "ray.address"},
-    "train": {"loss", "bf16", "dev_split", "dev_corpus", "query_prompt", "doc_prompt"},
+    "train": {"loss", "gist_margin_strategy", "hardness_mode", "bf16", "dev_split", "dev_corpus", "query_prompt",
+              "doc_prompt"},
     "train-reranker": {"split", "eval_split", "bf16"},
     "evaluate": {"split", "bm25_backend", "stopwords", "stemmer", "index", "bf16", "query_prompt", "doc_prompt"},
-    "iterate": {"loop.mode", "loop.dev_split", "loop.test_split", "train.loss", "train.bf16", "train.dev_split",
-                "train.dev_corpus", "train.query_prompt", "train.doc_prompt"},
+    "iterate": {"loop.mode", "loop.dev_split", "loop.test_split", "train.loss", "train.gist_margin_strategy",
+                "train.hardness_mode", "train.bf16", "train.dev_split", "train.dev_corpus", "train.query_prompt",
+                "train.doc_prompt"},
 }
 NOT_PATHS["iterate"] |= {f"mine.{f}" for f in NOT_PATHS["mine"]}
 
@@ -268,7 +270,7 @@ def test_default_roots_come_from_the_environment(monkeypatch, tmp_path):
 
 
 def test_serve_and_worker_pass_their_roots(monkeypatch, tmp_path):
-    import mining_jobs.server as server
+    import mining_jobs.service.server as server
 
     monkeypatch.setenv("HARDNEG_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("HARDNEG_HOME", str(tmp_path / "home"))

@@ -17,7 +17,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-pytest.register_assert_rewrite("mining_fixtures")
+pytest.register_assert_rewrite("mining_fixtures", "faults")
+from faults import command as faulty_hardneg  # noqa: E402
 from mining_fixtures import mine, mining_env, subprocess_env  # noqa: E402
 
 from mining_jobs.cli import main  # noqa: E402
@@ -26,7 +27,7 @@ from mining_jobs.iterate import load_loop_config  # noqa: E402
 from retriever.data import load_collection  # noqa: E402
 from retriever.errors import DataError  # noqa: E402
 
-pytest_plugins = ("mining_fixtures",)  # tiny_cross_encoder, tiny_bi_encoder, torch_one_thread
+pytest_plugins = ("mining_fixtures", "faults")  # tiny_cross_encoder, tiny_bi_encoder, torch_one_thread; keep_checkpoints
 REPO = Path(__file__).resolve().parents[1]
 DEV = "test:dev:0.3"  # adi has only a test split: 35 queries, 82 documents
 FIT = "test:fit:0.3"
@@ -78,8 +79,7 @@ def test_bad_carved_split_is_named(data_root, split, msg):
 # ---------------------------------------------------------------------------------------------- train
 
 
-def test_mine_train_evaluate_end_to_end(env, tiny_bi_encoder, tiny_cross_encoder, capsys, monkeypatch):
-    monkeypatch.setenv("HARDNEG_KEEP_CHECKPOINTS", "1")
+def test_mine_train_evaluate_end_to_end(env, tiny_bi_encoder, tiny_cross_encoder, capsys, keep_checkpoints):
     mined = _mined(env / "mine", tiny_bi_encoder, tiny_cross_encoder)
     out = env / "train"
     rc = main(["-q", "train", "--triples", str(mined), "--base-model", str(tiny_bi_encoder), "--out", str(out),
@@ -155,7 +155,7 @@ def test_train_errors_name_the_problem(env, tiny_bi_encoder, tiny_cross_encoder,
 @pytest.mark.slow
 def test_sigkilled_training_resumes_from_its_checkpoint(env, tiny_bi_encoder, tiny_cross_encoder, data_root):
     mined = _mined(env / "mine", tiny_bi_encoder, tiny_cross_encoder)
-    senv = {**subprocess_env(data_root, env / "cache"), "HARDNEG_KEEP_CHECKPOINTS": "1"}
+    senv = subprocess_env(data_root, env / "cache")
 
     def cmd(out: Path) -> list[str]:
         return [sys.executable, "-m", "mining_jobs.cli", "-q", "train", "--triples", str(mined), "--base-model",
@@ -361,17 +361,19 @@ def test_restart_mode_trains_the_base_model_on_every_rounds_negatives(env, tiny_
 def test_iterate_killed_mid_round_resumes_to_the_same_result(env, tiny_bi_encoder, tiny_cross_encoder, data_root):
     senv = subprocess_env(data_root, env / "cache")
 
-    def cmd(name: str) -> list[str]:
+    def args(name: str) -> list[str]:
         cfg = _loop_toml(env / f"{name}.toml", tiny_bi_encoder, tiny_cross_encoder, env / f"{name}.sqlite", rounds=2)
-        return [sys.executable, "-m", "mining_jobs.cli", "-q", "iterate", "--config", str(cfg), "--out",
-                str(env / name)]
+        return ["-q", "iterate", "--config", str(cfg), "--out", str(env / name)]
+
+    def cmd(name: str) -> list[str]:
+        return [sys.executable, "-m", "mining_jobs.cli", *args(name)]
 
     ref = subprocess.run(cmd("ref"), env=senv, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert ref.returncode == 0, ref.stderr[-2000:]
-    # killed (SIGKILL) after round 2's mining stage, before its training
-    killed = subprocess.run(cmd("out"), env={**senv, "HARDNEG_FAULT_AFTER": "round2:mine"}, cwd=REPO,
+    # killed (SIGKILL, by the fault of tests/faults.py) after round 2's mining stage, before its training
+    killed = subprocess.run(faulty_hardneg("round2:mine", *args("out")), env=senv, cwd=REPO,
                             capture_output=True, text=True, timeout=600)
-    assert killed.returncode == -signal.SIGKILL
+    assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-2000:])
     out = env / "out"
     assert (out / "round_1" / "round.json").exists() and (out / "round_2" / "mine" / "manifest.json").exists()
     assert not (out / "round_2" / "round.json").exists() and not (out / "report.md").exists()

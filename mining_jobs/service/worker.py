@@ -1,5 +1,6 @@
 """``hardneg worker``: claim queued jobs from the job store and run them through the same code as the
-command line, one at a time, reporting stage and progress and honouring cancellation at every checkpoint.
+command line, one at a time, reporting stage and progress and honouring cancellation at every checkpoint (the
+checkpoint callback it installs around each job with ``retriever.progress.checkpoints``).
 A worker that dies (even by SIGKILL) leaves its job to the next worker once its lease expires; the job then
 resumes from its run folder (finished shards, stages and rounds are kept). Before running a job, its config is
 checked again against the worker's allowed roots (``--data-root``): a job that names a path outside them fails
@@ -21,9 +22,9 @@ from pathlib import Path
 
 from retriever import progress
 
+from ..config import ConfigError
 from . import kinds
-from .config import ConfigError
-from .jobstore import Job, JobStore, service_roots
+from .store import Job, JobStore, service_roots
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class Worker:
         flags = {"cancel": job.cancel_requested, "lost": False}
         try:
             with self._heartbeat(job, flags), _job_log(self.store.log_path(job.id)), \
-                    progress.listen(self._listener(job, flags)):
+                    progress.checkpoints(self._checkpoint(job, flags)):
                 logger.info("worker %s: job %s (%s), attempt %d, run folder %s", self.name, job.id, job.kind,
                             job.attempts, out)
                 self._armed = True
@@ -155,12 +156,14 @@ class Worker:
         logger.info("job %s succeeded", job.id)
         return "succeeded"
 
-    def _listener(self, job: Job, flags: dict[str, bool]) -> progress.Listener:
-        """Records progress (at most twice a second, and at every stage change and end) and raises at the
-        checkpoint when the job was cancelled, its lease was lost, or the worker is shutting down."""
+    def _checkpoint(self, job: Job, flags: dict[str, bool]) -> progress.Checkpoint:
+        """The checkpoint callback this worker installs around a job (``progress.checkpoints``): records progress
+        (at most twice a second, and at every stage change and end) and raises ``JobCancelled`` or
+        ``JobReleased`` at the checkpoint when the job was cancelled, its lease was lost, or the worker is
+        shutting down."""
         last = [0.0, ""]
 
-        def listener(stage: str, n_done: int, total: int | None) -> None:
+        def checkpoint(stage: str, n_done: int, total: int | None) -> None:
             now = time.monotonic()
             if stage != last[1] or now - last[0] >= 0.5 or (total and n_done >= total):
                 last[:] = [now, stage]
@@ -174,7 +177,7 @@ class Worker:
             if flags["lost"] or self.stopping.is_set():
                 raise JobReleased(job.id)
 
-        return listener
+        return checkpoint
 
     @contextmanager
     def _heartbeat(self, job: Job, flags: dict[str, bool]) -> Iterator[None]:

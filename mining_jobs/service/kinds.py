@@ -18,8 +18,8 @@ from retriever.data import DATA_ENV
 from retriever.encoder import DEFAULT_MODEL
 from retriever.errors import HardnegError
 
-from .config import ConfigError, from_dict, set_fields
-from .runfolder import Layout, clear_unstarted, read_done
+from ..config import ConfigError, from_dict, set_fields
+from ..runfolder import Layout, clear_unstarted, read_done
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def _check_mine_data(data: Any, prefix: str) -> None:
 
 
 def _run_mine(conf: dict[str, Any], out: Path) -> dict[str, Any]:
-    from .mine import FOLDER, run_mining
+    from ..mine import FOLDER, run_mining
 
     manifest = _finished_or_run(out, FOLDER, lambda: run_mining(from_dict(conf, "config"), out))
     c = manifest["counts"]
@@ -140,7 +140,7 @@ def _run_mine(conf: dict[str, Any], out: Path) -> dict[str, Any]:
 
 
 def _resolve_train(raw: dict[str, Any]) -> dict[str, Any]:
-    from .train import TrainConfig, _triples_path
+    from ..train import TrainConfig, _triples_path
 
     _forbid(_table(raw, ""), ("out", "overwrite"))
     cfg = TrainConfig()
@@ -153,7 +153,7 @@ def _resolve_train(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_train(conf: dict[str, Any], out: Path) -> dict[str, Any]:
-    from .train import FOLDER, TrainConfig, run_training
+    from ..train import FOLDER, TrainConfig, run_training
 
     s = _finished_or_run(out, FOLDER, lambda: run_training(TrainConfig(**conf, out=str(out))))
     return {"model": s["model"], "steps": s["steps"], "train_loss": s["train_loss"], "best_dev": s["best_dev"],
@@ -166,7 +166,7 @@ def _run_train(conf: dict[str, Any], out: Path) -> dict[str, Any]:
 def _reranker_job(raw: dict[str, Any], out: str = "", overwrite: bool = False):
     from retriever.rerank_train import TrainArgs
 
-    from .train_reranker import RerankerJob
+    from ..train_reranker import RerankerJob
 
     names = {f.name for f in dataclasses.fields(TrainArgs)}
     _forbid(raw, ("out", "overwrite", "resume", "train"))
@@ -192,7 +192,7 @@ def _resolve_reranker(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_reranker(conf: dict[str, Any], out: Path) -> dict[str, Any]:
-    from .train_reranker import FOLDER, run_train_reranker
+    from ..train_reranker import FOLDER, run_train_reranker
 
     # after a worker died: the folds it finished are kept (resume), the rest trained; overwrite only ever replaces
     # this job's own files
@@ -204,7 +204,7 @@ def _run_reranker(conf: dict[str, Any], out: Path) -> dict[str, Any]:
 
 
 def _resolve_evaluate(raw: dict[str, Any]) -> dict[str, Any]:
-    from .evaluate import EvalConfig
+    from ..evaluate import EvalConfig
 
     _forbid(_table(raw, ""), ("out", "overwrite"))
     raw = dict(raw)
@@ -226,7 +226,7 @@ def _resolve_evaluate(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_evaluate(conf: dict[str, Any], out: Path) -> dict[str, Any]:
-    from .evaluate import FOLDER, EvalConfig, run_evaluation
+    from ..evaluate import FOLDER, EvalConfig, run_evaluation
 
     # evaluation is recomputed when its worker died (no partial state worth keeping)
     clear_unstarted(out, FOLDER)
@@ -237,7 +237,7 @@ def _run_evaluate(conf: dict[str, Any], out: Path) -> dict[str, Any]:
 
 
 def _resolve_iterate(raw: dict[str, Any]) -> dict[str, Any]:
-    from .iterate import loop_config_from_dict
+    from ..iterate import loop_config_from_dict
 
     raw = _table(raw, "")
     if isinstance(raw.get("loop"), dict):
@@ -264,7 +264,7 @@ def _resolve_iterate(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_iterate(conf: dict[str, Any], out: Path) -> dict[str, Any]:
-    from .iterate import FOLDER, loop_config_from_dict, run_loop
+    from ..iterate import FOLDER, loop_config_from_dict, run_loop
 
     cfg = loop_config_from_dict(json.loads(json.dumps(conf)), "config", out=str(out))
     clear_unstarted(out, FOLDER)
@@ -286,6 +286,8 @@ KINDS: dict[str, Kind] = {
     "iterate": Kind("iterate", _resolve_iterate, _run_iterate, "ANCE rounds: the [loop], [mine.*] and [train] "
                     "tables of examples/ance.toml"),
 }
+
+NAMES: tuple[str, ...] = tuple(KINDS)  # what the job store is opened with (it imports no kind)
 
 
 def resolve(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
@@ -310,10 +312,10 @@ _MINE_PATHS = {"data.name": "data", "data.pairs": "file", "candidates.model": "m
                "cross_encoder.model": "model", "output.score_cache": "file"}
 PATH_FIELDS: dict[str, dict[str, str]] = {
     "mine": _MINE_PATHS,
-    "train": {"triples": "file", "base_model": "model", "dev_data": "data"},
+    "train": {"triples": "file", "base_model": "model", "dev_data": "data", "guide": "model"},
     "train-reranker": {"data": "data", "backbone": "model"},
     "evaluate": {"data": "data", "model": "model", "cache_dir": "file"},
-    "iterate": {"loop.data": "data", "loop.base_model": "model", "train.dev_data": "data",
+    "iterate": {"loop.data": "data", "loop.base_model": "model", "train.dev_data": "data", "train.guide": "model",
                 **{f"mine.{k}": v for k, v in _MINE_PATHS.items()}},
 }
 

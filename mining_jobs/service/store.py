@@ -1,6 +1,7 @@
 """The job store of the mining service: jobs with their kind, resolved config, state, stage, progress,
 timings and run folder. ``JobStore`` is the interface; ``SQLiteJobStore`` (one file under the service home)
-is the default. No job is run here: workers claim jobs and report back through this interface."""
+is the default. No job is run here: workers claim jobs and report back through this interface. The store knows
+no job kind itself: whoever opens it (server, worker, command line) passes the kind names it may hold."""
 
 from __future__ import annotations
 
@@ -19,9 +20,6 @@ from typing import Any
 from retriever.data import DATA_ENV
 from retriever.errors import HardnegError
 
-from .kinds import KINDS as _RUNNABLE
-
-KINDS = tuple(_RUNNABLE)  # the kinds a worker can run
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = ("succeeded", "failed", "cancelled")
 HOME_ENV = "HARDNEG_HOME"
@@ -88,6 +86,12 @@ class JobStore(ABC):
     """What the service needs from a job store. A server database can replace SQLite behind it."""
 
     home: Path
+    kinds: tuple[str, ...] | None = None  # the job kinds ``create`` accepts; None: any
+
+    def check_kind(self, kind: str) -> None:
+        """Raise ``JobStoreError`` when ``kind`` is not one of the store's kinds (when it was given some)."""
+        if self.kinds is not None and kind not in self.kinds:
+            raise JobStoreError(f"unknown job kind {kind!r}; expected one of {', '.join(self.kinds)}")
 
     def run_dir(self, job_id: str) -> Path:
         return self.home / "runs" / job_id
@@ -97,7 +101,8 @@ class JobStore(ABC):
 
     @abstractmethod
     def create(self, kind: str, config: dict[str, Any], name: str = "", job_id: str | None = None) -> Job:
-        """Add a queued job; ``config`` is already resolved and validated."""
+        """Add a queued job; ``config`` is already resolved and validated. Raises ``JobStoreError`` for a kind
+        the store was not given (``check_kind``)."""
 
     @abstractmethod
     def get(self, job_id: str) -> Job | None: ...
@@ -174,10 +179,11 @@ SCHEMA_VERSION = "2"
 class SQLiteJobStore(JobStore):
     """The default store: ``<home>/jobs.sqlite`` in WAL mode, one short connection per operation (safe
     across threads and processes). Claims run in ``BEGIN IMMEDIATE`` transactions, so two workers never
-    take the same job."""
+    take the same job. ``kinds``: the job kind names it accepts (``None``: any), e.g. ``kinds.NAMES``."""
 
-    def __init__(self, home: str | os.PathLike | None = None) -> None:
+    def __init__(self, home: str | os.PathLike | None = None, kinds: Iterable[str] | None = None) -> None:
         self.home = Path(home).expanduser() if home else default_home()
+        self.kinds = tuple(kinds) if kinds is not None else None
         self.home.mkdir(parents=True, exist_ok=True)
         self.path = self.home / "jobs.sqlite"
         db = sqlite3.connect(str(self.path), timeout=60)
@@ -226,8 +232,7 @@ class SQLiteJobStore(JobStore):
         return self._job(row) if row else None
 
     def create(self, kind: str, config: dict[str, Any], name: str = "", job_id: str | None = None) -> Job:
-        if kind not in KINDS:
-            raise JobStoreError(f"unknown job kind {kind!r}; expected one of {', '.join(KINDS)}")
+        self.check_kind(kind)
         job_id = job_id or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
         now = time.time()
         with self._tx(immediate=True) as db:
@@ -326,6 +331,6 @@ class SQLiteJobStore(JobStore):
             return self._get(db, job_id)  # type: ignore[return-value]
 
 
-def open_store(home: str | os.PathLike | None = None) -> JobStore:
-    """The job store of a service home (SQLite, the only backend so far)."""
-    return SQLiteJobStore(home)
+def open_store(home: str | os.PathLike | None = None, kinds: Iterable[str] | None = None) -> JobStore:
+    """The job store of a service home (SQLite, the only backend so far), holding jobs of ``kinds`` (names)."""
+    return SQLiteJobStore(home, kinds)

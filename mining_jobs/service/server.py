@@ -26,10 +26,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from retriever.errors import HardnegError
 
-from . import __version__, kinds
-from .config import ConfigError
-from .jobstore import KINDS, STATES, Job, JobStore, JobStoreError, service_roots
+from .. import __version__
+from ..config import ConfigError
+from . import kinds
+from .store import STATES, Job, JobStore, JobStoreError, service_roots
 
+KINDS = kinds.NAMES
 KindName = Literal[KINDS]  # type: ignore[valid-type]
 StateName = Literal[STATES]  # type: ignore[valid-type]
 
@@ -304,7 +306,7 @@ def create_app(store: JobStore, token: str | None = None, data_roots: Iterable[s
 def serve(home: str | None, host: str = "127.0.0.1", port: int = 8750, token_file: str | None = None,
           data_roots: Iterable[str | os.PathLike] | None = None) -> None:
     """Run the API with uvicorn until interrupted; ``data_roots``: see ``create_app``."""
-    from .jobstore import open_store
+    from .store import open_store
 
     token = read_token(token_file)
     if not is_loopback(host) and token is None:
@@ -314,7 +316,7 @@ def serve(home: str | None, host: str = "127.0.0.1", port: int = 8750, token_fil
         import uvicorn
     except ImportError as exc:  # pragma: no cover
         raise ImportError("the job service needs FastAPI and uvicorn: pip install 'hardneg[service]'") from exc
-    app = create_app(open_store(home), token, data_roots)
+    app = create_app(open_store(home, kinds.NAMES), token, data_roots)
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 
