@@ -13,41 +13,30 @@ from pathlib import Path
 from retriever import metrics as M
 from retriever.errors import HardnegError
 
-from .evaluate import RETRIEVERS, EvalConfig, format_table, run_evaluation
+from .evaluate import format_table, run_evaluation
+from .settings import add_flags, command_line_raw, from_command_line
 
 
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _config_flags(p: argparse.ArgumentParser, example: str) -> None:
+    """``--config FILE`` and ``--set KEY=VALUE``: every job command reads its settings the same way (the TOML
+    file, then the flags, then --set; later ones win)."""
+    p.add_argument("--config", help=f"TOML file of settings (every key documented in {example})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting with a TOML value (repeatable), e.g. --set lr=3e-5 or "
+                        "--set filter.relative_margin=0.2")
+
+
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    from .evaluate import EvalConfig
+
     p = sub.add_parser("evaluate", help="retrieve with BM25 / dense / hybrid and score the run",
                        description="Retrieve for every query of a split, write run.trec and metrics.json, print a table.")
-    p.add_argument("--data", default="scifact", help="collection name under $HARDNEG_DATA, a BEIR folder, or a "
-                   "Hugging Face id in the BeIR layout (default: scifact)")
-    p.add_argument("--split", default="test", help="qrels split (default: test)")
-    p.add_argument("--retriever", default="bm25", type=_csv,
-                   help=f"one or several of {', '.join(RETRIEVERS)}, comma-separated (default: bm25)")
-    p.add_argument("--model", default="default", help="bi-encoder: hub name or local path "
-                   "(default: the packaged sentence-transformers/all-MiniLM-L6-v2)")
-    p.add_argument("--bm25-backend", default="bm25s", choices=["bm25s", "rank_bm25"])
-    p.add_argument("--k1", type=float, default=1.5, help="BM25 k1 (default 1.5)")
-    p.add_argument("--b", type=float, default=0.75, help="BM25 b (default 0.75)")
-    p.add_argument("--stopwords", default="en", choices=["en", "none"])
-    p.add_argument("--stemmer", default="english", help="Snowball stemmer language, or 'none' (default english)")
-    p.add_argument("--top-k", type=int, default=100, help="results kept per query (default 100)")
-    p.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivf"], help="faiss index (default exact)")
-    p.add_argument("--bf16", default="auto", choices=["auto", "on", "off"],
-                   help="bf16 autocast for encoding; auto = on only with AMX / AVX-512 BF16")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--query-prompt", default="", help="text prepended to each query (e.g. 'query: ')")
-    p.add_argument("--doc-prompt", default="", help="text prepended to each document (e.g. 'passage: ')")
-    p.add_argument("--rrf-k", type=int, default=60, help="reciprocal-rank-fusion constant (default 60)")
-    p.add_argument("--drop-self", action="store_true", help="drop each query's own id from its results")
-    p.add_argument("--cache-dir", default=None, help="embedding cache folder (default $HARDNEG_CACHE or ~/.cache/hardneg)")
-    p.add_argument("--metrics", type=_csv, default=list(M.DEFAULT_METRICS), help="comma-separated metric names")
-    p.add_argument("--out", required=True, help="run folder to write")
-    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    _config_flags(p, "examples/evaluate.toml")
+    add_flags(p, EvalConfig)
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
@@ -67,14 +56,15 @@ def _add_mine(sub: argparse._SubParsersAction) -> None:
                        description="Retrieve BM25 + dense candidates for every training query, exclude positives "
                                    "and duplicates, score and filter with a cross-encoder, sample negatives, write "
                                    "triples. Resumes a killed job in the same --out.")
-    p.add_argument("--config", help="TOML job config (see examples/mine.toml); --data/--split/--set override it")
-    p.add_argument("--data", help="collection (sets data.name)")
-    p.add_argument("--split", help="qrels split to mine (sets data.split)")
-    p.add_argument("--cross-encoder", help="cross-encoder name, path or fold set (sets cross_encoder.model)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config field (repeatable), e.g. --set filter.relative_margin=0.2")
-    p.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    from .config import MineConfig
+
+    _config_flags(p, "examples/mine.toml")
     p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--data", help="shortcut for --data.name")
+    p.add_argument("--split", help="shortcut for --data.split")
+    p.add_argument("--cross-encoder", help="shortcut for --cross-encoder.model (a name, path, fold set or judge)")
+    p.add_argument("--overwrite", action="store_true", help="shortcut for --output.overwrite")
+    add_flags(p, MineConfig)
 
 
 def _add_train_reranker(sub: argparse._SubParsersAction) -> None:
@@ -82,39 +72,10 @@ def _add_train_reranker(sub: argparse._SubParsersAction) -> None:
                        description="Train a cross-encoder (backbone + new head) on a split's qrels with BM25 "
                                    "negatives; --folds K cross-fits K models so no query is judged by a model "
                                    "trained on it. Reports nDCG@10 of BM25 top-k reranked on --eval-split.")
-    p.add_argument("--data", default="scifact")
-    p.add_argument("--split", default="train")
-    p.add_argument("--folds", type=int, default=2, help="cross-fitting folds (1 = one model on all queries)")
-    p.add_argument("--backbone", default="default", help="transformer backbone (default: packaged MiniLM-L6)")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--max-length", type=int, default=128, help="tokens per (query, document) pair")
-    p.add_argument("--negatives", type=int, default=3, help="BM25 negatives per positive")
-    p.add_argument("--bm25-depth", type=int, default=30, help="negatives are drawn from BM25's top N")
-    p.add_argument("--lr", type=float, default=1e-4, help="learning rate of the backbone (the head gets 1e-3)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--bf16", default="auto", choices=["auto", "on", "off"])
-    p.add_argument("--eval-split", default="test", help="held-out split for the reranking report ('' = none)")
-    p.add_argument("--eval-depth", type=int, default=100, help="BM25 candidates reranked in the report")
-    p.add_argument("--max-eval-queries", type=int, default=None, help="limit the report to N queries")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--out", required=True)
+    from .train_reranker import RerankerJob
 
-
-def _add_dataclass_options(p: argparse.ArgumentParser, cls, required: tuple[str, ...] = ()) -> None:
-    """One option per field of a settings dataclass, with its help text and default."""
-    import dataclasses
-
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        helptext = f.metadata.get("help")
-        if f.type in ("bool", bool):
-            p.add_argument(flag, action="store_true", help=helptext)
-        else:
-            tp = {"int": int, "float": float}.get(str(f.type), str)
-            choices = f.metadata.get("choices")  # shown, not enforced: the dataclass's validation names the option
-            p.add_argument(flag, type=tp, default=f.default, required=f.name in required,
-                           metavar="{" + ",".join(choices) + "}" if choices else None,
-                           help=(helptext + " " if helptext else "") + f"(default: {f.default!r})")
+    _config_flags(p, "examples/train-reranker.toml")
+    add_flags(p, RerankerJob)
 
 
 def _add_train_judge(sub: argparse._SubParsersAction) -> None:
@@ -124,7 +85,8 @@ def _add_train_judge(sub: argparse._SubParsersAction) -> None:
                        description="Train a cross-fitted bi-encoder fold set on a split's qrels, then fit a calibrated "
                                    "pairwise-logistic combination of BM25, bi-encoder and cross-encoder features on the "
                                    "split's candidates. Use the folder as a mining judge: --cross-encoder DIR.")
-    _add_dataclass_options(p, JudgeJob)
+    _config_flags(p, "examples/train-judge.toml")
+    add_flags(p, JudgeJob)
 
 
 def _add_judge_report(sub: argparse._SubParsersAction) -> None:
@@ -154,7 +116,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        description="sentence-transformers trainer with the loss of --loss (MultipleNegativesRankingLoss "
                                    "by default), no duplicate texts in a batch, dev evaluation with the best checkpoint kept, "
                                    "resumable in the same --out.")
-    _add_dataclass_options(p, TrainConfig, required=("triples",))
+    _config_flags(p, "examples/train.toml")
+    add_flags(p, TrainConfig)
 
 
 def _add_iterate(sub: argparse._SubParsersAction) -> None:
@@ -162,9 +125,20 @@ def _add_iterate(sub: argparse._SubParsersAction) -> None:
                        description="Each round encodes the corpus with the current model, mines with BM25 + "
                                    "dense + the cross-encoder, trains the next model and evaluates it on dev and "
                                    "test. Stops when dev drops; resumes a killed loop per round and stage.")
-    p.add_argument("--config", required=True, help="TOML (see examples/ance.toml)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    p.add_argument("--out", help="loop folder (overrides loop.out)")
+    from .iterate import LoopConfig
+
+    _config_flags(p, "examples/iterate.toml; a worked example: examples/ance.toml")
+    p.add_argument("--out", help="shortcut for --loop.out")
+    add_flags(p, LoopConfig)
+
+
+def _add_config(sub: argparse._SubParsersAction) -> None:
+    from .job_settings import COMMANDS
+
+    p = sub.add_parser("config", help="print a command's documented settings as TOML",
+                       description="Every setting of a job command with its default and help, as a TOML file to "
+                                   "edit and pass with --config (the same text as examples/<command>.toml).")
+    p.add_argument("job", choices=COMMANDS)
 
 
 def _client_flags(p: argparse.ArgumentParser) -> None:
@@ -252,17 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_judge_report(sub)
     _add_train(sub)
     _add_iterate(sub)
+    _add_config(sub)
     _add_service(sub)
     return parser
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    cfg = EvalConfig(data=args.data, split=args.split, retrievers=args.retriever, out=args.out, model=args.model,
-                     bm25_backend=args.bm25_backend, k1=args.k1, b=args.b, stopwords=args.stopwords,
-                     stemmer=args.stemmer, top_k=args.top_k, index=args.index, bf16=args.bf16,
-                     batch_size=args.batch_size, query_prompt=args.query_prompt, doc_prompt=args.doc_prompt,
-                     rrf_k=args.rrf_k, drop_self=args.drop_self, cache_dir=args.cache_dir,
-                     overwrite=args.overwrite, metrics=args.metrics)
+    from .evaluate import EvalConfig
+
+    cfg = from_command_line(EvalConfig, args)
     results = run_evaluation(cfg)
     out = Path(cfg.out)
     summary = out / "summary.md"
@@ -290,7 +262,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_mine(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import MineConfig
     from .mine import run_mining
 
     base: dict[str, dict[str, object]] = {}
@@ -302,7 +274,7 @@ def _cmd_mine(args: argparse.Namespace) -> int:
         base.setdefault("cross_encoder", {})["model"] = args.cross_encoder
     if args.overwrite:
         base.setdefault("output", {})["overwrite"] = True
-    cfg = load_config(args.config, args.set, base)
+    cfg = from_command_line(MineConfig, args, base)
     m = run_mining(cfg, args.out)
     c = m["counts"]
     print(f"mined {c['queries']} queries -> {c['triples']} triples in {m['timings']['total_s']:.1f} s; "
@@ -314,29 +286,21 @@ def _cmd_mine(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_reranker(args: argparse.Namespace) -> int:
-    from retriever.rerank_train import TrainArgs
-
     from .train_reranker import RerankerJob, run_train_reranker
 
-    job = RerankerJob(data=args.data, split=args.split, out=args.out, folds=args.folds, negatives=args.negatives,
-                      bm25_depth=args.bm25_depth, eval_split=args.eval_split or None, eval_depth=args.eval_depth,
-                      max_eval_queries=args.max_eval_queries, overwrite=args.overwrite,
-                      train=TrainArgs(backbone=args.backbone, max_length=args.max_length, epochs=args.epochs,
-                                      lr=args.lr, seed=args.seed, bf16=args.bf16))
+    job = from_command_line(RerankerJob, args)
     report = run_train_reranker(job)
     from .train_reranker import render
 
     print(render(report))
-    print(f"fold set written to {args.out}/ (use it as: hardneg mine --cross-encoder {args.out} ...)")
+    print(f"fold set written to {job.out}/ (use it as: hardneg mine --cross-encoder {job.out} ...)")
     return 0
 
 
 def _cmd_train_judge(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from .judge_train import JudgeJob, run_train_judge
 
-    job = JudgeJob(**{f.name: getattr(args, f.name) for f in dataclasses.fields(JudgeJob)})
+    job = from_command_line(JudgeJob, args)
     run_train_judge(job)
     print((Path(job.out) / "report.md").read_text())
     print(f"judge written to {job.out}/ (use it as: hardneg mine --cross-encoder {job.out} ...)")
@@ -361,11 +325,9 @@ def _cmd_judge_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from .train import EVAL_METRICS, TrainConfig, run_training
 
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    cfg = from_command_line(TrainConfig, args)
     s = run_training(cfg)
     loss = f"loss {s['train_loss']:.4f}" if s["train_loss"] is not None else "no loss logged"
     print(f"trained {s['steps']} steps on {s['data']['rows']} examples in {s['seconds']['train']:.0f} s ({loss})")
@@ -377,12 +339,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_iterate(args: argparse.Namespace) -> int:
-    from .iterate import load_loop_config, run_loop
+    from .iterate import loop_config_from_dict, run_loop
 
-    cfg = load_loop_config(args.config, args.set, out=args.out)
+    cfg = loop_config_from_dict(command_line_raw(args), str(args.config or "config"), out=args.out)
     result = run_loop(cfg)
     print(result["table"])
     print(f"\nbest round: {result['best_round']}; report: {Path(cfg.loop.out) / 'report.md'}")
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from .job_settings import example
+
+    print(example(args.job), end="")
     return 0
 
 
@@ -415,7 +384,7 @@ def _client(args: argparse.Namespace):
 def _submitted_config(path: str | None, overrides: list[str]) -> dict:
     import json
 
-    from .config import ConfigError, parse_override, read_toml, set_override
+    from .settings import ConfigError, apply_set, read_toml
 
     raw: dict = {}
     if path:
@@ -426,14 +395,8 @@ def _submitted_config(path: str | None, overrides: list[str]) -> dict:
                 raise ConfigError(f"{path}: {exc}") from None
         else:
             raw = read_toml(path)
-    for text in overrides:
-        if "=" not in text:
-            raise ConfigError(f"--set {text!r}: expected key=value")
-        key = text.split("=", 1)[0].strip()
-        if "." in key:  # a field of a table (mine, iterate)
-            set_override(raw, text)
-        else:  # a top-level option (train, evaluate, train-reranker)
-            raw[key] = parse_override("x." + text)[2]
+    for text in overrides:  # a field of a table (mine, iterate) or a top-level key (train, evaluate, ...)
+        apply_set(raw, text)
     return raw
 
 
@@ -526,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"evaluate": _cmd_evaluate, "compare": _cmd_compare, "mine": _cmd_mine,
                     "train-reranker": _cmd_train_reranker, "train-judge": _cmd_train_judge,
-                    "judge-report": _cmd_judge_report, "train": _cmd_train, "iterate": _cmd_iterate,
+                    "judge-report": _cmd_judge_report, "train": _cmd_train, "iterate": _cmd_iterate, "config": _cmd_config,
                     "serve": _cmd_serve, "worker": _cmd_worker, "submit": _cmd_submit, "status": _cmd_status,
                     "wait": _cmd_wait, "fetch": _cmd_fetch, "cancel": _cmd_cancel}
         return commands[args.command](args)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 from retriever import metrics as M
 from retriever.bm25 import BM25Index
@@ -21,59 +22,67 @@ from retriever.text import TokenizerConfig
 
 from .files import versions
 from .runfolder import Layout, fingerprint, finish, prepare, write_json
+from .settings import ConfigError, check_choices, opt
 
 logger = logging.getLogger(__name__)
 
 RETRIEVERS = ("bm25", "dense", "hybrid")
 
 
+BF16 = Literal["auto", "on", "off"]
+
+
 @dataclass
 class EvalConfig:
-    """Settings of one evaluation; every field is a command-line option of ``hardneg evaluate``."""
+    """Settings of one evaluation; every field is a command-line option of ``hardneg evaluate`` and a key of a
+    service ``evaluate`` job."""
 
-    data: str = field(default="scifact", metadata={"help": "collection name under $HARDNEG_DATA, a path, or org/name"})
-    split: str = "test"
-    retrievers: list[str] = field(default_factory=lambda: ["bm25"])
-    out: str = "runs/evaluate"
-    model: str = "default"
-    bm25_backend: str = "bm25s"
-    k1: float = 1.5
-    b: float = 0.75
-    stopwords: str = "en"
-    stemmer: str = "english"
-    top_k: int = 100
-    index: str = "flat"
-    bf16: str = "auto"
-    batch_size: int = 64
-    query_prompt: str = ""
-    doc_prompt: str = ""
-    rrf_k: int = 60
-    drop_self: bool = False
-    cache_dir: str | None = None
-    overwrite: bool = False
-    metrics: list[str] = field(default_factory=lambda: list(M.DEFAULT_METRICS))
+    data: str = opt("scifact", "collection name under $HARDNEG_DATA, a BEIR folder, or a Hugging Face id in the "
+                               "BeIR layout")
+    split: str = opt("test", "qrels split whose queries are evaluated")
+    retrievers: list[str] = opt(["bm25"], f"one or several of {', '.join(RETRIEVERS)} (comma-separated on the "
+                                          "command line)", aliases=("--retriever",))
+    out: str = opt("runs/evaluate", "run folder to write")
+    model: str = opt("default", "bi-encoder: hub name or local path (default: the packaged "
+                                "sentence-transformers/all-MiniLM-L6-v2)")
+    bm25_backend: Literal["bm25s", "rank_bm25"] = opt("bm25s", "BM25 backend")
+    k1: float = opt(1.5, "BM25 k1")
+    b: float = opt(0.75, "BM25 b")
+    stopwords: Literal["en", "none"] = opt("en", "stopword list of the BM25 tokenizer")
+    stemmer: str = opt("english", "Snowball stemmer language, or 'none'")
+    top_k: int = opt(100, "results kept per query")
+    index: Literal["flat", "hnsw", "ivf"] = opt("flat", "faiss index (flat = exact)")
+    bf16: BF16 = opt("auto", "bf16 autocast for encoding; auto = on only with AMX / AVX-512 BF16")
+    batch_size: int = opt(64, "bi-encoder batch size")
+    query_prompt: str = opt("", "text prepended to each query (e.g. 'query: ')")
+    doc_prompt: str = opt("", "text prepended to each document (e.g. 'passage: ')")
+    rrf_k: int = opt(60, "reciprocal-rank-fusion constant of the hybrid retriever")
+    drop_self: bool = opt(False, "drop each query's own id from its results")
+    cache_dir: str | None = opt(None, "embedding cache folder (unset = $HARDNEG_CACHE or ~/.cache/hardneg)")
+    overwrite: bool = opt(False, "replace a finished run in the output folder")
+    metrics: list[str] = opt(list(M.DEFAULT_METRICS), "metric names (comma-separated on the command line)")
 
     def validate(self) -> None:
         bad = [r for r in self.retrievers if r not in RETRIEVERS]
         if bad or not self.retrievers:
-            raise ValueError(f"--retriever: unknown {bad or 'empty'}; expected some of {', '.join(RETRIEVERS)}")
+            raise ConfigError(f"--retriever: unknown {bad or 'empty'}; expected some of {', '.join(RETRIEVERS)}", field="retrievers")
         if self.top_k < 1:
-            raise ValueError(f"--top-k must be >= 1, got {self.top_k}")
-        for name, allowed in (("bm25_backend", ("bm25s", "rank_bm25")), ("index", ("flat", "hnsw", "ivf")),
-                              ("bf16", ("auto", "on", "off")), ("stopwords", ("en", "none"))):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: expected one of "
-                                 f"{', '.join(allowed)}")
+            raise ConfigError(f"--top-k must be >= 1, got {self.top_k}", field="top_k")
+        check_choices(self)
         if self.stemmer != "none":
             import Stemmer
 
             if self.stemmer not in Stemmer.algorithms():
-                raise ValueError(f"--stemmer {self.stemmer!r}: expected 'none' or a Snowball language "
-                                 f"({', '.join(sorted(Stemmer.algorithms())[:8])}, ...)")
-        if self.batch_size < 1 or self.rrf_k < 1:
-            raise ValueError(f"--{'batch-size' if self.batch_size < 1 else 'rrf-k'} must be >= 1")
+                raise ConfigError(f"--stemmer {self.stemmer!r}: expected 'none' or a Snowball language "
+                                 f"({', '.join(sorted(Stemmer.algorithms())[:8])}, ...)", field="stemmer")
+        for name in ("batch_size", "rrf_k"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}", field=name)
         for m in self.metrics:
-            M._parse(m)
+            try:
+                M._parse(m)
+            except ValueError as exc:
+                raise ConfigError(f"--metrics: {exc}", field="metrics") from None
 
 
 def _legacy(out: Path) -> bool:

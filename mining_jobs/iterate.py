@@ -22,22 +22,22 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from retriever.progress import stage
 
-from .config import ConfigError, MineConfig, from_dict, read_toml, set_fields, set_override
+from .config import ConfigError, MineConfig, from_dict, read_toml, set_override
 from .evaluate import evaluate_model
 from .files import versions
 from .losses import needs_scores
 from .runfolder import Layout, RunFolderError, fingerprint, prepare, write_json, write_parquet, write_text
+from .settings import fill, opt, section
 from .train import EVAL_METRICS, TrainConfig, TrainError
 
 logger = logging.getLogger(__name__)
@@ -47,22 +47,31 @@ LoopError = RunFolderError  # the loop folder holds a different loop (``runfolde
 
 @dataclass
 class LoopSection:
-    out: str = "runs/ance"
-    rounds: int = 3
-    base_model: str = "default"
-    mode: str = "warm"  # warm: round R+1 fine-tunes model R; restart: base model on the union of all negatives
-    patience: int = 1  # stop after this many rounds without a better dev nDCG@10
-    data: str = "scifact"
-    dev_split: str = "train:dev"
-    test_split: str = "test"  # "" = no test evaluation
-    overwrite: bool = False
+    out: str = opt("runs/ance", "loop folder: one round_R/ per round, report.md, metrics.png")
+    rounds: int = opt(3, "ANCE rounds (mine with model R-1, train model R, evaluate)")
+    base_model: str = opt("default", "the starting bi-encoder: hub name or local path ('default' = packaged "
+                                     "all-MiniLM-L6-v2)")
+    mode: Literal["warm", "restart"] = opt("warm", "warm: round R+1 fine-tunes model R; restart: the base model "
+                                                   "on the union of all rounds' negatives")
+    patience: int = opt(1, "stop after this many rounds without a better dev nDCG@10")
+    data: str = opt("scifact", "collection of the dev and test splits (and of mining, unless mine.data.name)")
+    dev_split: str = opt("train:dev", "split that chooses the best round")
+    test_split: str = opt("test", "split reported per round ('' = no test evaluation)")
+    overwrite: bool = opt(False, "replace a finished or differently configured loop in the loop folder")
+
+
+# the [train] keys the loop sets per round: not settings of a loop
+LOOP_SETS = ("triples", "out", "base_model", "overwrite")
 
 
 @dataclass
 class LoopConfig:
-    loop: LoopSection = field(default_factory=LoopSection)
-    mine: MineConfig = field(default_factory=MineConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    """Settings of ``hardneg iterate`` (examples/ance.toml): [loop], [mine.<section>] and [train]."""
+
+    loop: LoopSection = section(LoopSection, "the rounds")
+    mine: MineConfig = section(MineConfig, "each round's mining job",
+                               derived={"data.name": "loop.data", "data.split": "train:fit"})
+    train: TrainConfig = section(TrainConfig, "each round's training job", exclude=LOOP_SETS)
 
     def to_dict(self) -> dict[str, Any]:
         return {"loop": dataclasses.asdict(self.loop), "mine": self.mine.to_dict(),
@@ -96,16 +105,16 @@ def loop_config_from_dict(raw: dict[str, Any], source: str = "config", out: str 
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: [{sname}] must be a table of keys", sname)
     cfg = LoopConfig()
-    set_fields(cfg.loop, raw.get("loop", {}), "loop")
+    fill(cfg.loop, raw.get("loop", {}), "", ("loop",))
     try:
         cfg.mine = from_dict(raw.get("mine", {}), "mine")
     except ConfigError as exc:
         raise ConfigError(str(exc), f"mine.{exc.field}" if exc.field else "mine") from None
     train = dict(raw.get("train", {}))
-    for k in ("triples", "out", "base_model", "overwrite"):
+    for k in LOOP_SETS:
         if k in train:
             raise ConfigError(f"train.{k}: set by the loop (loop.base_model, loop.out); remove it", f"train.{k}")
-    set_fields(cfg.train, train, "train")
+    fill(cfg.train, train, "", ("train",))
     if out:
         cfg.loop.out = out
     lp = cfg.loop
@@ -138,8 +147,7 @@ def _check_train(cfg: LoopConfig) -> None:
     try:
         dataclasses.replace(cfg.train, triples="set-by-the-loop").validate()
     except TrainError as exc:
-        m = re.search(r"--([a-z][a-z0-9-]*)", str(exc))
-        field_name = f"train.{m.group(1).replace('-', '_')}" if m else "train"
+        field_name = f"train.{exc.field}" if exc.field else "train"
         raise ConfigError(f"{field_name}: {exc}", field_name) from None
     if needs_scores(cfg.train.loss) and not cfg.mine.cross_encoder.model:
         raise ConfigError(f"train.loss = {cfg.train.loss!r} learns from the judge's scores, but the loop mines "

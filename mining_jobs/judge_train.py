@@ -17,7 +17,6 @@ import pyarrow as pa
 from retriever.data import Collection, load_collection
 from retriever.dense_index import DenseIndex
 from retriever.encoder import EmbeddingCache
-from retriever.errors import HardnegError
 from retriever.judge import (
     FEATURES,
     FOLDS_FILE,
@@ -36,12 +35,13 @@ from retriever.progress import stage
 from .files import write_json, write_parquet, write_text
 from .judge_report import rrf_scores
 from .runfolder import Layout, fingerprint, prepare
+from .settings import ConfigError
 from .train_reranker import fold_assignment
 
 logger = logging.getLogger(__name__)
 
 
-class JudgeJobError(HardnegError, ValueError):
+class JudgeJobError(ConfigError):
     """Bad train-judge settings or an output folder that must not be touched."""
 
 
@@ -70,29 +70,29 @@ class JudgeJob:
         feats = [f.strip() for f in self.features.split(",") if f.strip()]
         bad = [f for f in feats if f not in FEATURES]
         if bad or not feats:
-            raise JudgeJobError(f"--features: unknown {bad or 'empty list'}; expected some of {', '.join(FEATURES)}")
+            raise JudgeJobError(f"--features: unknown {bad or 'empty list'}; expected some of {', '.join(FEATURES)}", field="features")
         if "ce" in feats and not self.cross_encoder:
-            raise JudgeJobError("--features: 'ce' needs --cross-encoder")
+            raise JudgeJobError("--features: 'ce' needs --cross-encoder", field="features")
         if "bi" in feats and (self.folds < 2 or self.bi_steps < 1):
-            raise JudgeJobError("--features: 'bi' needs --folds >= 2 and --bi-steps >= 1")
+            raise JudgeJobError("--features: 'bi' needs --folds >= 2 and --bi-steps >= 1", field="features")
         return feats
 
     def validate(self) -> None:
         self.feature_list()
         for name in ("depth", "bi_batch_size", "ce_max_length"):
             if getattr(self, name) < 1:
-                raise JudgeJobError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise JudgeJobError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}", field=name)
         if not self.bi_lr > 0:
-            raise JudgeJobError(f"--bi-lr must be > 0, got {self.bi_lr}")
+            raise JudgeJobError(f"--bi-lr must be > 0, got {self.bi_lr}", field="bi_lr")
         try:
             grid = [float(c) for c in self.c_grid.split(",")]
         except ValueError:
-            raise JudgeJobError(f"--c-grid {self.c_grid!r}: expected comma-separated numbers") from None
+            raise JudgeJobError(f"--c-grid {self.c_grid!r}: expected comma-separated numbers", field="c_grid") from None
         if not grid or min(grid) <= 0:
-            raise JudgeJobError(f"--c-grid {self.c_grid!r}: every value must be > 0")
+            raise JudgeJobError(f"--c-grid {self.c_grid!r}: every value must be > 0", field="c_grid")
         if self.split.split(":")[0] == "test" or self.split.endswith(":dev"):
             raise JudgeJobError(f"--split {self.split!r}: a judge is trained on held-in queries, never on dev or "
-                                "test queries (use train or train:fit)")
+                                "test queries (use train or train:fit)", field="split")
 
 
 def train_bi_folds(job: JudgeJob, col: Collection, qids: list[str], out: Path) -> Path:

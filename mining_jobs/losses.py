@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from retriever.errors import HardnegError
+from .settings import ConfigError
 
 LOSSES = ("mnrl", "cached-mnrl", "gist", "hardness", "batch-hard-triplet", "margin-mse")
 HARDNESS_MODES = ("in_batch_negatives", "hard_negatives", "all_negatives")
@@ -44,7 +44,7 @@ LOSS_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
-class LossError(HardnegError, ValueError):
+class LossError(ConfigError):
     """Bad loss settings; the message names the option."""
 
 
@@ -70,33 +70,33 @@ def _finite(x: float) -> bool:
 def check_settings(cfg: Any) -> None:
     """Refuse a bad loss name or loss settings (without loading anything); ``LossError`` names the option."""
     if cfg.loss not in LOSSES:
-        raise LossError(f"--loss {cfg.loss!r}: expected one of {', '.join(LOSSES)}")
+        raise LossError(f"--loss {cfg.loss!r}: expected one of {', '.join(LOSSES)}", field="loss")
     if cfg.loss == "gist":
         if cfg.gist_margin_strategy not in GIST_MARGIN_STRATEGIES:
             raise LossError(f"--gist-margin-strategy {cfg.gist_margin_strategy!r}: expected one of "
-                            f"{', '.join(GIST_MARGIN_STRATEGIES)}")
+                            f"{', '.join(GIST_MARGIN_STRATEGIES)}", field="gist_margin_strategy")
         if not _finite(cfg.gist_margin):
-            raise LossError(f"--gist-margin must be a finite number, got {cfg.gist_margin}")
+            raise LossError(f"--gist-margin must be a finite number, got {cfg.gist_margin}", field="gist_margin")
         check_guide(cfg.guide)
     elif cfg.loss == "hardness":
         if cfg.hardness_mode not in HARDNESS_MODES:
-            raise LossError(f"--hardness-mode {cfg.hardness_mode!r}: expected one of {', '.join(HARDNESS_MODES)}")
+            raise LossError(f"--hardness-mode {cfg.hardness_mode!r}: expected one of {', '.join(HARDNESS_MODES)}", field="hardness_mode")
         if not (_finite(cfg.hardness_strength) and cfg.hardness_strength > 0):
             raise LossError(f"--hardness-strength must be a positive number (0 would be plain mnrl), got "
-                            f"{cfg.hardness_strength}")
+                            f"{cfg.hardness_strength}", field="hardness_strength")
         if cfg.hardness_mode == "hard_negatives" and cfg.negatives < 1:
             raise LossError("--hardness-mode hard_negatives weights the mined negatives, but --negatives is 0; "
-                            "give --negatives >= 1 or --hardness-mode in_batch_negatives / all_negatives")
+                            "give --negatives >= 1 or --hardness-mode in_batch_negatives / all_negatives", field="hardness_mode")
     elif cfg.loss == "batch-hard-triplet":
         if not (_finite(cfg.triplet_margin) and 0 <= cfg.triplet_margin <= 2):
-            raise LossError(f"--triplet-margin is a cosine margin in [0, 2], got {cfg.triplet_margin}")
+            raise LossError(f"--triplet-margin is a cosine margin in [0, 2], got {cfg.triplet_margin}", field="triplet_margin")
     elif cfg.loss == "margin-mse":
         if cfg.negatives < 1:
             raise LossError("--loss margin-mse distils the judge's margins between the positive and the mined "
-                            "negatives; give --negatives >= 1")
+                            "negatives; give --negatives >= 1", field="loss")
         if not (_finite(cfg.margin_mse_weight) and 0 < cfg.margin_mse_weight <= 1):
             raise LossError(f"--margin-mse-weight must be in (0, 1] (1 = margin-mse alone; for mnrl alone use "
-                            f"--loss mnrl), got {cfg.margin_mse_weight}")
+                            f"--loss mnrl), got {cfg.margin_mse_weight}", field="margin_mse_weight")
 
 
 def check_guide(guide: str) -> None:
@@ -104,7 +104,7 @@ def check_guide(guide: str) -> None:
     or a cross-encoder folder (checked on disk, nothing is loaded)."""
     if not guide:
         raise LossError("--guide: name a bi-encoder (hub name or local path; 'default' = the packaged "
-                        "all-MiniLM-L6-v2)")
+                        "all-MiniLM-L6-v2)", field="guide")
     p = Path(guide).expanduser()
     if not p.is_dir():
         return  # a hub name, or a path load_model reports
@@ -125,7 +125,7 @@ def check_guide(guide: str) -> None:
         raise LossError(f"--guide {guide}: {why}. GIST's guide must be a bi-encoder (a SentenceTransformer that "
                         "embeds queries, positives and negatives, whose cosines decide what is masked). Give a "
                         "bi-encoder (default: the packaged all-MiniLM-L6-v2), or learn from the judge's scores "
-                        "with --loss margin-mse")
+                        "with --loss margin-mse", field="guide")
 
 
 # ---------------------------------------------------------------------------------------------- building

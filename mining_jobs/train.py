@@ -14,8 +14,9 @@ import logging
 import shutil
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -24,12 +25,12 @@ from retriever import metrics as M
 from retriever.data import Collection, load_collection
 from retriever.dense_index import DenseIndex
 from retriever.encoder import load_model, resolve_bf16, resolve_model_name
-from retriever.errors import HardnegError
 from retriever.progress import report, show_progress, stage
 
 from . import losses as L
 from .files import versions
 from .runfolder import Layout, fingerprint, finish, prepare, write_json, write_text
+from .settings import ConfigError, opt
 
 logger = logging.getLogger(__name__)
 
@@ -37,96 +38,98 @@ EVAL_METRICS = ("ndcg@10", "mrr@10", "recall@100")
 LOSSES = L.LOSSES
 
 
-class TrainError(HardnegError, ValueError):
-    """Bad training input or settings; the message names the option."""
+class TrainError(ConfigError):
+    """Bad training input or settings; the message names the option (``field`` too, where it is one)."""
+
+
+BF16 = Literal["auto", "on", "off"]
 
 
 @dataclass
 class TrainConfig:
-    """Settings of ``hardneg train``; each field is a command-line option (``--base-model`` for base_model)."""
+    """Settings of ``hardneg train``; each field is a command-line option (``--base-model`` for base_model), a
+    key of ``[train]`` in the ANCE config and of a service ``train`` job."""
 
-    triples: str = field(default="", metadata={"help": "a mining run folder (its triples.parquet) or a parquet "
-                                                       "file with query, positive and negatives columns"})
-    out: str = "runs/train"
-    base_model: str = "default"
-    negatives: int = field(default=1, metadata={"help": "hard negatives per example (0 = in-batch negatives only)"})
-    loss: str = field(default="mnrl", metadata={
-        "choices": L.LOSSES,
-        "help": "mnrl: in-batch + mined negatives, softmax; cached-mnrl: the same with GradCache (large batches); "
+    triples: str = opt("", "a mining run folder (its triples.parquet) or a parquet file with query, positive and "
+                           "negatives columns")
+    out: str = opt("runs/train", "run folder: checkpoints, the model (out/model) and its model card")
+    base_model: str = opt("default", "bi-encoder to fine-tune: hub name or local path ('default' = packaged "
+                                     "all-MiniLM-L6-v2)")
+    negatives: int = opt(1, "hard negatives per example (0 = in-batch negatives only)")
+    loss: Literal[L.LOSSES] = opt(  # type: ignore[valid-type]
+        "mnrl", "mnrl: in-batch + mined negatives, softmax; cached-mnrl: the same with GradCache (large batches); "
                 "gist: mnrl without the candidates a guide bi-encoder scores above the positive (minus "
                 "--gist-margin) or that repeat the positive's text; hardness: mnrl with harder negatives weighted "
                 "up (--hardness-mode, --hardness-strength); batch-hard-triplet: per query only the hardest in-batch "
                 "negative, a cosine margin loss (--triplet-margin); margin-mse: distil the judge's score margins "
-                "(triples mined with a judge; --margin-mse-weight)"})
-    mini_batch_size: int = field(default=16, metadata={"help": "cached-mnrl: examples per forward pass"})
-    guide: str = field(default="default", metadata={
-        "help": "gist: the guide bi-encoder, hub name or local path ('default' = packaged all-MiniLM-L6-v2); a "
-                "`hardneg train-judge` folder or a cross-encoder cannot guide (no embeddings)"})
-    gist_margin: float = field(default=0.0, metadata={
-        "help": "gist: mask a candidate the guide scores above positive - margin (absolute) or positive - "
-                "|positive| * margin (relative)"})
-    gist_margin_strategy: str = field(default="absolute", metadata={"choices": L.GIST_MARGIN_STRATEGIES,
-                                                                    "help": "gist: how --gist-margin applies"})
-    hardness_mode: str = field(default="all_negatives", metadata={
-        "choices": L.HARDNESS_MODES,
-        "help": "hardness: which negatives are weighted by the model's own cosine (in-batch, mined, or both)"})
-    hardness_strength: float = field(default=5.0, metadata={
-        "help": "hardness: alpha, the logit of a negative gets alpha * cos (no gradient through the weight)"})
-    triplet_margin: float = field(default=0.2, metadata={
-        "help": "batch-hard-triplet: cosine margin between the positive and the hardest in-batch negative"})
-    margin_mse_weight: float = field(default=1.0, metadata={
-        "help": "margin-mse: loss = (1 - w) * mnrl + w * MarginMSE, w in (0, 1]; 1 = distillation alone. The "
-                "student's margin is --scale * (cos(q, pos) - cos(q, neg)), the target positive_score - "
-                "negative_score"})
-    batch_size: int = 32
-    epochs: float = 1.0
-    max_steps: int = field(default=-1, metadata={"help": "stop after this many steps (-1 = epochs decide)"})
-    lr: float = 2e-5
-    warmup_ratio: float = 0.1
-    scale: float = 20.0
-    max_seq_length: int = field(default=128, metadata={"help": "token limit while training (the saved model "
-                                                                "keeps the base model's limit for encoding)"})
-    seed: int = 42
-    bf16: str = "auto"
-    dev_data: str = field(default="", metadata={"help": "collection of the dev split ('' = no evaluation)"})
-    dev_split: str = "train:dev"
-    dev_corpus: str = field(default="pooled", metadata={"help": "'full' corpus or 'pooled' (dev positives + "
-                                                                 "BM25 top dev_pool_depth of each dev query)"})
-    dev_pool_depth: int = 100
-    eval_steps: int = field(default=0, metadata={"help": "evaluate and checkpoint every N steps (0 = per epoch)"})
-    save_total_limit: int = 2
-    query_prompt: str = field(default="", metadata={"help": "text prepended to queries (training and dev)"})
-    doc_prompt: str = field(default="", metadata={"help": "text prepended to positives, negatives and dev documents"})
-    overwrite: bool = False
+                "(triples mined with a judge; --margin-mse-weight)")
+    mini_batch_size: int = opt(16, "cached-mnrl: examples per forward pass")
+    guide: str = opt("default", "gist: the guide bi-encoder, hub name or local path ('default' = packaged "
+                                "all-MiniLM-L6-v2); a `hardneg train-judge` folder or a cross-encoder cannot guide "
+                                "(no embeddings)")
+    gist_margin: float = opt(0.0, "gist: mask a candidate the guide scores above positive - margin (absolute) or "
+                                  "positive - |positive| * margin (relative)")
+    gist_margin_strategy: Literal[L.GIST_MARGIN_STRATEGIES] = opt(  # type: ignore[valid-type]
+        "absolute", "gist: how --gist-margin applies")
+    hardness_mode: Literal[L.HARDNESS_MODES] = opt(  # type: ignore[valid-type]
+        "all_negatives", "hardness: which negatives are weighted by the model's own cosine (in-batch, mined, or "
+                         "both)")
+    hardness_strength: float = opt(5.0, "hardness: alpha, the logit of a negative gets alpha * cos (no gradient "
+                                        "through the weight)")
+    triplet_margin: float = opt(0.2, "batch-hard-triplet: cosine margin between the positive and the hardest "
+                                     "in-batch negative")
+    margin_mse_weight: float = opt(1.0, "margin-mse: loss = (1 - w) * mnrl + w * MarginMSE, w in (0, 1]; 1 = "
+                                        "distillation alone. The student's margin is --scale * (cos(q, pos) - "
+                                        "cos(q, neg)), the target positive_score - negative_score")
+    batch_size: int = opt(32, "examples per batch (each one's positive is every other's in-batch negative)")
+    epochs: float = opt(1.0, "passes over the triples (unless --max-steps)")
+    max_steps: int = opt(-1, "stop after this many steps (-1 = epochs decide)")
+    lr: float = opt(2e-5, "learning rate (AdamW, linear decay)")
+    warmup_ratio: float = opt(0.1, "share of the steps with a linear warm-up")
+    scale: float = opt(20.0, "inverse temperature of the softmax over cosines")
+    max_seq_length: int = opt(128, "token limit while training (the saved model keeps the base model's limit "
+                                   "for encoding)")
+    seed: int = opt(42, "seed of the data order, dropout and the head")
+    bf16: BF16 = opt("auto", "bf16 mixed precision; auto = on only with AMX / AVX-512 BF16 (or a GPU that has it)")
+    dev_data: str = opt("", "collection of the dev split ('' = no evaluation)")
+    dev_split: str = opt("train:dev", "dev split: evaluated during training, its best checkpoint kept")
+    dev_corpus: Literal["full", "pooled"] = opt("pooled", "'full' corpus or 'pooled' (dev positives + BM25 top "
+                                                          "dev_pool_depth of each dev query)")
+    dev_pool_depth: int = opt(100, "pooled dev corpus: BM25 candidates per dev query")
+    eval_steps: int = opt(0, "evaluate and checkpoint every N steps (0 = per epoch)")
+    save_total_limit: int = opt(2, "checkpoints kept on disk (the best one always)")
+    query_prompt: str = opt("", "text prepended to queries (training and dev)")
+    doc_prompt: str = opt("", "text prepended to positives, negatives and dev documents")
+    overwrite: bool = opt(False, "replace a finished or differently configured run in the output folder")
 
     def validate(self) -> None:
         if not self.triples:
-            raise TrainError("--triples: name a mining run folder or a parquet file")
+            raise TrainError("--triples: name a mining run folder or a parquet file", field="triples")
         try:
             L.check_settings(self)
         except L.LossError as exc:
-            raise TrainError(str(exc)) from None
+            raise TrainError(str(exc), field=exc.field) from None
         for name in ("batch_size", "max_seq_length", "mini_batch_size", "dev_pool_depth"):
             if getattr(self, name) < 1:
-                raise TrainError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise TrainError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}", field=name)
         if self.negatives < 0:
-            raise TrainError(f"--negatives must be >= 0, got {self.negatives}")
+            raise TrainError(f"--negatives must be >= 0, got {self.negatives}", field="negatives")
         if self.lr <= 0 or not np.isfinite(self.lr):
-            raise TrainError(f"--lr must be a positive number, got {self.lr}")
+            raise TrainError(f"--lr must be a positive number, got {self.lr}", field="lr")
         if self.epochs <= 0 and self.max_steps <= 0:
-            raise TrainError("--epochs must be > 0 (or give --max-steps)")
+            raise TrainError("--epochs must be > 0 (or give --max-steps)", field="epochs")
         if self.dev_corpus not in ("full", "pooled"):
-            raise TrainError(f"--dev-corpus {self.dev_corpus!r}: expected full or pooled")
+            raise TrainError(f"--dev-corpus {self.dev_corpus!r}: expected full or pooled", field="dev_corpus")
         if not 0.0 <= self.warmup_ratio < 1.0:
-            raise TrainError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+            raise TrainError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}", field="warmup_ratio")
         if self.eval_steps < 0:
-            raise TrainError(f"--eval-steps must be >= 0, got {self.eval_steps}")
+            raise TrainError(f"--eval-steps must be >= 0, got {self.eval_steps}", field="eval_steps")
         if self.save_total_limit < 1:
-            raise TrainError(f"--save-total-limit must be >= 1, got {self.save_total_limit}")
+            raise TrainError(f"--save-total-limit must be >= 1, got {self.save_total_limit}", field="save_total_limit")
         if self.bf16 not in ("auto", "on", "off"):
-            raise TrainError(f"--bf16 {self.bf16!r}: expected auto, on or off")
+            raise TrainError(f"--bf16 {self.bf16!r}: expected auto, on or off", field="bf16")
         if not (np.isfinite(self.scale) and self.scale > 0):
-            raise TrainError(f"--scale must be a positive number, got {self.scale}")
+            raise TrainError(f"--scale must be a positive number, got {self.scale}", field="scale")
 
     def unused_fields(self) -> set[str]:
         """The loss settings this config's loss does not read (left out of fingerprints)."""
@@ -151,12 +154,12 @@ def _triples_path(triples: str) -> Path:
     p = Path(triples)
     if p.is_dir():
         if not (p / "triples.parquet").is_file():
-            raise TrainError(f"--triples {p}: no triples.parquet there (is it a finished `hardneg mine` run?)")
+            raise TrainError(f"--triples {p}: no triples.parquet there (is it a finished `hardneg mine` run?)", field="triples")
         return p / "triples.parquet"
     if not p.is_file():
-        raise TrainError(f"--triples {p}: no such folder or file")
+        raise TrainError(f"--triples {p}: no such folder or file", field="triples")
     if p.suffix != ".parquet":
-        raise TrainError(f"--triples {p}: expected a mining run folder or a .parquet file")
+        raise TrainError(f"--triples {p}: expected a mining run folder or a .parquet file", field="triples")
     return p
 
 
@@ -177,10 +180,10 @@ def load_examples(triples: str, negatives: int, loss: str = "mnrl") -> tuple[dic
     cols = table.column_names
     info: dict[str, object] = {"path": str(path), "rows_in": table.num_rows}
     if "query" not in cols:
-        raise TrainError(f"--triples {path}: no 'query' column (columns: {', '.join(cols)})")
+        raise TrainError(f"--triples {path}: no 'query' column (columns: {', '.join(cols)})", field="triples")
     pos_col = "positive" if "positive" in cols else ("answer" if "answer" in cols else None)
     if pos_col is None:
-        raise TrainError(f"--triples {path}: no 'positive' column (columns: {', '.join(cols)})")
+        raise TrainError(f"--triples {path}: no 'positive' column (columns: {', '.join(cols)})", field="triples")
     queries = table.column("query").to_pylist()
     pos = table.column(pos_col).to_pylist()
     if "negatives" in cols:
@@ -192,7 +195,7 @@ def load_examples(triples: str, negatives: int, loss: str = "mnrl") -> tuple[dic
             if neg_cols else [[] for _ in queries]
     keep = [i for i in range(len(queries)) if len(negs[i]) >= negatives and queries[i] and pos[i]]
     if not keep:
-        raise TrainError(f"--triples {path}: no row has {negatives} negatives (lower --negatives)")
+        raise TrainError(f"--triples {path}: no row has {negatives} negatives (lower --negatives)", field="triples")
     n_enough = len(keep)
     margins: list[list[float]] = []
     if L.needs_scores(loss):
@@ -248,7 +251,7 @@ def check_dev_leak(col: Collection, info: dict) -> None:
     if leaked:
         raise TrainError(f"--dev-split {col.split!r}: {len(leaked)} of its {len(col.queries)} queries are in the "
                          f"training triples (e.g. {leaked[0]!r}); mine from a part without them (e.g. "
-                         "--split train:fit with --dev-split train:dev)")
+                         "--split train:fit with --dev-split train:dev)", field="dev_split")
 
 
 # ---------------------------------------------------------------------------------------------- dev evaluation

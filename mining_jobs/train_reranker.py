@@ -8,7 +8,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,24 +21,29 @@ from retriever.rerank import FOLDS_FILE
 from retriever.rerank_train import Group, TrainArgs, train_cross_encoder
 
 from .runfolder import Layout, fingerprint, finish, prepare, write_json, write_text
+from .settings import ConfigError, check_choices, opt, section
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class RerankerJob:
-    data: str = "scifact"
-    split: str = "train"
-    out: str = "runs/reranker"
-    folds: int = 2
-    negatives: int = 3
-    bm25_depth: int = 30
-    eval_split: str | None = "test"
-    eval_depth: int = 100
-    max_eval_queries: int | None = None
-    overwrite: bool = False
-    resume: bool = False  # keep folds finished by an earlier, interrupted run of this job (the job service)
-    train: TrainArgs = None  # type: ignore[assignment]
+    """Settings of ``hardneg train-reranker``: the job's own fields and, flattened beside them, the training
+    settings (``TrainArgs``); each is a command-line option and a key of a service ``train-reranker`` job."""
+
+    data: str = opt("scifact", "collection whose qrels train the cross-encoder")
+    split: str = opt("train", "qrels split of the training queries")
+    out: str = opt("runs/reranker", "fold set folder to write")
+    folds: int = opt(2, "cross-fitting folds (1 = one model on all queries)")
+    negatives: int = opt(3, "BM25 negatives per positive")
+    bm25_depth: int = opt(30, "negatives are drawn from BM25's top N")
+    eval_split: str | None = opt("test", "held-out split for the reranking report ('' or unset = none)")
+    eval_depth: int = opt(100, "BM25 candidates reranked in the report")
+    max_eval_queries: int | None = opt(None, "limit the report to N queries (unset = all)")
+    overwrite: bool = opt(False, "replace a finished or differently configured fold set")
+    # keep folds finished by an earlier, interrupted run of this job (set by the job service, not a setting)
+    resume: bool = field(default=False, metadata={"internal": True})
+    train: TrainArgs = section(TrainArgs, "how each fold's cross-encoder is trained", flatten=True)
 
     def __post_init__(self) -> None:
         if self.train is None:
@@ -47,21 +52,23 @@ class RerankerJob:
 
     def validate(self) -> None:
         """Ranges of the job's and the training's settings; errors name the option."""
+        self.eval_split = self.eval_split or None  # '' = no reranking report
+        check_choices(self)
         t = self.train
         for name, v in (("folds", self.folds), ("negatives", self.negatives), ("bm25_depth", self.bm25_depth),
                         ("eval_depth", self.eval_depth), ("epochs", t.epochs), ("max_length", t.max_length),
                         ("groups_per_batch", t.groups_per_batch)):
             if v < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {v}", field=name)
         if self.max_eval_queries is not None and self.max_eval_queries < 1:
-            raise ValueError(f"--max-eval-queries must be >= 1, got {self.max_eval_queries}")
+            raise ConfigError(f"--max-eval-queries must be >= 1, got {self.max_eval_queries}", field="max_eval_queries")
         for name, v in (("lr", t.lr), ("head_lr", t.head_lr)):
             if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {v}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive number, got {v}", field=name)
         if not 0 <= t.warmup_ratio < 1:
-            raise ValueError(f"--warmup-ratio must be in [0, 1), got {t.warmup_ratio}")
+            raise ConfigError(f"--warmup-ratio must be in [0, 1), got {t.warmup_ratio}", field="warmup_ratio")
         if not (math.isfinite(t.listwise_weight) and t.listwise_weight >= 0):
-            raise ValueError(f"--listwise-weight must be >= 0, got {t.listwise_weight}")
+            raise ConfigError(f"--listwise-weight must be >= 0, got {t.listwise_weight}", field="listwise_weight")
 
 
 FOLD_DONE = "fold.json"

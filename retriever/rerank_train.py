@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,18 +32,24 @@ class Group:
     negatives: list[str]
 
 
+def _opt(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainArgs:
-    backbone: str = "default"
-    max_length: int = 128
-    epochs: int = 3
-    groups_per_batch: int = 4
-    lr: float = 1e-4
-    head_lr: float = 1e-3
-    warmup_ratio: float = 0.1
-    seed: int = 42
-    bf16: BF16Mode = "auto"
-    listwise_weight: float = 1.0
+    """How a cross-encoder is trained (help in each field's metadata, the project's settings convention)."""
+
+    backbone: str = _opt("default", "transformer backbone: hub name or local path (default: packaged MiniLM-L6)")
+    max_length: int = _opt(128, "tokens per (query, document) pair")
+    epochs: int = _opt(3, "passes over the training groups")
+    groups_per_batch: int = _opt(4, "groups (query, positive, negatives) per batch")
+    lr: float = _opt(1e-4, "learning rate of the backbone")
+    head_lr: float = _opt(1e-3, "learning rate of the new scoring head")
+    warmup_ratio: float = _opt(0.1, "share of the steps with a linear warm-up")
+    seed: int = _opt(42, "seed of the head, the data order and the negatives")
+    bf16: BF16Mode = _opt("auto", "bf16 autocast; auto = on only with AMX / AVX-512 BF16")
+    listwise_weight: float = _opt(1.0, "weight of the listwise softmax loss beside the pointwise BCE")
 
 
 def train_cross_encoder(groups: Sequence[Group], out: str | os.PathLike, args: TrainArgs,

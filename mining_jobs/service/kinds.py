@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -18,8 +17,9 @@ from retriever.data import DATA_ENV
 from retriever.encoder import DEFAULT_MODEL
 from retriever.errors import HardnegError
 
-from ..config import ConfigError, from_dict, set_fields
+from ..config import ConfigError, from_dict
 from ..runfolder import Layout, clear_unstarted, read_done
+from ..settings import build, to_raw
 
 
 @dataclass(frozen=True)
@@ -28,20 +28,13 @@ class Kind:
     resolve: Callable[[dict[str, Any]], dict[str, Any]]  # submitted -> resolved config; raises ConfigError
     run: Callable[[dict[str, Any], Path], dict[str, Any]]  # resolved config, run folder -> summary metrics
     doc: str
+    settings: Callable[[], type]  # the settings dataclass (``mining_jobs.settings`` convention)
+    service_sets: tuple[str, ...] = ()  # its keys the service sets itself (refused in a submitted config)
 
 
 def field_of(exc: Exception) -> str | None:
-    """The config field an error is about: ``exc.field`` when set, else the first ``'section.key'`` or
-    ``--option`` the message names."""
-    f = getattr(exc, "field", None)
-    if f:
-        return f
-    text = str(exc)
-    m = re.search(r"'([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)'", text) or re.search(r"^([a-z_]+(?:\.[a-z_]+)+)\b", text)
-    if m:
-        return m.group(1)
-    m = re.search(r"--([a-z][a-z0-9-]*)", text)
-    return m.group(1).replace("-", "_") if m else None
+    """The config field an error is about (every settings error carries it)."""
+    return getattr(exc, "field", None)
 
 
 def _table(raw: Any, where: str) -> dict[str, Any]:
@@ -94,13 +87,13 @@ def _finished_or_run(out: Path, layout: Layout, run: Callable[[], dict]) -> dict
 
 
 def _wrap(fn: Callable[[], Any]) -> Any:
-    """Run a validation and turn any ValueError / HardnegError into a ConfigError that names its field."""
+    """Run a check and turn another project error (a missing triples file, say) into a ConfigError."""
     try:
         return fn()
     except ConfigError:
         raise
     except (HardnegError, ValueError) as exc:
-        raise ConfigError(str(exc), field_of(exc)) from None
+        raise ConfigError(str(exc), getattr(exc, "field", None)) from None
 
 
 # ---------------------------------------------------------------------------------------------- mine
@@ -143,9 +136,7 @@ def _resolve_train(raw: dict[str, Any]) -> dict[str, Any]:
     from ..train import TrainConfig, _triples_path
 
     _forbid(_table(raw, ""), ("out", "overwrite"))
-    cfg = TrainConfig()
-    set_fields(cfg, raw, "")
-    _wrap(cfg.validate)
+    cfg = build(TrainConfig, raw)
     _wrap(lambda: _triples_path(cfg.triples))
     if cfg.dev_data:
         _check_data(cfg.dev_data, cfg.dev_split, "dev_data", "dev_split")
@@ -164,18 +155,10 @@ def _run_train(conf: dict[str, Any], out: Path) -> dict[str, Any]:
 
 
 def _reranker_job(raw: dict[str, Any], out: str = "", overwrite: bool = False):
-    from retriever.rerank_train import TrainArgs
-
     from ..train_reranker import RerankerJob
 
-    names = {f.name for f in dataclasses.fields(TrainArgs)}
-    _forbid(raw, ("out", "overwrite", "resume", "train"))
-    args = TrainArgs()
-    set_fields(args, {k: v for k, v in raw.items() if k in names}, "")
-    job = _wrap(lambda: RerankerJob(train=args))  # validates the training settings already
-    set_fields(job, {k: v for k, v in raw.items() if k not in names}, "")
-    job.eval_split = job.eval_split or None  # '' = no reranking report, as on the command line
-    _wrap(job.validate)
+    _forbid(raw, ("out", "overwrite"))
+    job = build(RerankerJob, raw)
     job.out, job.overwrite, job.resume = out, overwrite, overwrite
     return job
 
@@ -185,10 +168,7 @@ def _resolve_reranker(raw: dict[str, Any]) -> dict[str, Any]:
     _check_data(job.data, job.split, "data", "split")
     if job.eval_split:
         _check_data(job.data, job.eval_split, "data", "eval_split")
-    d = dataclasses.asdict(job)
-    d.update(d.pop("train"))
-    d.pop("resume")
-    return _settings(d)
+    return _settings(to_raw(job))
 
 
 def _run_reranker(conf: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -208,19 +188,10 @@ def _resolve_evaluate(raw: dict[str, Any]) -> dict[str, Any]:
 
     _forbid(_table(raw, ""), ("out", "overwrite"))
     raw = dict(raw)
-    if isinstance(raw.get("retrievers"), str):
+    if isinstance(raw.get("retrievers"), str):  # "bm25,dense", as on the command line
         raw["retrievers"] = [r.strip() for r in raw["retrievers"].split(",") if r.strip()]
-    cfg = EvalConfig()
-    set_fields(cfg, raw, "")
+    cfg = build(EvalConfig, raw)
     cfg.cache_dir = cfg.cache_dir or None
-    if not all(isinstance(r, str) for r in cfg.retrievers):
-        raise ConfigError(f"retrievers: expected a list of names, got {cfg.retrievers!r}", "retrievers")
-    if not all(isinstance(m, str) for m in cfg.metrics):
-        raise ConfigError(f"metrics: expected a list of names, got {cfg.metrics!r}", "metrics")
-    try:
-        _wrap(cfg.validate)
-    except ConfigError as exc:  # the command line's --retriever is the config's retrievers
-        raise ConfigError(str(exc), "retrievers" if exc.field == "retriever" else exc.field) from None
     _check_data(cfg.data, cfg.split, "data", "split")
     return _settings(dataclasses.asdict(cfg))
 
@@ -244,15 +215,11 @@ def _resolve_iterate(raw: dict[str, Any]) -> dict[str, Any]:
         _forbid(raw["loop"], ("out", "overwrite"), "loop.")
     if isinstance(raw.get("mine"), dict) and isinstance(raw["mine"].get("output"), dict):
         _forbid(raw["mine"]["output"], ("overwrite",), "mine.output.")
-    cfg = _wrap(lambda: loop_config_from_dict(raw, "config"))
+    cfg = loop_config_from_dict(raw, "config")
     _check_data(cfg.loop.data, cfg.loop.dev_split, "loop.data", "loop.dev_split")
     if cfg.loop.test_split:
         _check_data(cfg.loop.data, cfg.loop.test_split, "loop.data", "loop.test_split")
     _check_mine_data(cfg.mine.data, "mine.")
-    try:  # the loop fills in triples and base_model per round
-        _wrap(dataclasses.replace(cfg.train, triples="set-by-the-loop").validate)
-    except ConfigError as exc:
-        raise ConfigError(f"train: {exc}", f"train.{exc.field}" if exc.field else "train") from None
     if cfg.train.dev_data:
         _check_data(cfg.train.dev_data, cfg.train.dev_split, "train.dev_data", "train.dev_split")
     d = cfg.to_dict()
@@ -274,17 +241,50 @@ def _run_iterate(conf: dict[str, Any], out: Path) -> dict[str, Any]:
             "seconds": result["seconds"]}
 
 
+def _mine_settings() -> type:
+    from ..config import MineConfig
+
+    return MineConfig
+
+
+def _train_settings() -> type:
+    from ..train import TrainConfig
+
+    return TrainConfig
+
+
+def _reranker_settings() -> type:
+    from ..train_reranker import RerankerJob
+
+    return RerankerJob
+
+
+def _evaluate_settings() -> type:
+    from ..evaluate import EvalConfig
+
+    return EvalConfig
+
+
+def _iterate_settings() -> type:
+    from ..iterate import LoopConfig
+
+    return LoopConfig
+
+
 KINDS: dict[str, Kind] = {
-    "mine": Kind("mine", _resolve_mine, _run_mine, "mine hard negatives: the sections of examples/mine.toml"),
+    "mine": Kind("mine", _resolve_mine, _run_mine, "mine hard negatives: the sections of examples/mine.toml",
+                 _mine_settings, ("output.overwrite",)),
     "train-reranker": Kind("train-reranker", _resolve_reranker, _run_reranker,
-                           "train a (cross-fitted) cross-encoder: the options of `hardneg train-reranker` "
-                           "(data, split, folds, epochs, lr, max_length, ...)"),
-    "train": Kind("train", _resolve_train, _run_train, "fine-tune a bi-encoder: the options of `hardneg train` "
-                  "(triples, base_model, loss, lr, max_steps, ...)"),
+                           "train a (cross-fitted) cross-encoder: the keys of examples/train-reranker.toml",
+                           _reranker_settings, ("out", "overwrite")),
+    "train": Kind("train", _resolve_train, _run_train, "fine-tune a bi-encoder: the keys of examples/train.toml",
+                  _train_settings, ("out", "overwrite")),
     "evaluate": Kind("evaluate", _resolve_evaluate, _run_evaluate,
-                     "evaluate retrievers: the options of `hardneg evaluate` (data, split, retrievers, model, ...)"),
+                     "evaluate retrievers: the keys of examples/evaluate.toml", _evaluate_settings,
+                     ("out", "overwrite")),
     "iterate": Kind("iterate", _resolve_iterate, _run_iterate, "ANCE rounds: the [loop], [mine.*] and [train] "
-                    "tables of examples/ance.toml"),
+                    "tables of examples/iterate.toml", _iterate_settings,
+                    ("loop.out", "loop.overwrite", "mine.output.overwrite")),
 }
 
 NAMES: tuple[str, ...] = tuple(KINDS)  # what the job store is opened with (it imports no kind)

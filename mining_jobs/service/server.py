@@ -35,6 +35,11 @@ KINDS = kinds.NAMES
 KindName = Literal[KINDS]  # type: ignore[valid-type]
 StateName = Literal[STATES]  # type: ignore[valid-type]
 
+def kind_schema_name(kind: str) -> str:
+    """``train-reranker`` -> ``TrainRerankerJobConfig`` (the OpenAPI component of its config)."""
+    return "".join(p.capitalize() for p in kind.split("-")) + "JobConfig"
+
+
 TOKEN_ENV = "HARDNEG_TOKEN"
 JOB_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 JOB_REF_PREFIX = "job:"
@@ -111,8 +116,9 @@ class JobRequest(BaseModel):
     kind: KindName = Field(
         description="what to run: " + "; ".join(f"{k.name}: {k.doc}" for k in kinds.KINDS.values()))
     config: dict[str, Any] | None = Field(default=None, description="the job config as JSON (the TOML "
-                                          "file's tables as objects); strings 'job:<id>[/path]' name another "
-                                          "job's run folder")
+                                          "file's tables as objects), one of the schemas "
+                                          + ", ".join(kind_schema_name(k) for k in KINDS) + " for its kind; "
+                                          "strings 'job:<id>[/path]' name another job's run folder")
     config_toml: str | None = Field(default=None, description="the job config as TOML text (instead of "
                                                               "config)")
     name: str = Field(default="", max_length=200, description="a label for people")
@@ -300,7 +306,32 @@ def create_app(store: JobStore, token: str | None = None, data_roots: Iterable[s
         return JSONResponse(status_code=409, content={"detail": str(exc)})
 
     app.state.store = store
+    _document_configs(app)
     return app
+
+
+def config_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON schema of each job kind's config, generated from its settings dataclass (``settings``); the
+    keys the service sets itself (output folder, overwrite) left out."""
+    from ..settings import json_schema
+
+    return {kind_schema_name(k.name): json_schema(k.settings(), f"{k.name} job config", skip=k.service_sets)
+            for k in kinds.KINDS.values()}
+
+
+def _document_configs(app) -> None:
+    """Add every kind's config schema to the OpenAPI components (``JobRequest.config`` names them)."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, description=app.description,
+                               routes=app.routes)
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(config_schemas())
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def serve(home: str | None, host: str = "127.0.0.1", port: int = 8750, token_file: str | None = None,
