@@ -141,6 +141,18 @@ def _add_config(sub: argparse._SubParsersAction) -> None:
     p.add_argument("job", choices=COMMANDS)
 
 
+def _add_push(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("push", help="push a mining run folder to a Hugging Face dataset repository",
+                       description="Upload a finished mining run (its dataset card README.md, the ntuple, triples "
+                                   "and triplets views, candidates, report and manifest; not the shards) to a "
+                                   "dataset repository; it loads there with datasets.load_dataset(REPO_ID, "
+                                   "'ntuple'). Needs network and a token.")
+    p.add_argument("run", help="a finished `hardneg mine` run folder")
+    p.add_argument("repo_id", help="OWNER/NAME of the dataset repository (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--token-file", help="file holding a Hugging Face token (default: the saved login)")
+
+
 def _client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", help="job service URL (default $HARDNEG_SERVER or http://127.0.0.1:8750)")
     p.add_argument("--token-file", help="file holding the bearer token (default $HARDNEG_TOKEN)")
@@ -227,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_iterate(sub)
     _add_config(sub)
+    _add_push(sub)
     _add_service(sub)
     return parser
 
@@ -352,6 +365,14 @@ def _cmd_config(args: argparse.Namespace) -> int:
     from .job_settings import example
 
     print(example(args.job), end="")
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .card import push_run
+
+    token = Path(args.token_file).read_text().strip() if args.token_file else None
+    print(f"pushed: {push_run(args.run, args.repo_id, private=args.private, token=token)}")
     return 0
 
 
@@ -489,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"evaluate": _cmd_evaluate, "compare": _cmd_compare, "mine": _cmd_mine,
                     "train-reranker": _cmd_train_reranker, "train-judge": _cmd_train_judge,
-                    "judge-report": _cmd_judge_report, "train": _cmd_train, "iterate": _cmd_iterate, "config": _cmd_config,
+                    "judge-report": _cmd_judge_report, "train": _cmd_train, "iterate": _cmd_iterate, "config": _cmd_config, "push": _cmd_push,
                     "serve": _cmd_serve, "worker": _cmd_worker, "submit": _cmd_submit, "status": _cmd_status,
                     "wait": _cmd_wait, "fetch": _cmd_fetch, "cancel": _cmd_cancel}
         return commands[args.command](args)

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .card import write_card
 from .config import FilterSection, MineConfig
 from .files import versions, write_json, write_parquet, write_text
 from .filtering import filter_reason
@@ -195,6 +196,7 @@ def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, tim
     }
     has_png = _histogram(cands, pos_scores, out / "scores.png") if has_ce else False
     write_text(out / "report.md", render_report(manifest, has_png))
+    write_card(out, manifest)  # README.md: the folder loads with datasets.load_dataset and pushes to a hub as is
     write_json(out / "manifest.json", manifest)  # last: marks the job finished
     return manifest
 
