@@ -40,7 +40,11 @@ class CandidatesSection:
     index: Literal["flat", "hnsw", "ivf"] = opt("flat", "faiss index")
     ivf_nlist: int | None = opt(None, "ivf: number of cells (unset = 4 x sqrt(documents))")
     ivf_nprobe: int = opt(16, "ivf: cells visited per query")
-    bf16: BF16 = opt("auto", "bf16 autocast for the bi-encoder")
+    bf16: BF16 = opt("auto", "bf16 autocast for the bi-encoder (auto: on a CPU with AMX / AVX-512 BF16 or a GPU "
+                             "with bf16; fp16 on other GPUs)")
+    device: str = opt("auto", "where the bi-encoder runs: auto (a GPU when there is one, else the CPU), cpu, cuda, "
+                              "cuda:N, or several comma-separated (cuda:0,cuda:1): the corpus is then encoded by "
+                              "sentence-transformers' multi-process pool")
     batch_size: int = opt(64, "bi-encoder batch size")
     max_seq_length: int | None = opt(None, "bi-encoder token limit (unset = the model's own)")
     query_prompt: str = opt("", "text prepended to queries for the bi-encoder")
@@ -60,7 +64,9 @@ class CrossEncoderSection:
                         "empty = no cross-encoder (no false-negative filter)")
     max_length: int = opt(256, "maximum tokens of a (query, document) pair")
     batch_size: int = opt(32, "pairs per forward pass (batches span queries, sorted by length)")
-    bf16: BF16 = opt("auto", "bf16 autocast for the cross-encoder")
+    bf16: BF16 = opt("auto", "bf16 autocast for the cross-encoder (auto: as for the bi-encoder)")
+    device: str = opt("auto", "where the judge runs: auto (a GPU when there is one, else the CPU), cpu, cuda or "
+                              "cuda:N")
     positive_reduce: Literal["min", "mean", "max"] = opt(
         "min", "with several positives, compare candidates with their min/mean/max score")
 
@@ -150,6 +156,8 @@ class MineConfig:
         d.pop("engine")
         d.pop("ray")
         d["output"] = {k: v for k, v in d["output"].items() if k not in ("overwrite", "score_cache")}
+        d["candidates"].pop("device")  # where a model runs does not change what it computes (precision does)
+        d["cross_encoder"].pop("device")
         return fingerprint(d)
 
 
@@ -161,6 +169,13 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> MineConfig:
 
 
 def validate(cfg: MineConfig, source: str = "config") -> None:
+    from retriever.devices import DeviceError, parse_devices
+
+    try:
+        parse_devices(cfg.candidates.device, "candidates.device", several=True)
+        parse_devices(cfg.cross_encoder.device, "cross_encoder.device")
+    except DeviceError as exc:
+        raise ConfigError(f"{source}: {exc}", exc.field) from None
     c, s, fl, o = cfg.candidates, cfg.sampling, cfg.filter, cfg.output
     checks = [
         (c.bm25 or c.dense, "candidates.bm25", "at least one of candidates.bm25 and candidates.dense must be true"),

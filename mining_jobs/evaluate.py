@@ -52,7 +52,10 @@ class EvalConfig:
     stemmer: str = opt("english", "Snowball stemmer language, or 'none'")
     top_k: int = opt(100, "results kept per query")
     index: Literal["flat", "hnsw", "ivf"] = opt("flat", "faiss index (flat = exact)")
-    bf16: BF16 = opt("auto", "bf16 autocast for encoding; auto = on only with AMX / AVX-512 BF16")
+    bf16: BF16 = opt("auto", "bf16 autocast for encoding; auto = on only with AMX / AVX-512 BF16 (or a GPU with "
+                             "bf16; fp16 on other GPUs)")
+    device: str = opt("auto", "where the bi-encoder runs: auto (a GPU when there is one, else the CPU), cpu, cuda "
+                              "or cuda:N")
     batch_size: int = opt(64, "bi-encoder batch size")
     query_prompt: str = opt("", "text prepended to each query (e.g. 'query: ')")
     doc_prompt: str = opt("", "text prepended to each document (e.g. 'passage: ')")
@@ -69,6 +72,12 @@ class EvalConfig:
         if self.top_k < 1:
             raise ConfigError(f"--top-k must be >= 1, got {self.top_k}", field="top_k")
         check_choices(self)
+        from retriever.devices import DeviceError, parse_devices
+
+        try:
+            parse_devices(self.device, "device")
+        except DeviceError as exc:
+            raise ConfigError(f"--{exc}", field="device") from None
         if self.stemmer != "none":
             import Stemmer
 
@@ -98,7 +107,7 @@ FOLDER_MANY = dataclasses.replace(FOLDER, done_file="summary.md")
 def _prepare_out(cfg: EvalConfig) -> Path:
     """Create the run folder or refuse (``runfolder``): a finished evaluation, one with other settings, or a
     folder that holds no evaluation (never written into, also with --overwrite). Returns it."""
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "overwrite", "cache_dir")}
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "overwrite", "cache_dir", "device")}
     layout = FOLDER_MANY if len(cfg.retrievers) > 1 else FOLDER
     return prepare(cfg.out, layout, fingerprint(settings), overwrite=cfg.overwrite, config=asdict(cfg)).out
 
@@ -118,8 +127,10 @@ def bm25_run(col: Collection, cfg: EvalConfig, texts: list[str], timings: dict[s
 def dense_run(col: Collection, cfg: EvalConfig, texts: list[str], timings: dict[str, float],
               info: dict[str, object]) -> Run:
     t0 = time.perf_counter()
+    from retriever.devices import resolve_device
+
     enc = Encoder(cfg.model, bf16=cfg.bf16, batch_size=cfg.batch_size, query_prompt=cfg.query_prompt,
-                  doc_prompt=cfg.doc_prompt)
+                  doc_prompt=cfg.doc_prompt, device=resolve_device(cfg.device, "device"))
     timings["model_load_s"] = time.perf_counter() - t0
     cache = EmbeddingCache(cfg.cache_dir)
     emb, cinfo = encode_corpus(enc, texts, col.fingerprint(), cache)

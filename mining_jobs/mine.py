@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from retriever.bm25 import BM25Index
 from retriever.data import column
 from retriever.dense_index import DenseIndex
+from retriever.devices import resolve_device, resolve_devices
 from retriever.encoder import EmbeddingCache, Encoder
 from retriever.judge import load_judge
 from retriever.progress import report, show_progress, stage
@@ -69,8 +70,10 @@ def build_resources(cfg: MineConfig, timings: dict[str, float], engine: LocalEng
     encoder = dense = emb = None
     if c.dense or cfg.exclusion.near_duplicate_cosine > 0:
         t0 = time.perf_counter()
+        devices = resolve_devices(c.device, "candidates.device")
         encoder = Encoder(c.model, bf16=c.bf16, batch_size=c.batch_size, query_prompt=c.query_prompt,
-                          doc_prompt=c.doc_prompt, max_seq_length=c.max_seq_length)
+                          doc_prompt=c.doc_prompt, max_seq_length=c.max_seq_length, device=devices[0])
+        encoder.pool_devices = devices if len(devices) > 1 else []
         emb, info = engine.encode_corpus(encoder, texts, inp.corpus_fingerprint(), EmbeddingCache())
         timings["corpus_encode_s"] = time.perf_counter() - t0
         timings["embedding_cache"] = info["cache"]  # type: ignore[assignment]
@@ -81,7 +84,8 @@ def build_resources(cfg: MineConfig, timings: dict[str, float], engine: LocalEng
     reranker = cache = None
     if cfg.cross_encoder.model:
         x = cfg.cross_encoder
-        reranker = load_judge(x.model, x.max_length, x.batch_size, x.bf16)
+        reranker = load_judge(x.model, x.max_length, x.batch_size, x.bf16,
+                              resolve_device(x.device, "cross_encoder.device"))
         cache = ScoreCache(cfg.output.score_cache or None)
         bind_judge(reranker, doc_ids, texts, inp.corpus_fingerprint(), bm25, encoder, emb, cache)
     return Resources(inp, list(inp.queries), doc_ids, doc_pos, texts, hashes, bm25, encoder, dense, emb,
@@ -112,6 +116,9 @@ def run_mining(cfg: MineConfig, out: str | os.PathLike) -> dict:
     out = Path(out)
     planted_path = find_planted(cfg.data.name)  # read first: a malformed file stops the job before any work
     planted = (planted_path, load_planted(planted_path)) if planted_path else None
+    resolve_devices(cfg.candidates.device, "candidates.device")  # a device this machine lacks: before any work
+    if cfg.cross_encoder.model:
+        resolve_device(cfg.cross_encoder.device, "cross_encoder.device")
     state = prepare_folder(out, cfg)
     t_job = time.perf_counter()
     timings: dict[str, float] = {}
@@ -154,6 +161,8 @@ def run_mining(cfg: MineConfig, out: str | os.PathLike) -> dict:
             bar.close()
             if res.score_cache is not None:
                 res.score_cache.close()
+            if res.encoder is not None:
+                res.encoder.close()  # stops a multi-device encoding pool
     finally:
         engine.close()
     timings.update({k: v for k, v in counters.items() if k.endswith("_s")})

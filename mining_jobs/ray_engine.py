@@ -268,6 +268,7 @@ def _unpack_dense(state: dict[str, Any], doc_ids: list[str]) -> DenseIndex:
 def actor_resources(shared: dict[str, Any], cfg: MineConfig, expected: dict[str, str | None]) -> Resources:
     """A shard's ``Resources`` inside an actor: data from the object store, models loaded from the config and
     checked against the driver's fingerprints (another version of a model on a node must not mix in)."""
+    from retriever.devices import resolve_device, resolve_devices
     from retriever.judge import load_judge
     from retriever.rerank import ScoreCache
 
@@ -275,10 +276,12 @@ def actor_resources(shared: dict[str, Any], cfg: MineConfig, expected: dict[str,
     encoder = reranker = cache = None
     if shared["dense"] is not None:
         encoder = Encoder(c.model, bf16=c.bf16, batch_size=c.batch_size, query_prompt=c.query_prompt,
-                          doc_prompt=c.doc_prompt, max_seq_length=c.max_seq_length)
+                          doc_prompt=c.doc_prompt, max_seq_length=c.max_seq_length,
+                          device=resolve_devices(c.device, "candidates.device")[0])
         _check("bi-encoder", c.model, encoder.fingerprint(), expected["bi_encoder"])
     if x.model:
-        reranker = load_judge(x.model, x.max_length, x.batch_size, x.bf16)
+        reranker = load_judge(x.model, x.max_length, x.batch_size, x.bf16,
+                              resolve_device(x.device, "cross_encoder.device"))
         cache = ScoreCache(cfg.output.score_cache or None)  # SQLite in WAL mode: actors of a node share it
     # the corpus table stays on the driver: shards read ids, texts, queries and positives only
     inp = MiningInput(shared["name"], None, shared["queries"], shared["positives"], "ray")  # type: ignore[arg-type]

@@ -90,6 +90,8 @@ class TrainConfig:
     max_seq_length: int = opt(128, "token limit while training (the saved model keeps the base model's limit "
                                    "for encoding)")
     seed: int = opt(42, "seed of the data order, dropout and the head")
+    device: str = opt("auto", "where training runs: auto (a GPU when there is one, else the CPU), cpu, cuda or "
+                              "cuda:N")
     bf16: BF16 = opt("auto", "bf16 mixed precision; auto = on only with AMX / AVX-512 BF16 (or a GPU that has it)")
     dev_data: str = opt("", "collection of the dev split ('' = no evaluation)")
     dev_split: str = opt("train:dev", "dev split: evaluated during training, its best checkpoint kept")
@@ -128,6 +130,12 @@ class TrainConfig:
             raise TrainError(f"--save-total-limit must be >= 1, got {self.save_total_limit}", field="save_total_limit")
         if self.bf16 not in ("auto", "on", "off"):
             raise TrainError(f"--bf16 {self.bf16!r}: expected auto, on or off", field="bf16")
+        from retriever.devices import DeviceError, parse_devices
+
+        try:
+            parse_devices(self.device, "device")
+        except DeviceError as exc:
+            raise TrainError(f"--{exc}", field="device") from None
         if not (np.isfinite(self.scale) and self.scale > 0):
             raise TrainError(f"--scale must be a positive number, got {self.scale}", field="scale")
 
@@ -137,7 +145,7 @@ class TrainConfig:
 
     def fingerprint(self) -> str:
         """Hash of what changes the trained model: the settings and the triples file (path, size, mtime)."""
-        skip = {"out", "overwrite", "save_total_limit"} | self.unused_fields()
+        skip = {"out", "overwrite", "save_total_limit", "device"} | self.unused_fields()
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         try:
             st = _triples_path(self.triples).stat()
@@ -380,11 +388,15 @@ def run_training(cfg: TrainConfig, model=None) -> dict:
     except ImportError:  # sentence-transformers < 6
         from sentence_transformers.training_args import BatchSamplers
 
+    from retriever.devices import resolve_device
+
+    device = resolve_device(cfg.device, "device")
     torch.manual_seed(cfg.seed)
-    model = model if model is not None else load_model(cfg.base_model)
+    model = model if model is not None else load_model(cfg.base_model, device)
     encode_len = int(model.max_seq_length)
     model.max_seq_length = cfg.max_seq_length
-    bf16 = resolve_bf16(cfg.bf16)
+    bf16 = resolve_bf16(cfg.bf16, device)
+    fp16 = device.startswith("cuda") and not bf16 and cfg.bf16 == "auto"  # a GPU without bf16: fp16 mixed
     train_ds = Dataset.from_dict(data)
     loss = L.build_loss(cfg, model)
     evaluator = None
@@ -406,7 +418,7 @@ def run_training(cfg: TrainConfig, model=None) -> dict:
         output_dir=str(out / "checkpoints"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
         learning_rate=cfg.lr, **_warmup(cfg.warmup_ratio), seed=cfg.seed, data_seed=cfg.seed, bf16=bf16,
-        use_cpu=True, batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy=strategy, save_steps=eval_steps,
+        fp16=fp16, use_cpu=device == "cpu", batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy=strategy, save_steps=eval_steps,
         save_total_limit=cfg.save_total_limit, eval_strategy=strategy if evaluator else "no",
         eval_steps=eval_steps if evaluator else None, load_best_model_at_end=evaluator is not None,
         metric_for_best_model="eval_dev_ndcg@10" if evaluator else None, greater_is_better=True,

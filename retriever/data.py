@@ -5,6 +5,7 @@ Validation errors name the file, the line and the id. This module reads data; it
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -356,9 +357,31 @@ def collection_from_datasets(corpus_ds: Dataset, queries_ds: Dataset, qrels_ds: 
                       stats=stats)
 
 
+# The BEIR collections the hub holds in the BeIR layout (BeIR/<name> + BeIR/<name>-qrels): a bare name that is
+# not found locally falls back to that copy (needs network; then cached by datasets like any dataset).
+BEIR_HUB = {n: f"BeIR/{n}" for n in (
+    "scifact", "nfcorpus", "arguana", "fiqa", "trec-covid", "scidocs", "quora", "nq", "hotpotqa", "msmarco",
+    "webis-touche2020", "dbpedia-entity", "fever", "climate-fever", "cqadupstack")}
+
+
+def _local_places(name_or_path: str) -> str:
+    root = os.environ.get(DATA_ENV)
+    where = f"${DATA_ENV}={root}" if root else f"${DATA_ENV} is not set"
+    known = ""
+    if root and Path(root).is_dir():
+        known = "; collections there: " + ", ".join(sorted(x.name for x in Path(root).iterdir() if x.is_dir()))
+    return f"no such folder, and not found under {where}{known}"
+
+
+def hub_offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
 def resolve_data(name_or_path: str) -> Path | str:
     """Resolve ``--data``: an existing path, else a folder under ``$HARDNEG_DATA``, else an ``org/name``
-    Hugging Face dataset id (returned as a string)."""
+    Hugging Face dataset id (returned as a string); a BEIR name found nowhere locally (``scifact``) falls back
+    to its hub copy ``BeIR/<name>``."""
     p = Path(name_or_path).expanduser()
     if p.is_dir():
         return p
@@ -367,11 +390,9 @@ def resolve_data(name_or_path: str) -> Path | str:
         return Path(root) / name_or_path
     if "/" in name_or_path and not p.exists() and not name_or_path.startswith((".", "/", "~")):
         return name_or_path
-    where = f"${DATA_ENV}={root}" if root else f"${DATA_ENV} is not set"
-    known = ""
-    if root and Path(root).is_dir():
-        known = "; collections there: " + ", ".join(sorted(x.name for x in Path(root).iterdir() if x.is_dir()))
-    raise DataError(f"--data {name_or_path!r}: no such folder, and not found under {where}{known}")
+    if name_or_path in BEIR_HUB:
+        return BEIR_HUB[name_or_path]
+    raise DataError(f"--data {name_or_path!r}: {_local_places(name_or_path)}")
 
 
 DEV_FRACTION = 0.15
@@ -430,6 +451,17 @@ def load_collection(name_or_path: str, split: str = "test") -> Collection:
     resolved = resolve_data(name_or_path)
     if isinstance(resolved, Path):
         col = load_beir(resolved, base, name=resolved.name)
+    elif name_or_path in BEIR_HUB:  # the fallback: say where it looked first
+        looked = f"--data {name_or_path!r}: {_local_places(name_or_path)}; then looked for the hub copy " \
+                 f"{resolved} (+ {resolved}-qrels)"
+        if hub_offline():
+            raise DataError(f"{looked}: offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set). Put the collection "
+                            f"under ${DATA_ENV} or give its folder")
+        try:
+            col = load_hf_beir(resolved, base)
+        except DataError as exc:
+            raise DataError(f"{looked}: {exc}") from None
+        col = dataclasses.replace(col, name=name_or_path)
     else:
         col = load_hf_beir(resolved, base)
     return carve(col, part, frac, split) if part else col

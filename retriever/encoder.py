@@ -64,6 +64,10 @@ def resolve_bf16(mode: BF16Mode | bool | None, device: str = "cpu") -> bool:
     if isinstance(mode, bool):
         return mode
     if mode in (None, "auto"):
+        if device.startswith("cuda"):
+            import torch
+
+            return bool(torch.cuda.is_bf16_supported())
         return device == "cpu" and cpu_supports_bf16()
     if mode == "on":
         return True
@@ -142,6 +146,8 @@ class Encoder:
             self.model.max_seq_length = int(max_seq_length)
         self.device = device
         self.bf16 = resolve_bf16(bf16, device)
+        self.bf16_mode = bf16
+        self.pool_devices: list[str] = []  # several devices: the corpus is encoded by a multi-process pool
         self.batch_size = batch_size
         self.query_prompt = query_prompt
         self.doc_prompt = doc_prompt
@@ -155,11 +161,14 @@ class Encoder:
         return weights_fingerprint(self.model)
 
     def _autocast(self):
-        if not self.bf16:
+        from .devices import autocast_dtype
+
+        dtype = autocast_dtype(self.device, self.bf16, self.bf16_mode)
+        if dtype is None:
             return nullcontext()
         import torch
 
-        return torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16)
+        return torch.autocast(self.device.split(":")[0], dtype=dtype)
 
     chunk_size = 16384  # texts per encode call: bounds the transient memory of one call on large corpora
 
@@ -189,10 +198,25 @@ class Encoder:
         if not texts:
             dim_fn = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
             return np.zeros((0, dim_fn() or 0), dtype=np.float32)
+        if len(self.pool_devices) > 1:  # sentence-transformers' multi-process pool, one process per device
+            emb = self.model.encode(texts, batch_size=self.batch_size, show_progress_bar=_show(show_progress),
+                                    convert_to_numpy=True, normalize_embeddings=self.normalize, pool=self._pool())
+            return np.asarray(emb, dtype=np.float32)
         with torch.inference_mode(), self._autocast():
             emb = self.model.encode(texts, batch_size=self.batch_size, show_progress_bar=_show(show_progress),
                                     convert_to_tensor=True, normalize_embeddings=self.normalize)
         return emb.float().cpu().numpy().astype(np.float32, copy=False)
+
+    def _pool(self):
+        if getattr(self, "_mp_pool", None) is None:
+            self._mp_pool = self.model.start_multi_process_pool(self.pool_devices)
+        return self._mp_pool
+
+    def close(self) -> None:
+        """Stop the multi-process pool, if one was started."""
+        if getattr(self, "_mp_pool", None) is not None:
+            self.model.stop_multi_process_pool(self._mp_pool)
+            self._mp_pool = None
 
     def encode_queries(self, queries: Sequence[str], show_progress: bool | None = None) -> np.ndarray:
         return self.encode(queries, self.query_prompt, show_progress)

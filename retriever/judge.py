@@ -121,11 +121,13 @@ class BiEncoderFolds:
     """Cross-fitted bi-encoders (``folds.json`` with ``"kind": "bi-encoder"``): a query of fold ``k`` is
     scored by model ``k``, trained without it; a query in no fold by the mean cosine of all models."""
 
-    def __init__(self, folder: str | os.PathLike, bf16: BF16Mode | bool = "auto", batch_size: int = 64) -> None:
+    def __init__(self, folder: str | os.PathLike, bf16: BF16Mode | bool = "auto", batch_size: int = 64,
+                 device: str = "cpu") -> None:
         self.folder = Path(folder)
         meta = json.loads((self.folder / FOLDS_FILE).read_text())
         self.assignment: dict[str, int] = {str(k): int(v) for k, v in meta["assignment"].items()}
-        self.encoders = [Encoder(str(self.folder / m), bf16=bf16, batch_size=batch_size) for m in meta["models"]]
+        self.encoders = [Encoder(str(self.folder / m), bf16=bf16, batch_size=batch_size, device=device)
+                         for m in meta["models"]]
         self._emb: list[np.ndarray] | None = None
 
     def fingerprint(self) -> str:
@@ -247,7 +249,7 @@ class EnsembleJudge:
     Platt calibration, read from ``judge.json``. ``bind`` it to a corpus before scoring."""
 
     def __init__(self, folder: str | os.PathLike, ce_max_length: int | None = None, batch_size: int = 32,
-                 bf16: BF16Mode | bool = "auto") -> None:
+                 bf16: BF16Mode | bool = "auto", device: str = "cpu") -> None:
         self.folder = Path(folder)
         try:
             self.meta = json.loads((self.folder / JUDGE_FILE).read_text())
@@ -268,10 +270,10 @@ class EnsembleJudge:
         self.bf16 = bf16
         self.batch_size = batch_size
         comp = self.meta.get("components", {})
-        self.bi = BiEncoderFolds(self._path(comp["bi"]), bf16=bf16) if comp.get("bi") else None
+        self.bi = BiEncoderFolds(self._path(comp["bi"]), bf16=bf16, device=device) if comp.get("bi") else None
         self.ce = None
         if comp.get("ce"):
-            self.ce = load_reranker(str(self._path(comp["ce"])), self.max_length, batch_size, bf16)
+            self.ce = load_reranker(str(self._path(comp["ce"])), self.max_length, batch_size, bf16, device)
         self.source: FeatureSource | None = None
 
     def _path(self, p: str) -> Path:
@@ -346,5 +348,5 @@ def load_judge(model: str, max_length: int = 256, batch_size: int = 32, bf16: BF
     cross-encoder token limit it was fitted with and must be bound to a corpus), a cross-encoder fold set
     (has ``folds.json``) or any CrossEncoder name / path."""
     if is_judge(model):
-        return EnsembleJudge(model, batch_size=batch_size, bf16=bf16)
+        return EnsembleJudge(model, batch_size=batch_size, bf16=bf16, device=device)
     return load_reranker(model, max_length, batch_size, bf16, device)

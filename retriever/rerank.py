@@ -58,12 +58,15 @@ class CrossEncoderScorer:
         self.batch_size = batch_size
         self.device = device
         self.bf16 = resolve_bf16(bf16, device)
+        self.bf16_mode = bf16
 
     def fingerprint(self) -> str:
         return weights_fingerprint(self.model)
 
     def cache_prefix(self) -> str:
-        return f"{self.fingerprint()}:{self.max_length}:{'bf16' if self.bf16 else 'fp32'}"
+        from .devices import precision_name
+
+        return f"{self.fingerprint()}:{self.max_length}:{precision_name(self.device, self.bf16, self.bf16_mode)}"
 
     def _lengths(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         # Character length is a cheap, monotone-enough proxy for token length; no tokenization twice.
@@ -81,7 +84,10 @@ class CrossEncoderScorer:
             return np.zeros(0, dtype=np.float32)
         order = np.argsort(-self._lengths(pairs), kind="stable")
         sorted_pairs = [pairs[i] for i in order]
-        ctx = torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16) if self.bf16 else nullcontext()
+        from .devices import autocast_dtype
+
+        dtype = autocast_dtype(self.device, self.bf16, self.bf16_mode)
+        ctx = torch.autocast(self.device.split(":")[0], dtype=dtype) if dtype is not None else nullcontext()
         with torch.inference_mode(), ctx:
             out = self.model.predict(sorted_pairs, batch_size=self.batch_size, show_progress_bar=_show(show_progress),
                                      activation_fn=torch.nn.Identity(), convert_to_numpy=True)

@@ -502,3 +502,67 @@ def test_load_hf_beir_failure_is_a_data_error(monkeypatch):
     with pytest.raises(DataError, match=r"Hugging Face dataset 'BeIR/nope' \(split 'test'\) could not be "
                        r"loaded: offline"):
         load_hf_beir("BeIR/nope", "test")
+
+
+# ---------------------------------------------------------------------------------------------- hub fallback
+
+
+def _fake_beir_hub(calls: list):
+    """A stand-in for datasets.load_dataset holding BeIR/scifact and BeIR/scifact-qrels (three documents)."""
+    corpus = Dataset.from_dict({"_id": ["d1", "d2", "d3"], "title": ["", "", ""],
+                                "text": ["cells divide", "stars burn", "rivers flow"]})
+    queries = Dataset.from_dict({"_id": ["q1", "q2"], "text": ["how do cells divide", "why do stars burn"]})
+    qrels = Dataset.from_dict({"query-id": ["q1", "q2"], "corpus-id": ["d1", "d2"], "score": [1, 1]})
+
+    def load_dataset(name, config=None, split=None, **kw):
+        calls.append((name, config, split))
+        if name == "BeIR/scifact" and config == "corpus":
+            return {"corpus": corpus}
+        if name == "BeIR/scifact" and config == "queries":
+            return {"queries": queries}
+        if name == "BeIR/scifact-qrels" and split == "test":
+            return qrels
+        raise FileNotFoundError(f"no {name} {config} {split}")
+
+    return load_dataset
+
+
+def test_a_beir_name_missing_locally_falls_back_to_the_beir_hub_copy(monkeypatch, tmp_path):
+    import datasets
+
+    from retriever.data import load_collection, resolve_data
+
+    monkeypatch.setenv("HARDNEG_DATA", str(tmp_path))  # an empty data root: no local scifact
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    calls: list = []
+    monkeypatch.setattr(datasets, "load_dataset", _fake_beir_hub(calls))
+    assert resolve_data("scifact") == "BeIR/scifact"
+    col = load_collection("scifact", "test")
+    assert col.name == "scifact" and col.source == "hf:BeIR/scifact"
+    assert col.qrels == {"q1": {"d1": 1}, "q2": {"d2": 1}} and len(col.doc_ids) == 3
+    assert {c[0] for c in calls} == {"BeIR/scifact", "BeIR/scifact-qrels"}
+    with pytest.raises(DataError, match=r"--data 'nosuchset': no such folder"):  # not a BEIR name: no fallback
+        resolve_data("nosuchset")
+
+
+def test_offline_the_error_names_both_places_it_looked(monkeypatch, tmp_path):
+    import datasets
+
+    from retriever.data import load_collection
+
+    monkeypatch.setenv("HARDNEG_DATA", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the hub was tried offline"))
+    with pytest.raises(DataError) as err:
+        load_collection("scifact", "test")
+    msg = str(err.value)
+    assert f"$HARDNEG_DATA={tmp_path}" in msg and "BeIR/scifact" in msg and "BeIR/scifact-qrels" in msg
+    assert "offline" in msg
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    calls: list = []
+    failing = _fake_beir_hub(calls)
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, *a, **k: failing("BeIR/none"))
+    with pytest.raises(DataError, match=r"not found under .*then looked for the hub copy BeIR/scifact .*could not "
+                                         r"be loaded"):
+        load_collection("scifact", "test")

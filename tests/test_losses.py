@@ -433,7 +433,8 @@ def test_loss_settings_enter_fingerprints_only_with_their_loss(tmp_path):
     base = TrainConfig(triples=str(tmp_path / "none.parquet"))
     old = {k: v for k, v in dataclasses.asdict(base).items()
            if k not in ("out", "overwrite", "save_total_limit", "guide", "gist_margin", "gist_margin_strategy",
-                        "hardness_mode", "hardness_strength", "triplet_margin", "margin_mse_weight")}
+                        "hardness_mode", "hardness_strength", "triplet_margin", "margin_mse_weight",
+                        "device")}  # device: added later, never in fingerprints
     assert base.fingerprint() == fingerprint(old)  # mnrl runs keep the fingerprint they had before --loss grew
     assert dataclasses.replace(base, gist_margin=0.3).fingerprint() == base.fingerprint()
     gist = dataclasses.replace(base, loss="gist")

@@ -196,14 +196,15 @@ def test_check_paths_names_the_field_of_an_iterate_config(tree):
 NOT_PATHS = {
     "mine": {"data.split", "candidates.bm25_backend", "candidates.index", "candidates.bf16",
              "candidates.query_prompt", "candidates.doc_prompt", "cross_encoder.bf16", "cross_encoder.positive_reduce",
-             "filter.rank_by", "sampling.strategy", "engine", "ray.address"},
+             "filter.rank_by", "sampling.strategy", "engine", "ray.address", "candidates.device", "cross_encoder.device"},
     "train": {"loss", "gist_margin_strategy", "hardness_mode", "bf16", "dev_split", "dev_corpus", "query_prompt",
-              "doc_prompt"},
+              "doc_prompt", "device"},
     "train-reranker": {"split", "eval_split", "bf16"},
-    "evaluate": {"split", "bm25_backend", "stopwords", "stemmer", "index", "bf16", "query_prompt", "doc_prompt"},
+    "evaluate": {"split", "bm25_backend", "stopwords", "stemmer", "index", "bf16", "query_prompt", "doc_prompt",
+                 "device"},
     "iterate": {"loop.mode", "loop.dev_split", "loop.test_split", "train.loss", "train.gist_margin_strategy",
                 "train.hardness_mode", "train.bf16", "train.dev_split", "train.dev_corpus", "train.query_prompt",
-                "train.doc_prompt"},
+                "train.doc_prompt", "train.device"},
 }
 NOT_PATHS["iterate"] |= {f"mine.{f}" for f in NOT_PATHS["mine"]}
 
