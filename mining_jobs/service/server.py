@@ -291,7 +291,11 @@ def create_app(store: JobStore, token: str | None = None, data_roots: Iterable[s
         return PlainTextResponse(path.read_text(errors="replace") if path.is_file() else "")
 
     @app.exception_handler(StarletteHTTPException)
-    def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    def http_error(request: Request, exc: StarletteHTTPException) -> Any:
+        if request.url.path.startswith("/ui/"):  # the web page's own paths answer people in HTML
+            from .web import error_page
+
+            return error_page(exc.status_code, "No page at this address." if exc.status_code == 404 else str(exc.detail))
         headers = dict(exc.headers or {})
         if exc.status_code == 405:  # Starlette names only the first matching route's methods
             methods: set[str] = set()
@@ -306,6 +310,9 @@ def create_app(store: JobStore, token: str | None = None, data_roots: Iterable[s
         return JSONResponse(status_code=409, content={"detail": str(exc)})
 
     app.state.store = store
+    from .web import add_web_routes
+
+    add_web_routes(app, store, token)
     _document_configs(app)
     return app
 
