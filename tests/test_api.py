@@ -181,3 +181,25 @@ def test_push_offline_is_a_clear_error_and_changes_nothing(env, tiny_bi_encoder,
     assert sorted(p.name for p in result.run_dir.iterdir()) == before
     assert main(["push", str(env / "nowhere"), "someone/x"]) == 2
     assert "not a finished mining run" in capsys.readouterr().err
+
+
+def test_evaluate_from_python_matches_the_command_line(env):
+    result = hardneg.evaluate("adi", split="test", retrievers="bm25", out=env / "py")
+    assert main(["-q", "evaluate", "--data", "adi", "--split", "test", "--retriever", "bm25",
+                 "--out", str(env / "cli")]) == 0
+    cli = json.loads((env / "cli" / "metrics.json").read_text())
+    assert result.metrics["bm25"]["ndcg@10"] == pytest.approx(cli["metrics"]["ndcg@10"] if "metrics" in cli
+                                                              else cli["ndcg@10"])
+    assert "bm25" in result.table and result.per_query
+    with pytest.raises(hardneg.ConfigError) as err:
+        hardneg.evaluate("adi", retrievers=["bm25", "splade"], out=env / "bad")
+    assert err.value.field == "retrievers"
+
+
+def test_iterate_from_python_refuses_bad_settings_by_name(env):
+    with pytest.raises(hardneg.ConfigError) as err:
+        hardneg.iterate(out=env / "loop", loop={"rounds": 0})
+    assert err.value.field == "loop.rounds"
+    with pytest.raises(hardneg.ConfigError) as err:
+        hardneg.iterate(out=env / "loop", train={"lr": "fast"})
+    assert err.value.field == "train.lr"
