@@ -65,8 +65,9 @@ class CrossEncoderSection:
     max_length: int = opt(256, "maximum tokens of a (query, document) pair")
     batch_size: int = opt(32, "pairs per forward pass (batches span queries, sorted by length)")
     bf16: BF16 = opt("auto", "bf16 autocast for the cross-encoder (auto: as for the bi-encoder)")
-    device: str = opt("auto", "where the judge runs: auto (a GPU when there is one, else the CPU), cpu, cuda or "
-                              "cuda:N")
+    device: str = opt("auto", "where the judge runs: auto (a GPU when there is one, else the CPU), cpu, cuda, "
+                              "cuda:N, or several comma-separated (cuda:0,cuda:1): pairs are then scored by "
+                              "sentence-transformers' multi-process pool")
     positive_reduce: Literal["min", "mean", "max"] = opt(
         "min", "with several positives, compare candidates with their min/mean/max score")
 
@@ -173,7 +174,7 @@ def validate(cfg: MineConfig, source: str = "config") -> None:
 
     try:
         parse_devices(cfg.candidates.device, "candidates.device", several=True)
-        parse_devices(cfg.cross_encoder.device, "cross_encoder.device")
+        parse_devices(cfg.cross_encoder.device, "cross_encoder.device", several=True)
     except DeviceError as exc:
         raise ConfigError(f"{source}: {exc}", exc.field) from None
     c, s, fl, o = cfg.candidates, cfg.sampling, cfg.filter, cfg.output

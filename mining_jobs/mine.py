@@ -16,11 +16,11 @@ from tqdm.auto import tqdm
 from retriever.bm25 import BM25Index
 from retriever.data import column
 from retriever.dense_index import DenseIndex
-from retriever.devices import resolve_device, resolve_devices
+from retriever.devices import resolve_devices
 from retriever.encoder import EmbeddingCache, Encoder
 from retriever.judge import load_judge
 from retriever.progress import report, show_progress, stage
-from retriever.rerank import ScoreCache
+from retriever.rerank import ScoreCache, close_pools, use_devices
 from retriever.text import TokenizerConfig
 
 from . import engine as engines  # engines.make_engine is looked up at call time: tests may wrap it
@@ -84,8 +84,9 @@ def build_resources(cfg: MineConfig, timings: dict[str, float], engine: LocalEng
     reranker = cache = None
     if cfg.cross_encoder.model:
         x = cfg.cross_encoder
-        reranker = load_judge(x.model, x.max_length, x.batch_size, x.bf16,
-                              resolve_device(x.device, "cross_encoder.device"))
+        judge_devices = resolve_devices(x.device, "cross_encoder.device")
+        reranker = load_judge(x.model, x.max_length, x.batch_size, x.bf16, judge_devices[0])
+        use_devices(reranker, judge_devices)
         cache = ScoreCache(cfg.output.score_cache or None)
         bind_judge(reranker, doc_ids, texts, inp.corpus_fingerprint(), bm25, encoder, emb, cache)
     return Resources(inp, list(inp.queries), doc_ids, doc_pos, texts, hashes, bm25, encoder, dense, emb,
@@ -118,7 +119,7 @@ def run_mining(cfg: MineConfig, out: str | os.PathLike) -> dict:
     planted = (planted_path, load_planted(planted_path)) if planted_path else None
     resolve_devices(cfg.candidates.device, "candidates.device")  # a device this machine lacks: before any work
     if cfg.cross_encoder.model:
-        resolve_device(cfg.cross_encoder.device, "cross_encoder.device")
+        resolve_devices(cfg.cross_encoder.device, "cross_encoder.device")
     state = prepare_folder(out, cfg)
     t_job = time.perf_counter()
     timings: dict[str, float] = {}
@@ -163,6 +164,8 @@ def run_mining(cfg: MineConfig, out: str | os.PathLike) -> dict:
                 res.score_cache.close()
             if res.encoder is not None:
                 res.encoder.close()  # stops a multi-device encoding pool
+            if res.reranker is not None:
+                close_pools(res.reranker)
     finally:
         engine.close()
     timings.update({k: v for k, v in counters.items() if k.endswith("_s")})

@@ -59,6 +59,7 @@ class CrossEncoderScorer:
         self.device = device
         self.bf16 = resolve_bf16(bf16, device)
         self.bf16_mode = bf16
+        self.pool_devices: list[str] = []  # several devices: pairs are scored by a multi-process pool
 
     def fingerprint(self) -> str:
         return weights_fingerprint(self.model)
@@ -88,9 +89,16 @@ class CrossEncoderScorer:
 
         dtype = autocast_dtype(self.device, self.bf16, self.bf16_mode)
         ctx = torch.autocast(self.device.split(":")[0], dtype=dtype) if dtype is not None else nullcontext()
-        with torch.inference_mode(), ctx:
+        if len(self.pool_devices) > 1:  # sentence-transformers' multi-process pool, one process per device
+            if getattr(self, "_mp_pool", None) is None:
+                self._mp_pool = self.model.start_multi_process_pool(self.pool_devices)
             out = self.model.predict(sorted_pairs, batch_size=self.batch_size, show_progress_bar=_show(show_progress),
-                                     activation_fn=torch.nn.Identity(), convert_to_numpy=True)
+                                     activation_fn=torch.nn.Identity(), convert_to_numpy=True, pool=self._mp_pool)
+        else:
+            with torch.inference_mode(), ctx:
+                out = self.model.predict(sorted_pairs, batch_size=self.batch_size,
+                                         show_progress_bar=_show(show_progress), activation_fn=torch.nn.Identity(),
+                                         convert_to_numpy=True)
         out = np.asarray(out, dtype=np.float32).reshape(len(pairs), -1)[:, 0]
         scores = np.empty(len(pairs), dtype=np.float32)
         scores[order] = out
@@ -100,6 +108,31 @@ class CrossEncoderScorer:
             raise ScoreError(f"cross-encoder returned {scores[i]} for {int(bad.sum())} pair(s), first: "
                              f"query {pairs[i][0][:60]!r} / document {pairs[i][1][:60]!r}")
         return scores
+
+
+def _scorers(judge) -> list:
+    """The cross-encoder scorers inside a judge (itself, a fold set's folds, an ensemble's cross-encoder)."""
+    if isinstance(judge, CrossEncoderScorer):
+        return [judge]
+    if hasattr(judge, "scorers"):
+        return list(judge.scorers)
+    inner = getattr(judge, "ce", None)
+    return _scorers(inner) if inner is not None else []
+
+
+def use_devices(judge, devices: list[str]) -> None:
+    """Score with sentence-transformers' multi-process pool over ``devices`` (when there are several)."""
+    for s in _scorers(judge):
+        s.pool_devices = list(devices) if len(devices) > 1 else []
+
+
+def close_pools(judge) -> None:
+    """Stop the multi-process pools a judge's scorers started."""
+    for s in _scorers(judge):
+        pool = getattr(s, "_mp_pool", None)
+        if pool is not None:
+            s.model.stop_multi_process_pool(pool)
+            s._mp_pool = None
 
 
 class FoldSet:

@@ -49,7 +49,7 @@ def test_configs_refuse_an_unknown_device_naming_the_option(capsys):
         load_config(overrides=["candidates.device=gpu"])
     assert err.value.field == "candidates.device"
     with pytest.raises(ConfigError) as err:
-        load_config(overrides=["cross_encoder.device=cuda:0,cuda:1"])
+        load_config(overrides=["cross_encoder.device=cuda:0,gpu"])
     assert err.value.field == "cross_encoder.device"
     assert main(["-q", "train", "--triples", "x.parquet", "--device", "gpu"]) == 2
     assert "--device = 'gpu': expected auto" in capsys.readouterr().err
@@ -124,3 +124,19 @@ def test_several_devices_encode_through_the_multi_process_pool(tiny_bi_encoder):
         assert pooled._mp_pool is not None
     finally:
         pooled.close()
+
+
+@pytest.mark.slow
+def test_several_devices_score_through_the_multi_process_pool(tiny_cross_encoder):
+    from retriever.rerank import CrossEncoderScorer, close_pools, use_devices
+
+    pairs = [(f"query {i}", f"document about {i % 5} things") for i in range(30)]
+    one = CrossEncoderScorer(str(tiny_cross_encoder), max_length=32, bf16="off")
+    pooled = CrossEncoderScorer(str(tiny_cross_encoder), max_length=32, bf16="off")
+    use_devices(pooled, ["cpu", "cpu"])
+    try:
+        np.testing.assert_allclose(pooled.score(pairs), one.score(pairs), atol=1e-5)
+        assert pooled._mp_pool is not None
+    finally:
+        close_pools(pooled)
+    assert pooled._mp_pool is None
