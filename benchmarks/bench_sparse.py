@@ -40,7 +40,7 @@ from retriever import metrics as M
 from retriever.data import load_beir, resolve_data
 
 from .bench_ablation import JudgeAsCrossEncoder
-from .machine import write_result
+from .machine import describe, write_result
 
 logger = logging.getLogger("bench_sparse")
 MINERS = ("none", "own", "scifact", "st-none", "st-own")
@@ -159,19 +159,42 @@ def filter_stats(mine_dir: Path, hidden: set[tuple[str, str]]) -> dict | None:
             "other_filtered": gone(o)}
 
 
-def train_eval(args, folder: Path, triples: Path | None, out: Path, seed: int, negatives: int) -> dict:
+def row_key(args, name: str, row: str, triples: Path | None, seed: int, negatives: int) -> dict:
+    """Everything a downstream row depends on: the settings, and the triples' content (a re-mined file with
+    other negatives is another row)."""
+    import hashlib
+
+    key = {"collection": name, "row": row, "seed": seed, "negatives": negatives, "split_seed": args.seed}
+    if triples is not None:
+        key |= {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "depth": args.depth,
+                "mine_negatives": args.negatives,
+                "triples_sha256": hashlib.sha256(triples.read_bytes()).hexdigest()[:16]}
+    return key
+
+
+def train_eval(args, folder: Path, triples: Path | None, out: Path, seed: int, negatives: int, name: str = "",
+               row: str = "") -> dict:
+    """One downstream row: fine-tune on ``triples`` (none: the base model) and evaluate on the held-out
+    queries. The result is committed under ``--rows-dir`` and reused while its key matches (resumable across
+    sessions, like the ablation's rows)."""
     from mining_jobs.train import TrainConfig, run_training
 
-    res_path = out / "result.json"
+    key = row_key(args, name, row, triples, seed, negatives)
+    res_path = Path(args.rows_dir) / f"{name}__{row}__s{seed}.json"
     if res_path.is_file():
-        return json.loads(res_path.read_text())
+        stored = json.loads(res_path.read_text())
+        if stored.get("key") == key:
+            return stored
+        logger.info("%s: settings changed, recomputing", res_path)
+    t0 = time.perf_counter()
     model = "default"
     if triples is not None:
         cfg = TrainConfig(triples=str(triples), out=str(out / "train"), negatives=negatives,
                           batch_size=args.batch_size, max_steps=args.steps, lr=args.lr, seed=seed, overwrite=True)
         model = run_training(cfg)["model"]
     ev = evaluate_model(model, str(folder), ["test"])["test"]
-    res = {"ndcg@10": ev["metrics"]["ndcg@10"], "per_query": ev["per_query"]["ndcg@10"]}
+    res = {"key": key, "ndcg@10": ev["metrics"]["ndcg@10"], "per_query": ev["per_query"]["ndcg@10"],
+           "minutes": round((time.perf_counter() - t0) / 60, 2), "machine": describe()}
     write_json(res_path, res)
     return res
 
@@ -189,6 +212,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--out", default="runs/sparse")
+    p.add_argument("--rows-dir", default="benchmarks/results/sparse_rows",
+                   help="one committed JSON per (collection, row, seed) of --train, reused while its key matches")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     t0 = time.perf_counter()
@@ -216,14 +241,15 @@ def main() -> None:
         results[name] = {"collection": info, "own_judge_held_in": jq, "miners": rows}
         if args.train:
             seeds = [int(s) for s in args.seeds.split(",")]
-            down: dict[str, list[dict]] = {"base": [train_eval(args, folder, None, out / name / "eval_base", 0, 0)]}
+            down: dict[str, list[dict]] = {
+                "base": [train_eval(args, folder, None, out / name / "eval_base", 0, 0, name, "base")]}
             first = next(iter(rows.values()))["triples"]
             for s in seeds:
                 down.setdefault("in-batch", []).append(
-                    train_eval(args, folder, Path(first), out / name / f"in-batch_s{s}", s, 0))
+                    train_eval(args, folder, Path(first), out / name / f"in-batch_s{s}", s, 0, name, "in-batch"))
                 for miner, r in rows.items():
                     down.setdefault(miner, []).append(
-                        train_eval(args, folder, Path(r["triples"]), out / name / f"{miner}_s{s}", s, 1))
+                        train_eval(args, folder, Path(r["triples"]), out / name / f"{miner}_s{s}", s, 1, name, miner))
             results[name]["downstream"] = down
     summary, lines = render(results, args, time.perf_counter() - t0)
     write_result("sparse_labels", {"settings": vars(args), "results": summary,
