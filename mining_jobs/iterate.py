@@ -81,7 +81,8 @@ class LoopConfig:
         d = self.to_dict()
         d["loop"] = {k: v for k, v in d["loop"].items() if k not in ("out", "overwrite", "rounds", "patience")}
         d["mine"] = self.mine.fingerprint()  # what changes the mined triples (not the engine, not overwrite)
-        d["train"] = {k: v for k, v in d["train"].items() if k not in self.train.unused_fields()}
+        d["train"] = {k: v for k, v in d["train"].items()
+                      if k not in self.train.unused_fields() | {"device"}}  # where it runs changes no result
         return fingerprint(d)
 
 

@@ -140,3 +140,29 @@ def test_several_devices_score_through_the_multi_process_pool(tiny_cross_encoder
     finally:
         close_pools(pooled)
     assert pooled._mp_pool is None
+
+
+def test_devices_never_enter_a_fingerprint(tmp_path, monkeypatch):
+    """Where a job runs does not change what it computes: a run resumes, or is reused, on another device."""
+    from mining_jobs import evaluate as ev
+    from mining_jobs.iterate import load_loop_config
+    from mining_jobs.train import TrainConfig
+
+    demo = "examples/demo.toml"
+    base = load_loop_config(demo).fingerprint()
+    for s in ("train.device=cpu", "mine.candidates.device=cuda:1", "mine.cross_encoder.device=cpu,cpu"):
+        assert load_loop_config(demo, [s]).fingerprint() == base, s
+    assert load_config(overrides=["candidates.device=cuda"]).fingerprint() == load_config().fingerprint()
+    t = TrainConfig(triples=str(tmp_path / "x.parquet"))
+    assert TrainConfig(triples=t.triples, device="cuda:0").fingerprint() == t.fingerprint()
+    keys = []
+
+    def stop(out, layout, key, **kw):
+        keys.append(key)
+        raise RuntimeError("stop before any work")
+
+    monkeypatch.setattr(ev, "prepare", stop)
+    for d in ("cpu", "cuda"):
+        with pytest.raises(RuntimeError):
+            ev._prepare_out(ev.EvalConfig(out=str(tmp_path / "e"), device=d))
+    assert len(keys) == 2 and keys[0] == keys[1]
