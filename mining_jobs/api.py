@@ -14,6 +14,7 @@ overrides: a setting's name for the flat jobs (``lr=3e-5``), a section's name wi
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -30,10 +31,11 @@ __all__ = ["mine", "train", "evaluate", "iterate", "MineResult", "TrainResult", 
 
 def _raw_settings(cls: type, config: Any, overrides: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:
     """``config`` (None, a ``cls`` instance, a dict or a TOML path) merged with keyword overrides and
-    ``set=["a.b=value"]``, as the nested dicts ``settings.build`` takes."""
+    ``set=["a.b=value"]``, as the nested dicts ``settings.build`` takes. A keyword given as ``None`` unsets a
+    nullable setting; leave a keyword out to keep the config's value."""
     if config is None:
         raw: dict[str, Any] = {}
-    elif isinstance(config, cls):
+    elif dataclasses.is_dataclass(cls) and isinstance(config, cls):
         raw = to_raw(config)
     elif isinstance(config, dict):
         raw = json.loads(json.dumps(config))  # a deep copy: the caller's dict is not changed
@@ -42,13 +44,14 @@ def _raw_settings(cls: type, config: Any, overrides: dict[str, Any], sets: list[
     else:
         raise ConfigError(f"config: expected a {cls.__name__}, a dict or a TOML file path, got "
                           f"{type(config).__name__}", "config")
-    raw = merge(raw, {k: v for k, v in overrides.items() if v is not None})
+    raw = merge(raw, overrides)
     for text in sets or []:
         apply_set(raw, text)
     return raw
 
 
 def _out(out: str | os.PathLike | None, kind: str) -> Path:
+    """``out``, or a new temporary folder."""
     return Path(out) if out is not None else Path(tempfile.mkdtemp(prefix=f"hardneg-{kind}-"))
 
 
@@ -149,14 +152,15 @@ def write_in_memory_input(pairs, corpus: list[str] | None, root: Path) -> tuple[
     return folder, pairs_path
 
 
-def mine(data: Any = "scifact", *, split: str | None = None, corpus: list[str] | None = None,
+def mine(data: Any = None, *, split: str | None = None, corpus: list[str] | None = None,
          config: Any = None, out: str | os.PathLike | None = None, model: str | None = None,
          cross_encoder: str | None = None, overwrite: bool = False, set: list[str] | None = None,
          **sections: dict[str, Any]) -> MineResult:
     """Mine hard negatives; the same job as ``hardneg mine``.
 
     Args:
-        data: a collection (a name under ``$HARDNEG_DATA``, a BEIR folder, a hub id), or in-memory
+        data: a collection (a name under ``$HARDNEG_DATA``, a BEIR folder, a hub id; default: the config's
+            ``data.name``, else scifact), or in-memory
             (query, positive) pairs: a ``datasets.Dataset`` (columns ``query``/``anchor`` and ``positive``, or
             the first two), like sentence-transformers' ``mine_hard_negatives``.
         split: the qrels split to mine (``data.split``).
@@ -172,7 +176,9 @@ def mine(data: Any = "scifact", *, split: str | None = None, corpus: list[str] |
     from .mine import run_mining
 
     top: dict[str, Any] = {k: v for k, v in sections.items()}
-    if isinstance(data, str | os.PathLike):
+    if data is None:
+        pass
+    elif isinstance(data, str | os.PathLike):
         top = merge(top, {"data": {"name": str(data)}})
     else:
         if not hasattr(data, "column_names"):
@@ -182,7 +188,7 @@ def mine(data: Any = "scifact", *, split: str | None = None, corpus: list[str] |
 
         folder, pairs = write_in_memory_input(data, corpus, Path(cache_dir()) / "inputs")
         top = merge(top, {"data": {"name": str(folder), "pairs": str(pairs)}})
-    if corpus is not None and isinstance(data, str | os.PathLike):
+    if corpus is not None and not hasattr(data, "column_names"):
         raise ConfigError("corpus: only with in-memory pairs (a collection brings its own corpus)", "corpus")
     if split is not None:
         top = merge(top, {"data": {"split": split}})
@@ -236,22 +242,48 @@ def train(triples: Any = None, *, config: Any = None, out: str | os.PathLike | N
     """
     from .train import TrainConfig, run_training
 
-    run_dir = _out(out, "train")
     if isinstance(triples, MineResult):
         triples = str(triples.run_dir)
     elif triples is not None and hasattr(triples, "to_parquet"):
-        from retriever.encoder import default_cache_dir as cache_dir
-
-        data = Path(cache_dir()) / "inputs" / f"triples-{triples._fingerprint}.parquet"
-        if not data.is_file():
-            data.parent.mkdir(parents=True, exist_ok=True)
-            triples.to_parquet(str(data))
-        triples = str(data)
-    top = {**settings, "out": str(run_dir)}
+        triples = str(_table_file(triples))
+    top = dict(settings)
     if triples is not None:
         top["triples"] = str(triples)
-    cfg = build(TrainConfig, _raw_settings(TrainConfig, config, top, set), "train()")
-    return TrainResult(run_dir, run_training(cfg))
+    raw = _with_out(_raw_settings(TrainConfig, config, top, set), out, "train")
+    cfg = build(TrainConfig, raw, "train()")
+    return TrainResult(Path(cfg.out), run_training(cfg))
+
+
+def _with_out(raw: dict[str, Any], out: str | os.PathLike | None, kind: str, table: str | None = None):
+    """``out`` when given, else the config's own, else a new temporary folder."""
+    target = raw.setdefault(table, {}) if table else raw
+    if out is not None:
+        target["out"] = str(out)
+    elif not target.get("out"):
+        target["out"] = str(_out(None, kind))
+    return raw
+
+
+def _table_file(table) -> Path:
+    """A ``datasets.Dataset`` or pandas DataFrame of triples as a parquet file named by its content (written
+    once, atomically), so the same data is the same training job."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from retriever.encoder import default_cache_dir
+
+    arrow = table.data.table if hasattr(table, "data") and hasattr(table.data, "table") else \
+        pa.Table.from_pandas(table, preserve_index=False)
+    sink = pa.BufferOutputStream()
+    pq.write_table(arrow, sink)
+    data = sink.getvalue().to_pybytes()
+    path = Path(default_cache_dir()) / "inputs" / f"triples-{hashlib.sha256(data).hexdigest()[:16]}.parquet"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
@@ -276,19 +308,19 @@ class EvalResult:
         return self.table
 
 
-def evaluate(data: str = "scifact", *, split: str = "test", retrievers: list[str] | str | None = None,
+def evaluate(data: str | None = None, *, split: str | None = None, retrievers: list[str] | str | None = None,
              model: str | None = None, config: Any = None, out: str | os.PathLike | None = None,
              set: list[str] | None = None, **settings: Any) -> EvalResult:
     """Retrieve for every query of a split and score the run; the same job as ``hardneg evaluate``."""
     from .evaluate import EvalConfig, run_evaluation
 
-    run_dir = _out(out, "evaluate")
     if isinstance(retrievers, str):
         retrievers = [r.strip() for r in retrievers.split(",") if r.strip()]
-    top = {**settings, "data": data, "split": split, "out": str(run_dir), "retrievers": retrievers,
-           "model": model}
-    cfg = build(EvalConfig, _raw_settings(EvalConfig, config, top, set), "evaluate()")
-    return EvalResult(run_dir, run_evaluation(cfg))
+    given = {"data": data, "split": split, "retrievers": retrievers, "model": model}
+    top = {**settings, **{k: v for k, v in given.items() if v is not None}}  # left out: the config's (or default)
+    raw = _with_out(_raw_settings(EvalConfig, config, top, set), out, "evaluate")
+    cfg = build(EvalConfig, raw, "evaluate()")
+    return EvalResult(Path(cfg.out), run_evaluation(cfg))
 
 
 # ---------------------------------------------------------------------------------------------- iterate
@@ -321,8 +353,6 @@ def iterate(config: Any = None, *, out: str | os.PathLike | None = None, set: li
         config = config.to_dict()
         for k in LOOP_SETS:
             config["train"].pop(k, None)
-        config["loop"].pop("out", None)
-    run_dir = _out(out, "iterate")
-    raw = _raw_settings(dict, config, tables, set)
-    cfg = loop_config_from_dict(raw, "iterate()", out=str(run_dir))
+    raw = _with_out(_raw_settings(dict, config, tables, set), out, "iterate", table="loop")
+    cfg = loop_config_from_dict(raw, "iterate()")
     return LoopResult(Path(cfg.loop.out), run_loop(cfg))

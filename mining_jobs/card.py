@@ -73,10 +73,10 @@ def render_card(m: dict[str, Any]) -> str:
 
 def _size(n: int) -> str:
     for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
-                         (1_000_000, "100K<n<1M")):
+                         (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M")):
         if n < limit:
             return label
-    return "1M<n<10M"
+    return "n>100M"
 
 
 def write_card(out: Path, manifest: dict[str, Any]) -> None:

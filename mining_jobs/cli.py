@@ -405,7 +405,7 @@ def _client(args: argparse.Namespace):
 def _submitted_config(path: str | None, overrides: list[str]) -> dict:
     import json
 
-    from .settings import ConfigError, apply_set, read_toml
+    from .settings import ConfigError, apply_set, plain, read_toml
 
     raw: dict = {}
     if path:
@@ -418,7 +418,7 @@ def _submitted_config(path: str | None, overrides: list[str]) -> dict:
             raw = read_toml(path)
     for text in overrides:  # a field of a table (mine, iterate) or a top-level key (train, evaluate, ...)
         apply_set(raw, text)
-    return raw
+    return plain(raw)
 
 
 def _print_job(job: dict) -> None:

@@ -117,7 +117,8 @@ def run_mining(cfg: MineConfig, out: str | os.PathLike) -> dict:
     out = Path(out)
     planted_path = find_planted(cfg.data.name)  # read first: a malformed file stops the job before any work
     planted = (planted_path, load_planted(planted_path)) if planted_path else None
-    resolve_devices(cfg.candidates.device, "candidates.device")  # a device this machine lacks: before any work
+    if cfg.candidates.dense or cfg.exclusion.near_duplicate_cosine > 0:  # a device this machine lacks: before work
+        resolve_devices(cfg.candidates.device, "candidates.device")
     if cfg.cross_encoder.model:
         resolve_devices(cfg.cross_encoder.device, "cross_encoder.device")
     state = prepare_folder(out, cfg)

@@ -16,6 +16,7 @@ import numpy as np
 
 from retriever.bm25 import BM25Index
 from retriever.dense_index import DenseIndex
+from retriever.devices import resolve_devices
 from retriever.encoder import EmbeddingCache, Encoder, resolve_bf16
 from retriever.errors import HardnegError, MissingDependencyError
 from retriever.text import Tokenizer
@@ -208,8 +209,10 @@ def actor_config(cfg: MineConfig) -> MineConfig:
     c, x = out.candidates, out.cross_encoder
     c.model = _absolute(c.model)
     x.model = _absolute(x.model) if x.model else ""
-    c.bf16 = "on" if resolve_bf16(c.bf16) else "off"  # type: ignore[arg-type]
-    x.bf16 = "on" if resolve_bf16(x.bf16) else "off"  # type: ignore[arg-type]
+    c_dev = resolve_devices(c.device, "candidates.device")[0]
+    x_dev = resolve_devices(x.device, "cross_encoder.device")[0]
+    c.bf16 = "on" if resolve_bf16(c.bf16, c_dev) else "off"  # type: ignore[arg-type]
+    x.bf16 = "on" if resolve_bf16(x.bf16, x_dev) else "off"  # type: ignore[arg-type]
     if out.output.score_cache:
         out.output.score_cache = str(Path(out.output.score_cache).expanduser().resolve())
     return out
@@ -268,7 +271,7 @@ def _unpack_dense(state: dict[str, Any], doc_ids: list[str]) -> DenseIndex:
 def actor_resources(shared: dict[str, Any], cfg: MineConfig, expected: dict[str, str | None]) -> Resources:
     """A shard's ``Resources`` inside an actor: data from the object store, models loaded from the config and
     checked against the driver's fingerprints (another version of a model on a node must not mix in)."""
-    from retriever.devices import resolve_device, resolve_devices
+    from retriever.devices import resolve_devices
     from retriever.judge import load_judge
     from retriever.rerank import ScoreCache
 
@@ -281,7 +284,7 @@ def actor_resources(shared: dict[str, Any], cfg: MineConfig, expected: dict[str,
         _check("bi-encoder", c.model, encoder.fingerprint(), expected["bi_encoder"])
     if x.model:
         reranker = load_judge(x.model, x.max_length, x.batch_size, x.bf16,
-                              resolve_device(x.device, "cross_encoder.device"))
+                              resolve_devices(x.device, "cross_encoder.device")[0])
         cache = ScoreCache(cfg.output.score_cache or None)  # SQLite in WAL mode: actors of a node share it
     # the corpus table stays on the driver: shards read ids, texts, queries and positives only
     inp = MiningInput(shared["name"], None, shared["queries"], shared["positives"], "ray")  # type: ignore[arg-type]

@@ -159,6 +159,9 @@ def coerce(value: Any, hint: Any, where: str, name: str | None = None) -> Any:
     """``value`` checked against a field's annotation; ints widen to float, ``"none"`` is None where allowed."""
     hints = _union(hint)
     lits = [a for h in hints if typing.get_origin(h) is typing.Literal for a in typing.get_args(h)]
+    if isinstance(value, SetValue):
+        text_ok = str in hints and not lits and not (value.text.lower() in ("none", "null") and type(None) in hints)
+        value = value.text if text_ok else value.value
     if lits:
         if value in lits:
             return value
@@ -272,6 +275,28 @@ def parse_value(text: str) -> Any:
         return text
 
 
+class SetValue:
+    """A ``--set`` value that TOML read as a number, boolean or date, with the text it was written as: a
+    string setting takes the text (``--set data.split=2024`` is the split "2024"), any other the value."""
+
+    __slots__ = ("value", "text")
+
+    def __init__(self, value: Any, text: str) -> None:
+        self.value, self.text = value, text
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def plain(raw: Any) -> Any:
+    """Nested dicts with every ``SetValue`` replaced by its value (for JSON)."""
+    if isinstance(raw, dict):
+        return {k: plain(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [plain(v) for v in raw]
+    return raw.value if isinstance(raw, SetValue) else raw
+
+
 def parse_set(text: str) -> tuple[list[str], Any]:
     """``key=value`` or ``section.key=value`` -> (key path, value)."""
     if "=" not in text:
@@ -286,6 +311,8 @@ def parse_set(text: str) -> tuple[list[str], Any]:
 def apply_set(raw: dict[str, Any], text: str) -> dict[str, Any]:
     """Apply one ``--set a[.b[.c]]=value`` to nested dicts, creating the tables on the way."""
     path, value = parse_set(text)
+    if not isinstance(value, str | list | dict):
+        value = SetValue(value, text.split("=", 1)[1].strip())
     target = raw
     for part in path[:-1]:
         nxt = target.setdefault(part, {})

@@ -301,10 +301,21 @@ def load_hf_beir(name: str, split: str = "test") -> Collection:
     qrels in ``name + "-qrels"``), e.g. ``BeIR/scifact``. Needs network access (or a warm HF cache)."""
     from datasets import load_dataset
 
+    def load(*args, **kw):
+        try:
+            return load_dataset(*args, **kw)
+        except Exception as first:  # noqa: BLE001
+            # script-based hub datasets (BeIR/* ship a loading script, which datasets >= 4 no longer runs) are
+            # also served as parquet under this revision
+            try:
+                return load_dataset(*args, revision="refs/convert/parquet", **kw)
+            except Exception:  # noqa: BLE001
+                raise first from None
+
     try:
-        corpus_ds = load_dataset(name, "corpus")
-        queries_ds = load_dataset(name, "queries")
-        qrels_ds = load_dataset(f"{name}-qrels", split=split)
+        corpus_ds = load(name, "corpus")
+        queries_ds = load(name, "queries")
+        qrels_ds = load(f"{name}-qrels", split=split)
     except Exception as exc:  # noqa: BLE001 - any hub failure gets the same readable message
         raise DataError(f"Hugging Face dataset {name!r} (split {split!r}) could not be loaded: {exc}") from exc
     corpus_ds = corpus_ds[next(iter(corpus_ds))] if hasattr(corpus_ds, "keys") else corpus_ds

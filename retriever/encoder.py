@@ -154,6 +154,14 @@ class Encoder:
         self.normalize = normalize
 
     @property
+    def precision(self) -> str:
+        """What the embeddings are computed in: bf16, fp16 or fp32 (a multi-process pool runs without
+        autocast: fp32)."""
+        from .devices import precision_name
+
+        return "fp32" if len(self.pool_devices) > 1 else precision_name(self.device, self.bf16, self.bf16_mode)
+
+    @property
     def max_seq_length(self) -> int:
         return int(self.model.max_seq_length)
 
@@ -228,7 +236,7 @@ class Encoder:
         """Everything that determines a corpus's embeddings."""
         return {"weights": self.fingerprint(), "max_seq_length": self.max_seq_length,
                 "doc_prompt": self.doc_prompt, "normalize": self.normalize,
-                "precision": "bf16" if self.bf16 else "fp32", "corpus": corpus_fingerprint}
+                "precision": self.precision, "corpus": corpus_fingerprint}
 
 
 def default_cache_dir() -> Path:

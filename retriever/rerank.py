@@ -65,9 +65,14 @@ class CrossEncoderScorer:
         return weights_fingerprint(self.model)
 
     def cache_prefix(self) -> str:
+        return f"{self.fingerprint()}:{self.max_length}:{self.precision}"
+
+    @property
+    def precision(self) -> str:
+        """What the scores are computed in: bf16, fp16 or fp32 (a multi-process pool: fp32)."""
         from .devices import precision_name
 
-        return f"{self.fingerprint()}:{self.max_length}:{precision_name(self.device, self.bf16, self.bf16_mode)}"
+        return "fp32" if len(self.pool_devices) > 1 else precision_name(self.device, self.bf16, self.bf16_mode)
 
     def _lengths(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         # Character length is a cheap, monotone-enough proxy for token length; no tokenization twice.
@@ -159,7 +164,7 @@ class FoldSet:
         return h.hexdigest()[:16]
 
     def cache_prefix(self) -> str:
-        return f"folds:{self.fingerprint()}:{self.max_length}:{'bf16' if self.scorers[0].bf16 else 'fp32'}"
+        return f"folds:{self.fingerprint()}:{self.max_length}:{self.scorers[0].precision}"
 
     def score_queries(self, qids: Sequence[str], pairs: Sequence[tuple[str, str]],
                       show_progress: bool | None = None) -> np.ndarray:

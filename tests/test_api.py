@@ -125,7 +125,9 @@ def test_config_sources_merge_like_the_command_line(env, tmp_path):
     toml = tmp_path / "m.toml"
     toml.write_text("[sampling]\nnum_negatives = 7\nseed = 1\n")
     raw = _raw_settings(MineConfig, toml, {"sampling": {"seed": 5}}, ["filter.relative_margin=0.3"])
-    assert raw == {"sampling": {"num_negatives": 7, "seed": 5}, "filter": {"relative_margin": 0.3}}
+    from mining_jobs.settings import plain
+
+    assert plain(raw) == {"sampling": {"num_negatives": 7, "seed": 5}, "filter": {"relative_margin": 0.3}}
     cfg = load_config(toml, ["sampling.seed=5", "filter.relative_margin=0.3"])
     assert _raw_settings(MineConfig, cfg, {}, None)["sampling"] == {**raw["sampling"], "strategy": "top",
                                                                       "positive_aware_ratio": 0.95,
@@ -202,3 +204,18 @@ def test_iterate_from_python_refuses_bad_settings_by_name(env):
     with pytest.raises(hardneg.ConfigError) as err:
         hardneg.iterate(out=env / "loop", train={"lr": "fast"})
     assert err.value.field == "train.lr"
+
+
+def test_the_config_decides_what_the_keywords_leave_out(env, tmp_path):
+    from mining_jobs.api import _raw_settings, _with_out
+    from mining_jobs.config import MineConfig
+    from mining_jobs.evaluate import EvalConfig
+
+    cfg = {"data": {"name": "nfcorpus"}}
+    assert _raw_settings(MineConfig, cfg, {}, None)["data"]["name"] == "nfcorpus"  # mine(config=...) keeps it
+    raw = _with_out(_raw_settings(EvalConfig, {"split": "dev", "out": str(tmp_path / "mine")}, {}, None), None, "e")
+    assert raw["split"] == "dev" and raw["out"] == str(tmp_path / "mine")  # the config's own folder is used
+    assert _with_out({}, tmp_path / "given", "e")["out"] == str(tmp_path / "given")
+    with pytest.raises(hardneg.ConfigError) as err:  # a dict config for the loop is read, not refused
+        hardneg.iterate({"loop": {"rounds": 0}}, out=env / "loop")
+    assert err.value.field == "loop.rounds"

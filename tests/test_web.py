@@ -250,3 +250,19 @@ def test_in_a_real_browser_a_submitted_job_is_watched_and_its_negatives_audited(
             browser.quit()
         procs.stop()
         time.sleep(0.1)
+
+
+def test_report_text_cannot_inject_markup_or_scripts():
+    out = render_markdown("![a' onerror='alert(1)](s.png) [c](javascript:alert%281%29) [d](data:text/html,x) "
+                          "[h](https://example.org/?a=1&b=2)", lambda t: "/f/" + t)
+    assert "onerror='alert" not in out and "alt='a&#x27; onerror=&#x27;alert(1)'" in out
+    assert "href='javascript:" not in out and "href='data:" not in out
+    assert "<a href='https://example.org/?a=1&amp;b=2'>h</a>" in out
+
+
+def test_odd_file_names_get_a_4xx_page_not_a_500(service):
+    store, job, _ = service
+    c = _client(store)
+    for name in ("a%00b", "x" * 5000, "..%2F..%2Fetc%2Fpasswd"):
+        r = c.get(f"/ui/jobs/{job.id}/files/{name}")
+        assert r.status_code == 404 and "has no file" in r.text and "Traceback" not in r.text

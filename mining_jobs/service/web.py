@@ -30,6 +30,7 @@ COOKIE = "hardneg_token"
 ENDED = ("succeeded", "failed", "cancelled")
 FATE_GROUPS = {"kept": "kept negatives", "filtered": "filtered candidates", "relabelled": "relabelled",
                "other": "not sampled / excluded"}
+MAX_OPTIONS = 2000  # queries listed in the inspector's picker
 SORTS = {"score": "judge score (high first)", "bm25": "BM25 rank", "dense": "dense rank", "fate": "fate"}
 
 CSS = """
@@ -73,10 +74,28 @@ def render_markdown(text: str, link) -> str:
     lines = text.splitlines()
     i = 0
 
+    def url(escaped: str) -> str | None:
+        """A link target as a safe attribute value: relative ones through ``link``, http(s) and mailto as
+        they are; anything else (javascript:, data:, ...) is not linked."""
+        target = html.unescape(escaped)
+        if re.match(r"^(https?:|mailto:)", target, flags=re.I):
+            return html.escape(target)
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", target) or target.startswith(("/", "\\")):
+            return None
+        return html.escape(link(target))
+
+    def image(m: re.Match) -> str:
+        u = url(m.group(2))
+        return f"<img alt='{m.group(1)}' src='{u}'>" if u else m.group(0)
+
+    def anchor(m: re.Match) -> str:
+        u = url(m.group(2))
+        return f"<a href='{u}'>{m.group(1)}</a>" if u else m.group(0)
+
     def inline(s: str) -> str:
-        s = html.escape(s, quote=False)
-        s = re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)", lambda m: f"<img alt='{m.group(1)}' src='{link(m.group(2))}'>", s)
-        s = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", lambda m: f"<a href='{link(m.group(2))}'>{m.group(1)}</a>", s)
+        s = html.escape(s)  # quotes too: text never leaves a single-quoted attribute
+        s = re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)", image, s)
+        s = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", anchor, s)
         s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
         s = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)
         return s
@@ -137,25 +156,30 @@ def _run_folders(job: Job) -> list[str]:
     return found
 
 
-@lru_cache(maxsize=8)
-def _corpus_texts(folder: str, mtime: float) -> dict[str, str]:  # noqa: ARG001 - mtime invalidates the cache
-    from retriever.data import join_title_text, read_corpus
+@lru_cache(maxsize=2)
+def _corpus(folder: str, mtime: float):  # noqa: ARG001 - mtime invalidates the cache
+    """The corpus (Arrow-backed) and its id -> row index; two corpora at most are kept."""
+    from retriever.data import column, read_corpus
 
     corpus, _ = read_corpus(Path(folder) / "corpus.jsonl")
-    return {str(d): join_title_text(t or "", x or "") for d, t, x in
-            zip(corpus["_id"], corpus["title"], corpus["text"], strict=True)}
+    return corpus, {str(d): i for i, d in enumerate(column(corpus, "_id"))}
 
 
-def _texts_for(run: Path, manifest: dict[str, Any]) -> dict[str, str]:
-    from retriever.data import resolve_data
+def _texts_for(manifest: dict[str, Any], doc_ids: list[str]) -> dict[str, str]:
+    """The texts of ``doc_ids`` from the run's corpus; empty when it cannot be read (a hub id, a moved or
+    malformed collection): the inspector then shows ids without texts."""
+    from retriever.data import join_title_text, resolve_data
 
     try:
         where = resolve_data(manifest["config"]["data"]["name"])
-    except Exception:  # noqa: BLE001 - a hub id or a moved collection: ids are shown without texts
+        if not isinstance(where, Path) or not (where / "corpus.jsonl").is_file():
+            return {}
+        corpus, index = _corpus(str(where), (where / "corpus.jsonl").stat().st_mtime)
+        rows = sorted({index[d] for d in doc_ids if d in index})
+        sel = corpus.data.table.take(rows).to_pylist() if rows else []
+    except Exception:  # noqa: BLE001 - the page shows what it can instead of failing
         return {}
-    if not isinstance(where, Path) or not (where / "corpus.jsonl").is_file():
-        return {}
-    return _corpus_texts(str(where), (where / "corpus.jsonl").stat().st_mtime)
+    return {str(r["_id"]): join_title_text(r.get("title") or "", r.get("text") or "") for r in sel}
 
 
 def _group(fate: str) -> str:
@@ -292,12 +316,8 @@ setInterval(refresh, 1500);
             parts.append(f"<p>Candidate inspector: {links}</p>")
         report = root / "report.md"
         if report.is_file():
-            base = ""
-
-            def link(target: str) -> str:
-                if re.match(r"^[a-z]+:", target) or target.startswith("/"):
-                    return html.escape(target)
-                return files_url + quote(base + target)
+            def link(target: str) -> str:  # a file of the run folder
+                return files_url + quote(target)
 
             parts.append("<div class='report' id='report'>" + render_markdown(report.read_text(errors="replace"),
                                                                               link) + "</div>")
@@ -305,12 +325,18 @@ setInterval(refresh, 1500);
             parts.append("<h2>Result</h2><pre id='report'>" + html.escape(json.dumps(d["metrics"], indent=2))
                          + "</pre>")
         files = []
-        if root.is_dir():
-            for p in sorted(root.rglob("*")):
+        try:
+            paths = sorted(root.rglob("*")) if root.is_dir() else []
+        except OSError:  # a folder removed while listing (a running job rotates checkpoints)
+            paths = []
+        for p in paths:
+            try:
                 if p.is_file() and not p.is_symlink() and "checkpoints" not in p.parts and ".tmp" not in p.name:
                     rel = p.relative_to(root).as_posix()
                     files.append(f"<li><a href='{files_url}{quote(rel)}'>{html.escape(rel)}</a> "
                                  f"({p.stat().st_size:,} bytes)</li>")
+            except OSError:
+                continue
         parts.append("<h2>Files</h2>" + ("<ul id='files'>" + "".join(files[:300]) + "</ul>" if files
                                         else "<p>none yet</p>"))
         return page(f"job {job.id}", "".join(parts))
@@ -322,10 +348,15 @@ setInterval(refresh, 1500);
         job = find(job_id)
         if job is None:
             return error_page(404, f"No job {job_id!r}.")
-        root = Path(job.run_dir).resolve()
-        target = (root / name).resolve()
-        if ".." in Path(name).parts or not target.is_relative_to(root) or not target.is_file():
-            return error_page(404, f"Job {job_id} has no file {name!r}.")
+        try:
+            if "\x00" in name or len(name) > 1024 or ".." in Path(name).parts:
+                raise ValueError(name)
+            root = Path(job.run_dir).resolve()
+            target = (root / name).resolve()
+            if not target.is_relative_to(root) or not target.is_file():
+                raise ValueError(name)
+        except (OSError, ValueError):
+            return error_page(404, f"Job {job_id} has no file {name[:200]!r}.")
         return FileResponse(target, filename=target.name)
 
     @app.get("/ui/jobs/{job_id}/inspect", include_in_schema=False, response_class=HTMLResponse)
@@ -365,9 +396,9 @@ def _inspector(job: Job, run: str, query: str, fate: str, sort: str) -> HTMLResp
     if query not in queries:
         return error_page(404, f"Job {job.id} has no query {query!r} in {run or 'its run folder'}.")
     manifest = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").is_file() else {}
-    texts = _texts_for(folder, manifest) if manifest else {}
     cands = pq.read_table(folder / "candidates.parquet")
     cands = cands.filter(pc.equal(cands["query_id"], query)).to_pylist()
+    texts = _texts_for(manifest, [c["doc_id"] for c in cands]) if manifest else {}
     positives = [t for t in triples if t["query_id"] == query]
     key = {"score": lambda c: -(c["ce_score"] if c["ce_score"] is not None else float("-inf")),
            "bm25": lambda c: c["bm25_rank"] if c["bm25_rank"] is not None else 10**9,
@@ -403,8 +434,11 @@ def _inspector(job: Job, run: str, query: str, fate: str, sort: str) -> HTMLResp
         mine = [c for c in cands if _group(c["fate"]) == g]
         panels.append(f"<div class='panel' id='panel-{g}'><h3>{title} ({len(mine)})</h3>"
                       + ("".join(cand_html(c) for c in mine) or "<p>none</p>") + "</div>")
+    shown = [q for i, q in enumerate(queries) if i < MAX_OPTIONS or q == query]
     options = "".join(f"<option value='{html.escape(q)}'{' selected' if q == query else ''}>{html.escape(q)}: "
-                      f"{html.escape(t[:90])}</option>" for q, t in queries.items())
+                      f"{html.escape(queries[q][:90])}</option>" for q in shown)
+    more = (f" <small>(the first {MAX_OPTIONS:,} of {len(queries):,} queries; open another with "
+            "<code>?query=ID</code>)</small>" if len(queries) > MAX_OPTIONS else "")
     sel = "".join(f"<option value='{k}'{' selected' if k == sort else ''}>{v}</option>" for k, v in SORTS.items())
     fsel = "".join(f"<option value='{k}'{' selected' if k == fate else ''}>{k}</option>"
                    for k in ("all", *FATE_GROUPS))
@@ -412,7 +446,7 @@ def _inspector(job: Job, run: str, query: str, fate: str, sort: str) -> HTMLResp
             f"<label>query <select name='query' id='query' onchange='this.form.submit()'>{options}</select></label> "
             f"<label>fate <select name='fate' id='fate' onchange='this.form.submit()'>{fsel}</select></label> "
             f"<label>sort by <select name='sort' id='sort' onchange='this.form.submit()'>{sel}</select></label> "
-            "<noscript><button type='submit'>show</button></noscript></form>")
+            f"<noscript><button type='submit'>show</button></noscript>{more}</form>")
     head = (f"<h1>Candidates of job <a href='/ui/jobs/{quote(job.id)}'>{html.escape(job.id)}</a>"
             f"{' / ' + html.escape(run) if run else ''}</h1>{form}"
             f"<h2 id='query-text'>{html.escape(query)}: {html.escape(queries[query])}</h2>")
