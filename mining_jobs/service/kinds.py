@@ -241,49 +241,26 @@ def _run_iterate(conf: dict[str, Any], out: Path) -> dict[str, Any]:
             "seconds": result["seconds"]}
 
 
-def _mine_settings() -> type:
-    from ..config import MineConfig
+def _settings_of(command: str) -> Callable[[], type]:
+    """The settings dataclass of a kind, looked up when needed (``job_settings``: one registry)."""
+    from ..job_settings import settings_class
 
-    return MineConfig
-
-
-def _train_settings() -> type:
-    from ..train import TrainConfig
-
-    return TrainConfig
-
-
-def _reranker_settings() -> type:
-    from ..train_reranker import RerankerJob
-
-    return RerankerJob
-
-
-def _evaluate_settings() -> type:
-    from ..evaluate import EvalConfig
-
-    return EvalConfig
-
-
-def _iterate_settings() -> type:
-    from ..iterate import LoopConfig
-
-    return LoopConfig
+    return lambda: settings_class(command)
 
 
 KINDS: dict[str, Kind] = {
     "mine": Kind("mine", _resolve_mine, _run_mine, "mine hard negatives: the sections of examples/mine.toml",
-                 _mine_settings, ("output.overwrite",)),
+                 _settings_of("mine"), ("output.overwrite",)),
     "train-reranker": Kind("train-reranker", _resolve_reranker, _run_reranker,
                            "train a (cross-fitted) cross-encoder: the keys of examples/train-reranker.toml",
-                           _reranker_settings, ("out", "overwrite")),
+                           _settings_of("train-reranker"), ("out", "overwrite")),
     "train": Kind("train", _resolve_train, _run_train, "fine-tune a bi-encoder: the keys of examples/train.toml",
-                  _train_settings, ("out", "overwrite")),
+                  _settings_of("train"), ("out", "overwrite")),
     "evaluate": Kind("evaluate", _resolve_evaluate, _run_evaluate,
-                     "evaluate retrievers: the keys of examples/evaluate.toml", _evaluate_settings,
+                     "evaluate retrievers: the keys of examples/evaluate.toml", _settings_of("evaluate"),
                      ("out", "overwrite")),
     "iterate": Kind("iterate", _resolve_iterate, _run_iterate, "ANCE rounds: the [loop], [mine.*] and [train] "
-                    "tables of examples/iterate.toml", _iterate_settings,
+                    "tables of examples/iterate.toml", _settings_of("iterate"),
                     ("loop.out", "loop.overwrite", "mine.output.overwrite")),
 }
 
