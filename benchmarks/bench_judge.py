@@ -82,14 +82,20 @@ def main() -> None:
     for spec, r in report["judges"].items():
         at = r["planted_at_margin"]
         op = operating_point(r["planted_sweep"])
+        pa, alone = r["planted_positive_aware"], r["planted_score_threshold"]
         rows[names.get(spec, spec)] = {
             "path": spec, "scifact_test_rerank_ndcg10": r["rerank"]["ndcg@10"],
             "scifact_test_rerank_mrr10": r["rerank"]["mrr@10"], "p_vs_hybrid": r["p_vs_hybrid"],
             "p_vs_bm25": r["p_vs_bm25"], "auc_per_query": r["auc_per_query_mean"], "auc_pooled": r["auc_pooled"],
-            "hidden_positive_recall": at["hidden_positives_recall"],
-            "near_duplicate_recall": at["near_duplicates_recall"],
-            "other_candidates_filtered": at["other_candidates_filtered"],
-            "queries_keeping_3": at["queries_keeping_3"],
+            # the filter hardneg recommends: filter.auto_threshold's positive-aware rule, fitted on the labelled
+            # positives of the planted split (each hidden in turn), measured on the planted false negatives
+            "hidden_positive_recall": pa["hidden_positives_recall"],
+            "near_duplicate_recall": pa["near_duplicates_recall"],
+            "other_candidates_filtered": pa["other_candidates_filtered"],
+            "queries_keeping_3": pa["queries_keeping_3"],
+            "positive_aware_rule": pa, "score_alone_rule": alone,
+            "at_relative_margin_0.1": {k: at[k] for k in ("hidden_positives_recall", "near_duplicates_recall",
+                                                          "other_candidates_filtered", "queries_keeping_3")},
             f"best_under_{int(MAX_COST * 100)}pct_cost": op}
     # the best judge is chosen on train:dev (never on test): BM25 top-100 reranked on the dev queries
     dev = Setting("scifact", "train:dev")
@@ -99,9 +105,13 @@ def main() -> None:
     hybrid = rows["hybrid"]["scifact_test_rerank_ndcg10"]
     summary = {"best_judge": best, "best_judge_path": judges[best],
                "best_judge_beats_hybrid": rows[best]["scifact_test_rerank_ndcg10"] > hybrid,
-               "hidden_positive_target_met": bool(rows[best][f"best_under_{int(MAX_COST * 100)}pct_cost"]
-                                                  and rows[best][f"best_under_{int(MAX_COST * 100)}pct_cost"]
-                                                  ["hidden_positives_recall"] >= 0.9)}
+               "hidden_positive_target_met": bool(rows[best]["hidden_positive_recall"] >= 0.9
+                                                  and rows[best]["other_candidates_filtered"] <= MAX_COST
+                                                  and rows[best]["queries_keeping_3"] >= 0.95),
+               "hidden_positive_target_met_by_score_alone": bool(
+                   rows[best]["score_alone_rule"]["hidden_positives_recall"] >= 0.9
+                   and rows[best]["score_alone_rule"]["other_candidates_filtered"] <= MAX_COST
+                   and rows[best]["score_alone_rule"]["queries_keeping_3"] >= 0.95)}
     cmd = "python -m benchmarks.bench_judge" + (" --with-ce" if args.with_ce else "") + \
         (" --with-bi" if args.with_bi else "")
     lines = ["# Judges: ranking on SciFact test, hidden positives on planted SciFact train:fit", "",
@@ -109,19 +119,31 @@ def main() -> None:
              + ", ".join(f"{k} {rows[k]['scifact_dev_rerank_ndcg10']:.4f}" for k in judges) + "); on test "
              f"{rows[best]['scifact_test_rerank_ndcg10']:.4f} against the hybrid retriever's {hybrid:.4f} "
              f"(paired p = {rows[best]['p_vs_hybrid']:.4f}).", "",
+             "Hidden positives: the planted SciFact `train:fit` copy (no near-duplicate exclusion). The filter is "
+             "`filter.auto_threshold`'s positive-aware rule: judge score + w x cosine to the query's nearest labelled "
+             "positive, w and the threshold fitted on the split's own queries with two or more labelled positives "
+             "(each hidden in turn, at most 25% of the other candidates); the planted hidden positives are never "
+             "seen by the fit. `score alone`: the same fit with w = 0.", "",
              "| judge | test nDCG@10 | test MRR@10 | p vs hybrid | AUC pos vs candidates (per query) | hidden positives "
-             "filtered @ rel 0.1 | other candidates filtered @ rel 0.1 | best recall at <= 25% cost (rule, margin: "
-             "recall / cost) |", "|---|---|---|---|---|---|---|---|"]
+             "filtered (positive-aware) | other candidates filtered | queries keeping >= 3 | score alone: hidden / "
+             "other filtered | relative margin 0.1: hidden / other filtered | best margin at <= 25% cost (rule, "
+             "margin: recall / cost) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         op = r[f"best_under_{int(MAX_COST * 100)}pct_cost"]
         opt = (f"{op['rule']} {op['margin']}: {op['hidden_positives_recall']:.1%} / {op['other_candidates_filtered']:.1%}"
                if op else "none")
+        al, rel = r["score_alone_rule"], r["at_relative_margin_0.1"]
         lines.append(f"| {name} | {r['scifact_test_rerank_ndcg10']:.4f} | {r['scifact_test_rerank_mrr10']:.4f} | "
                      f"{r['p_vs_hybrid']:.4f} | {r['auc_per_query']:.4f} | {r['hidden_positive_recall']:.1%} | "
-                     f"{r['other_candidates_filtered']:.1%} | {opt} |")
+                     f"{r['other_candidates_filtered']:.1%} | {r['queries_keeping_3']:.1%} | "
+                     f"{al['hidden_positives_recall']:.1%} / {al['other_candidates_filtered']:.1%} | "
+                     f"{rel['hidden_positives_recall']:.1%} / {rel['other_candidates_filtered']:.1%} | {opt} |")
+    met = summary["hidden_positive_target_met"]
     lines += ["", "The hidden-positive target (>= 90% of hidden positives filtered while at most 25% of the other "
-              f"candidates are) is {'met' if summary['hidden_positive_target_met'] else '**not met**'} by the best "
-              "judge. A retriever's raw score is no probability, so its relative-margin rows mean little; its "
+              "candidates are, >= 95% of queries keeping >= 3 negatives) is "
+              f"{'met' if met else '**not met**'} by the best judge with the positive-aware rule, and "
+              f"{'met' if summary['hidden_positive_target_met_by_score_alone'] else '**not met**'} by its score "
+              "alone. A retriever's raw score is no probability, so its relative-margin rows mean little; its "
               "absolute rows are the comparison.", "", "## Full report", "",
               render_report(report).split("\n", 2)[2], "## Machine", markdown(describe()), "## Command",
               f"`{cmd}` ({time.perf_counter() - t0:.0f} s)", ""]

@@ -34,6 +34,7 @@ class Candidate:
     dense_score: float | None = None
     fate: str = "pending"  # pending | positive | duplicate | self | eval_positive, later filtered:* / kept / not_sampled
     ce_score: float | None = None
+    pos_cosine: float | None = None  # cosine to the query's nearest labelled positive (positive-aware filter only)
 
     def fused(self, k: int = 60) -> float:
         """Reciprocal-rank fusion over the sources that found it (ranks from 1)."""

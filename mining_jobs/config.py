@@ -91,7 +91,20 @@ class FilterSection:
     auto_margin: bool = opt(False, "choose relative_margin on the job's own queries with two or more positives: hide "
                                   "each positive in turn, take the margin that filters most hidden positives while "
                                   "filtering at most auto_margin_max_cost of the other candidates (in manifest.json)")
-    auto_margin_max_cost: float = opt(0.25, "auto_margin: the largest share of the other candidates it may filter")
+    auto_margin_max_cost: float = opt(0.25, "auto_margin / auto_threshold: the largest share of the other candidates "
+                                            "it may filter")
+    score_threshold: float | None = opt(None, "positive-aware rule: drop a candidate whose filter score, logit_weight x "
+                                             "judge logit + positive_cosine_weight x its cosine to the nearest "
+                                             "labelled positive (base bi-encoder), is above this (unset = off)")
+    logit_weight: float = opt(1.0, "score_threshold: weight of the judge logit in the filter score")
+    positive_cosine_weight: float = opt(0.0, "score_threshold: weight of the candidate's cosine to the query's nearest "
+                                             "labelled positive in the filter score")
+    auto_threshold: bool = opt(False, "fit the positive-aware rule on the job's own queries with two or more "
+                                      "positives: hide each positive in turn, fit logit_weight and "
+                                      "positive_cosine_weight by logistic regression (hidden positive vs other "
+                                      "candidates), and take the score_threshold that filters at most "
+                                      "auto_margin_max_cost of the other candidates; replaces the margin rules "
+                                      "(in manifest.json)")
     judge_check_queries: int = opt(64, "before filtering, compare the judge's ranking with the fused retrieval's on "
                                       "this many of the job's own queries (nDCG@10 of their positives; 0 = skip)")
     require_better_judge: bool = opt(False, "refuse to filter (stop the job) when the judge ranks worse than the "
@@ -159,7 +172,28 @@ class MineConfig:
         d["output"] = {k: v for k, v in d["output"].items() if k not in ("overwrite", "score_cache")}
         d["candidates"].pop("device")  # where a model runs does not change what it computes (precision does)
         d["cross_encoder"].pop("device")
+        for k, default in NEW_FILTER_DEFAULTS.items():  # added later: at their default, the fingerprint stays
+            if d["filter"][k] == default:
+                d["filter"].pop(k)
         return fingerprint(d)
+
+
+# Filter settings added after jobs were run with this format: they enter a fingerprint only when set, so a
+# finished job (or ANCE loop) with the same settings resumes instead of starting over.
+NEW_FILTER_DEFAULTS = {"score_threshold": None, "logit_weight": 1.0, "positive_cosine_weight": 0.0,
+                       "auto_threshold": False}
+
+
+def needs_positive_cosine(cfg: MineConfig) -> bool:
+    """Whether the filter reads each candidate's cosine to its query's nearest labelled positive."""
+    fl = cfg.filter
+    return fl.auto_threshold or (fl.score_threshold is not None and fl.positive_cosine_weight != 0)
+
+
+def needs_corpus_embeddings(cfg: MineConfig) -> bool:
+    """Whether the job encodes the corpus with the bi-encoder (dense candidates, near-duplicates, the
+    positive-aware filter)."""
+    return cfg.candidates.dense or cfg.exclusion.near_duplicate_cosine > 0 or needs_positive_cosine(cfg)
 
 
 def from_dict(raw: dict[str, Any], source: str = "config") -> MineConfig:
@@ -197,6 +231,12 @@ def validate(cfg: MineConfig, source: str = "config") -> None:
          "needs judge scores: set cross_encoder.model"),
         (0 < fl.auto_margin_max_cost <= 1, "filter.auto_margin_max_cost", "must be in (0, 1]"),
         (not fl.auto_margin or bool(cfg.cross_encoder.model), "filter.auto_margin",
+         "needs judge scores: set cross_encoder.model"),
+        (not fl.auto_threshold or bool(cfg.cross_encoder.model), "filter.auto_threshold",
+         "needs judge scores: set cross_encoder.model"),
+        (not (fl.auto_threshold and fl.auto_margin), "filter.auto_threshold",
+         "and filter.auto_margin choose different rules: set only one"),
+        (fl.score_threshold is None or bool(cfg.cross_encoder.model), "filter.score_threshold",
          "needs judge scores: set cross_encoder.model"),
         (fl.judge_check_queries >= 0, "filter.judge_check_queries", "must be >= 0"),
         (fl.range_max is None or fl.range_max > fl.range_min, "filter.range_max", "must be > filter.range_min"),

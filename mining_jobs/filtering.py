@@ -18,8 +18,14 @@ def reduce_positive(scores: list[float], how: str) -> float:
     return float({"min": np.min, "mean": np.mean, "max": np.max}[how](scores))
 
 
-def filter_reason(score: float, pos: float, cfg: FilterSection, positive_aware_ratio: float | None = None
-                  ) -> str | None:
+def filter_score(score: float, cosine: float | None, cfg: FilterSection) -> float:
+    """The positive-aware rule's score: ``logit_weight`` x judge logit + ``positive_cosine_weight`` x the
+    candidate's cosine to its query's nearest labelled positive (0 when unknown)."""
+    return cfg.logit_weight * score + cfg.positive_cosine_weight * (cosine if cosine is not None else 0.0)
+
+
+def filter_reason(score: float, pos: float, cfg: FilterSection, positive_aware_ratio: float | None = None,
+                  cosine: float | None = None) -> str | None:
     """The first rule that rejects a candidate with logit ``score`` against positive logit ``pos``, or None.
     The one rule function: the filter, lazy scoring, the what-if table, the judge check and the judge report
     all call it.
@@ -27,12 +33,15 @@ def filter_reason(score: float, pos: float, cfg: FilterSection, positive_aware_r
     The relative margin compares probabilities (sigmoid of the logits), so negative logits behave:
     a candidate is dropped when ``p(cand) > (1 - relative_margin) * p(pos)``. With ``positive_aware_ratio``
     (sampling strategy ``positive-aware``), a candidate whose probability is not below that ratio of the
-    positive's is dropped last (``filtered:positive_aware``).
+    positive's is dropped last (``filtered:positive_aware``). ``cosine`` (the candidate's cosine to the
+    nearest labelled positive) feeds the positive-aware rule ``score_threshold`` (``filter_score``).
     """
     if cfg.max_score is not None and score > cfg.max_score:
         return "filtered:max_score"
     if cfg.min_score is not None and score < cfg.min_score:
         return "filtered:min_score"
+    if cfg.score_threshold is not None and filter_score(score, cosine, cfg) > cfg.score_threshold:
+        return "filtered:score_threshold"
     if cfg.absolute_margin is not None and score > pos - cfg.absolute_margin:
         return "filtered:absolute_margin"
     if cfg.relative_margin is not None and float(sigmoid(score)) > (1.0 - cfg.relative_margin) * float(sigmoid(pos)):
@@ -75,7 +84,7 @@ def apply_filter(cands: list[Candidate], pos_score: float | None, cfg: FilterSec
             c.fate = "not_scored"
             continue
         if pos_score is not None:
-            reason = filter_reason(c.ce_score, pos_score, cfg, positive_aware_ratio)
+            reason = filter_reason(c.ce_score, pos_score, cfg, positive_aware_ratio, c.pos_cosine)
             if reason:
                 c.fate = reason
                 continue
@@ -89,6 +98,7 @@ def in_window(cands: list[Candidate], cfg: FilterSection) -> list[Candidate]:
     return pending[cfg.range_min:cfg.range_max]
 
 
-def accepts(score: float, pos: float, cfg: FilterSection, positive_aware_ratio: float | None) -> bool:
+def accepts(score: float, pos: float, cfg: FilterSection, positive_aware_ratio: float | None,
+            cosine: float | None = None) -> bool:
     """Whether a candidate with logit ``score`` passes the filter (and the positive-aware ratio, if given)."""
-    return filter_reason(score, pos, cfg, positive_aware_ratio) is None
+    return filter_reason(score, pos, cfg, positive_aware_ratio, cosine) is None

@@ -133,6 +133,106 @@ def choose_margin(res, cfg: MineConfig) -> dict | None:
             "hidden_positives": sum(len(p) for p in positives), "sweep": sweep}
 
 
+AUTO_THRESHOLD_QUERIES = 256  # queries with two or more positives the positive-aware rule is fitted on, at most
+
+
+def fit_positive_rule(hidden: np.ndarray, others: np.ndarray, max_cost: float, use_cosine: bool = True) -> dict:
+    """The positive-aware rule from (judge logit, cosine to the nearest other positive) rows: ``hidden`` are
+    positives hidden in turn (stand-ins for unlabelled positives), ``others`` the other candidates of the same
+    queries. A logistic regression (almost unregularized, deterministic) weighs the two; the threshold is the
+    lowest that filters at most ``max_cost`` of the others (so the most hidden positives), then raised
+    half-way to the next score while the same hidden positives stay filtered (no cost paid for nothing).
+    Weights are scaled so that the logit's weight is 1 when the judge helps at all. ``use_cosine=False``: the
+    judge's logit alone, only the threshold is fitted (a calibrated judge's probability bound)."""
+    from sklearn.linear_model import LogisticRegression
+
+    hidden, others = np.asarray(hidden, dtype=np.float64), np.asarray(others, dtype=np.float64)
+    if not len(hidden) or not len(others):
+        raise ValueError("the positive-aware rule needs hidden positives and other candidates")
+    x = np.vstack([hidden, others])
+    y = np.r_[np.ones(len(hidden)), np.zeros(len(others))]
+    if use_cosine:
+        lr = LogisticRegression(C=1e4, max_iter=5000).fit(x, y)
+        a, b = (float(v) for v in lr.coef_[0])
+        if a > 0:
+            a, b = 1.0, b / a
+    else:
+        a, b = 1.0, 0.0
+    zh, zo = hidden @ np.array([a, b]), others @ np.array([a, b])
+    k = int(np.floor(max_cost * len(zo) + 1e-9))  # at most k others may score above the threshold
+    srt = np.sort(zo)[::-1]
+    t = float(srt[k]) if k < len(srt) else float(srt[-1]) - 1.0
+    caught = zh[zh > t]
+    if len(caught):  # the same hidden positives stay filtered up to just below the lowest of them
+        m = float(caught.min())
+        below = np.concatenate([zo[zo < m], zh[zh < m]])
+        t = (max(t, float(below.max())) + m) / 2 if len(below) else t
+    return {"logit_weight": a, "positive_cosine_weight": b, "score_threshold": t,
+            "recall": float((zh > t).mean()), "cost": float((zo > t).mean())}
+
+
+def loo_rows(scores: list[np.ndarray], positives: list[list[int]], pools: list[list[int]], emb: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(logit, cosine to the nearest remaining positive) of each positive hidden in turn, and of every other
+    candidate of its query against the remaining positives. ``scores[i]`` holds the positives' scores first,
+    then the candidates' (``pools[i]`` = positives + candidates)."""
+    hidden, others = [], []
+    for s, pos, pool in zip(scores, positives, pools, strict=True):
+        n_pos = len(pos)
+        if n_pos < 2:
+            continue
+        s = np.asarray(s, dtype=np.float64)
+        v = emb[pool]
+        cos = v @ v[:n_pos].T  # every pool member against every positive
+        for h in range(n_pos):
+            rest = [j for j in range(n_pos) if j != h]
+            hidden.append((s[h], cos[h, rest].max()))
+            others += list(zip(s[n_pos:], cos[n_pos:][:, rest].max(axis=1), strict=True))
+    return np.array(hidden).reshape(-1, 2), np.array(others).reshape(-1, 2)
+
+
+def choose_threshold(res, cfg: MineConfig) -> dict | None:
+    """``filter.auto_threshold``: fit the positive-aware rule (``fit_positive_rule``) on the job's own queries
+    with two or more positives, each positive hidden in turn and judged with the cosine to the others. With
+    no such query the configured rules stay. Deterministic: the same inputs fit the same rule."""
+    if res.reranker is None or not cfg.filter.auto_threshold:
+        return None
+    multi = sorted((q for q in res.qids if len(res.inp.positives[q]) >= 2),
+                   key=lambda q: (zlib.crc32(q.encode()), q))[:AUTO_THRESHOLD_QUERIES]
+    if not multi:
+        logger.warning("filter.auto_threshold: no query has two positives to hide one of; the configured rules stay")
+        return {"chosen": None, "why": "no query with two or more positives", "queries": 0}
+    qtexts = [res.inp.queries[q] for q in multi]
+    cands, positives = candidates_of(res, cfg, multi, qtexts)
+    pools = [pos + [c.doc for c in cl if c.fate == "pending"] for cl, pos in zip(cands, positives, strict=True)]
+    scores, _ = score_lists(res.reranker, multi, qtexts, pools, res.doc_ids, res.texts, res.score_cache)
+    hidden, others = loo_rows(scores, positives, pools, res.emb)
+    if not len(others):
+        return {"chosen": None, "why": "no candidate besides the positives", "queries": len(multi)}
+    max_cost = cfg.filter.auto_margin_max_cost
+    rule = fit_positive_rule(hidden, others, max_cost)
+    why = (f"fitted on {len(hidden)} hidden positives and {len(others)} other candidates of {len(multi)} queries: it "
+           f"filters {rule['recall']:.1%} of the hidden positives and {rule['cost']:.1%} of the other candidates "
+           f"(bound {max_cost:.0%})")
+    logger.info("filter.auto_threshold: filter score = %.3f x logit + %.3f x cosine to the nearest positive, "
+                "threshold %.3f; %s", rule["logit_weight"], rule["positive_cosine_weight"], rule["score_threshold"],
+                why)
+    return {"chosen": rule, "why": why, "queries": len(multi), "hidden_positives": len(hidden),
+            "candidates": len(others)}
+
+
+def render_auto_threshold(auto: dict | None) -> list[str]:
+    if auto is None:
+        return []
+    if auto["chosen"] is None:
+        return [f"- positive-aware rule (filter.auto_threshold) not fitted: {auto['why']}; the configured rules "
+                "filtered", ""]
+    r = auto["chosen"]
+    return [f"- positive-aware rule fitted automatically (filter.auto_threshold): a candidate is filtered when "
+            f"**{r['logit_weight']:.3f} x judge logit + {r['positive_cosine_weight']:.3f} x cosine to the nearest "
+            f"positive > {r['score_threshold']:.3f}**; {auto['why']}", ""]
+
+
 def render_auto_margin(auto: dict | None) -> list[str]:
     if auto is None:
         return []

@@ -191,6 +191,51 @@ def margin_sweep(sep: dict, pools: list[np.ndarray], s: Setting, planted: dict[s
     return rows
 
 
+def positive_aware_point(sep: dict, pools: list[np.ndarray], s: Setting, planted: dict[str, set[tuple[str, str]]],
+                         max_cost: float = 0.25, n_keep: int = 3, use_cosine: bool = True) -> dict:
+    """The positive-aware rule as ``filter.auto_threshold`` fits it (``judge_check.fit_positive_rule``): on the
+    split's own queries with two or more labelled positives, each hidden in turn; then applied to every
+    query's candidates with the cosine to its labelled positives, and measured on the planted false
+    negatives, which the fit never sees. ``use_cosine=False``: the judge's score alone, threshold fitted the
+    same way."""
+    from .judge_check import fit_positive_rule, loo_rows
+
+    pos = [sorted(s.positives(q)) for q in s.qids]
+    scores = [np.r_[p, c] for p, c in zip(sep["positive_scores"], sep["candidate_scores"], strict=True)]
+    pool_lists = [p + c.tolist() for p, c in zip(pos, pools, strict=True)]
+    hidden, others = loo_rows(scores, pos, pool_lists, s.corpus.emb)
+    if not len(hidden) or not len(others):
+        return {"fitted": False, "why": "no query with two or more labelled positives"}
+    rule = fit_positive_rule(hidden, others, max_cost, use_cosine)
+    w = np.array([rule["logit_weight"], rule["positive_cosine_weight"]])
+    hit = {k: 0 for k in planted}
+    total = {k: 0 for k in planted}
+    other_f = other_n = keep_ok = 0
+    for i, q in enumerate(s.qids):
+        cand = pools[i]
+        cos = ((s.corpus.emb[cand] @ s.corpus.emb[pos[i]].T).max(axis=1) if len(cand) and pos[i]
+               else np.zeros(len(cand)))
+        z = np.c_[sep["candidate_scores"][i], cos] @ w
+        left = 0
+        for d, zz in zip(cand.tolist(), z.tolist(), strict=True):
+            filtered = zz > rule["score_threshold"]
+            kind = next((k for k, v in planted.items() if (q, s.corpus.doc_ids[d]) in v), None)
+            if kind is None:
+                other_n += 1
+                other_f += filtered
+                left += not filtered
+            else:
+                total[kind] += 1
+                hit[kind] += filtered
+        keep_ok += left >= n_keep
+    fit = {"fit_recall": rule.pop("recall"), "fit_cost": rule.pop("cost")}
+    return {"fitted": True, **rule, "fit_queries": sum(len(p) >= 2 for p in pos), "fit_hidden": len(hidden), **fit,
+            **{f"{k}_recall": hit[k] / total[k] if total[k] else float("nan") for k in planted},
+            **{f"{k}_in_pool": total[k] for k in planted},
+            "other_candidates_filtered": other_f / max(other_n, 1),
+            f"queries_keeping_{n_keep}": keep_ok / max(len(s.qids), 1)}
+
+
 def judge_metrics(scorer: Scorer, rerank_depth: int = 100, pool_depth: int = 30) -> dict:
     t0 = time.perf_counter()
     rr = rerank_quality(scorer, rerank_depth)
@@ -233,6 +278,8 @@ def run_judge_report(judges: Sequence[str], data: str = "scifact", split: str = 
             sweep = margin_sweep(sep, p_pools, p_setting, planted)
             r["planted_sweep"] = sweep
             r["planted_at_margin"] = next(x for x in sweep if x["rule"] == margin[0] and x["margin"] == margin[1])
+            r["planted_positive_aware"] = positive_aware_point(sep, p_pools, p_setting, planted)
+            r["planted_score_threshold"] = positive_aware_point(sep, p_pools, p_setting, planted, use_cosine=False)
         out["judges"][spec] = r
     base = out["judges"].get("bm25") or judge_metrics(Scorer("bm25", setting), rerank_depth, pool_depth)
     hyb = out["judges"].get("hybrid") or judge_metrics(Scorer("hybrid", setting), rerank_depth, pool_depth)
@@ -242,6 +289,29 @@ def run_judge_report(judges: Sequence[str], data: str = "scifact", split: str = 
         r["p_vs_hybrid"] = paired_p(hyb["rerank"]["per_query_ndcg@10"], pq_)
     out["margin"] = {"rule": margin[0], "value": margin[1]}
     return out
+
+
+def render_fitted_rules(r: dict, kinds: list[str]) -> list[str]:
+    """The rules ``filter.auto_threshold`` fits (on the split's own multi-positive queries, each positive hidden
+    in turn, at most 25% of the other candidates), measured on the planted false negatives."""
+    lines = ["### Fitted rules (as `filter.auto_threshold` fits them on the labelled positives)", "",
+             "Fitted on the split's own queries with two or more labelled positives, each hidden in turn, filtering "
+             "at most 25% of their other candidates; then measured on the planted false negatives, which the fit "
+             "never sees. `positive-aware`: judge score + w x cosine to the nearest labelled positive; `score "
+             "alone`: the judge's score with a fitted threshold.", "",
+             "| judge | rule | filter score | threshold | fit recall / cost | "
+             + " | ".join(f"{k.replace('_', ' ')} recall" for k in kinds) + " | other candidates filtered | "
+             "queries keeping >= 3 |", "|---|---|---|---|---|" + "---|" * len(kinds) + "---|---|"]
+    for name, j in r["judges"].items():
+        for label, key in (("positive-aware", "planted_positive_aware"), ("score alone", "planted_score_threshold")):
+            x = j.get(key)
+            if not x or not x.get("fitted"):
+                continue
+            lines.append(f"| {name} | {label} | {x['logit_weight']:.3g} x score + {x['positive_cosine_weight']:.3g} x "
+                         f"cosine | {x['score_threshold']:.4g} | {x['fit_recall']:.1%} / {x['fit_cost']:.1%} | "
+                         + " | ".join(f"{x[f'{k}_recall']:.1%}" for k in kinds)
+                         + f" | {x['other_candidates_filtered']:.1%} | {x['queries_keeping_3']:.1%} |")
+    return [*lines, ""]
 
 
 def render_report(r: dict) -> str:
@@ -262,6 +332,7 @@ def render_report(r: dict) -> str:
                   "Each judge alone (no cosine rule), mining's own filter rule against the query's lowest positive "
                   "score. Recall: share of the planted false negatives among the candidates that the judge "
                   "filters. Cost: share of the other candidates it filters.", ""]
+        lines += render_fitted_rules(r, kinds)
         for name, j in r["judges"].items():
             lines += [f"### {name}", "", "| rule | margin | " + " | ".join(f"{k.replace('_', ' ')} recall" for k in kinds)
                       + " | other candidates filtered | queries keeping >= 3 |",

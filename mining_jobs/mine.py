@@ -25,10 +25,10 @@ from retriever.text import TokenizerConfig
 
 from . import engine as engines  # engines.make_engine is looked up at call time: tests may wrap it
 from .candidates import normalized_hash
-from .config import MineConfig
+from .config import MineConfig, needs_corpus_embeddings
 from .engine import LocalEngine
 from .inputs import leak_guard, load_input
-from .judge_check import check_judge, choose_margin
+from .judge_check import check_judge, choose_margin, choose_threshold
 from .planted import find_planted, load_planted
 from .runfolder import Layout, RunFolderError, State, prepare, write_parquet
 from .shard import Resources, bind_judge, shard_paths
@@ -68,7 +68,7 @@ def build_resources(cfg: MineConfig, timings: dict[str, float], engine: LocalEng
         bm25 = BM25Index(c.bm25_backend, tokenizer=TokenizerConfig()).index(doc_ids, texts)
         timings["bm25_index_s"] = time.perf_counter() - t0
     encoder = dense = emb = None
-    if c.dense or cfg.exclusion.near_duplicate_cosine > 0:
+    if needs_corpus_embeddings(cfg):
         t0 = time.perf_counter()
         devices = resolve_devices(c.device, "candidates.device")
         encoder = Encoder(c.model, bf16=c.bf16, batch_size=c.batch_size, query_prompt=c.query_prompt,
@@ -117,7 +117,7 @@ def run_mining(cfg: MineConfig, out: str | os.PathLike) -> dict:
     out = Path(out)
     planted_path = find_planted(cfg.data.name)  # read first: a malformed file stops the job before any work
     planted = (planted_path, load_planted(planted_path)) if planted_path else None
-    if cfg.candidates.dense or cfg.exclusion.near_duplicate_cosine > 0:  # a device this machine lacks: before work
+    if needs_corpus_embeddings(cfg):  # a device this machine lacks: before work
         resolve_devices(cfg.candidates.device, "candidates.device")
     if cfg.cross_encoder.model:
         resolve_devices(cfg.cross_encoder.device, "cross_encoder.device")
@@ -132,10 +132,17 @@ def run_mining(cfg: MineConfig, out: str | os.PathLike) -> dict:
         with stage("judge check"):
             judge_check = check_judge(res, cfg)
             auto = choose_margin(res, cfg)
+            auto_t = choose_threshold(res, cfg)
         shard_cfg = cfg
         if auto is not None:  # the shards filter with the chosen margin; the job's config stays the user's
             shard_cfg = copy.deepcopy(cfg)
             shard_cfg.filter.relative_margin, shard_cfg.filter.absolute_margin = auto["chosen"], None
+        if auto_t is not None and auto_t["chosen"] is not None:  # the fitted rule replaces the margins
+            shard_cfg = copy.deepcopy(cfg)
+            fl = shard_cfg.filter
+            fl.relative_margin = fl.absolute_margin = None
+            fl.logit_weight, fl.positive_cosine_weight, fl.score_threshold = (
+                auto_t["chosen"][k] for k in ("logit_weight", "positive_cosine_weight", "score_threshold"))
         size = cfg.output.shard_size
         shards = [res.qids[i:i + size] for i in range(0, len(res.qids), size)]
         counters = {"retrieve_s": 0.0, "score_s": 0.0, "ce_pairs": 0, "ce_pairs_scored": 0, "shards_resumed": 0}
@@ -172,4 +179,4 @@ def run_mining(cfg: MineConfig, out: str | os.PathLike) -> dict:
     timings.update({k: v for k, v in counters.items() if k.endswith("_s")})
     with stage("finalize"):
         return finalize(out, cfg, res, len(shards), counters, timings, time.perf_counter() - t_job, judge_check, auto,
-                        planted)
+                        planted, auto_t)

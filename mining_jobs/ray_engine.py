@@ -21,6 +21,7 @@ from retriever.encoder import EmbeddingCache, Encoder, resolve_bf16
 from retriever.errors import HardnegError, MissingDependencyError
 from retriever.text import Tokenizer
 
+from .config import needs_positive_cosine
 from .inputs import MiningInput
 from .shard import Resources, bind_judge, mine_shard
 
@@ -230,7 +231,8 @@ def shared_data(res: Resources, cfg: MineConfig) -> dict[str, Any]:
             "doc_ids": res.doc_ids, "texts": res.texts, "hashes": res.hashes, "banned": res.banned,
             "bm25": _pack_bm25(res.bm25) if res.bm25 is not None else None,
             "dense": _pack_dense(res.dense) if res.dense is not None else None,
-            "emb": res.emb if cfg.exclusion.near_duplicate_cosine > 0 else None}  # only near-duplicates read it
+            # only near-duplicates and the positive-aware filter read the corpus embeddings
+            "emb": res.emb if cfg.exclusion.near_duplicate_cosine > 0 or needs_positive_cosine(cfg) else None}
 
 
 def _pack_bm25(idx: BM25Index) -> dict[str, Any]:

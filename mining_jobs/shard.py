@@ -20,7 +20,7 @@ from retriever.judge import Corpus, EnsembleJudge
 from retriever.rerank import ScoreCache, score_with_cache
 
 from .candidates import Candidate, mark_exclusions, union_candidates
-from .config import MineConfig
+from .config import MineConfig, needs_positive_cosine
 from .filtering import accepts, apply_filter, in_window, reduce_positive, relabel
 from .inputs import MiningInput
 from .sampling import sample
@@ -29,7 +29,7 @@ CANDIDATE_SCHEMA = pa.schema([
     ("query_id", pa.string()), ("doc_id", pa.string()), ("sources", pa.list_(pa.string())),
     ("bm25_rank", pa.int32()), ("bm25_score", pa.float32()), ("dense_rank", pa.int32()),
     ("dense_score", pa.float32()), ("ce_score", pa.float32()), ("positive_score", pa.float32()),
-    ("fate", pa.string()),
+    ("fate", pa.string()), ("positive_cosine", pa.float32()),
 ])
 TRIPLE_SCHEMA = pa.schema([
     ("query_id", pa.string()), ("query", pa.string()), ("positive_id", pa.string()), ("positive", pa.string()),
@@ -108,6 +108,19 @@ def exclude(res: Resources, cfg: MineConfig, sh: Shard) -> None:
         sh.positives.append(pos)
         mark_exclusions(cl, set(pos), qid, res.doc_ids, res.hashes, cfg.exclusion.drop_self, res.emb,
                         cfg.exclusion.near_duplicate_cosine, res.banned)
+        if needs_positive_cosine(cfg):
+            set_positive_cosines(cl, pos, res.emb)
+
+
+def set_positive_cosines(cands: list[Candidate], positives: list[int], emb: np.ndarray) -> None:
+    """``pos_cosine`` of each pending candidate: its cosine to the nearest labelled positive (none without
+    positives)."""
+    pending = [c for c in cands if c.fate == "pending"]
+    if not positives or not pending:
+        return
+    cos = emb[[c.doc for c in pending]] @ emb[positives].T
+    for c, x in zip(pending, cos.max(axis=1).tolist(), strict=True):
+        c.pos_cosine = float(x)
 
 
 def candidates_of(res: Resources, cfg: MineConfig, qids: list[str], qtexts: list[str]
@@ -161,7 +174,8 @@ def rows(res: Resources, sh: Shard) -> tuple[pa.Table, pa.Table]:
             cand_rows.append({"query_id": qid, "doc_id": res.doc_ids[cand.doc], "sources": cand.sources,
                               "bm25_rank": cand.bm25_rank, "bm25_score": cand.bm25_score,
                               "dense_rank": cand.dense_rank, "dense_score": cand.dense_score,
-                              "ce_score": cand.ce_score, "positive_score": sh.pos_scores[i], "fate": cand.fate})
+                              "ce_score": cand.ce_score, "positive_score": sh.pos_scores[i], "fate": cand.fate,
+                              "positive_cosine": cand.pos_cosine})
     return (pa.Table.from_pylist(triples, schema=TRIPLE_SCHEMA),
             pa.Table.from_pylist(cand_rows, schema=CANDIDATE_SCHEMA))
 
@@ -210,7 +224,8 @@ def score_shard(res: Resources, cfg: MineConfig, qids: list[str], qtexts: list[s
                     slots += [(i, c) for c in cl if c.fate == "pending"]
                 continue
             need = n if first else n - sum(
-                1 for c in windows[i] if c.ce_score is not None and accepts(c.ce_score, ref[i], cfg.filter, ratio))
+                1 for c in windows[i]
+                if c.ce_score is not None and accepts(c.ce_score, ref[i], cfg.filter, ratio, c.pos_cosine))
             if need > 0:
                 slots += [(i, c) for c in [c for c in windows[i] if c.ce_score is None][:need]]
         if not slots:

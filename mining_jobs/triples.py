@@ -18,7 +18,7 @@ from .card import write_card
 from .config import FilterSection, MineConfig
 from .files import versions, write_json, write_parquet, write_text
 from .filtering import filter_reason
-from .judge_check import render_auto_margin, render_check
+from .judge_check import render_auto_margin, render_auto_threshold, render_check
 from .planted import Planted, planted_stats, render_planted
 from .shard import shard_paths
 
@@ -29,12 +29,19 @@ ABS_MARGINS = (0.0, 0.5, 1.0, 2.0, 3.0)
 
 
 def _merge(paths: list[Path], dest: Path) -> None:
+    """Concatenate shard files; a column that an older shard lacks (a job resumed across versions) is null
+    there."""
     tmp = dest.with_name(dest.name + ".tmp")
+    schema = pa.unify_schemas([pq.read_schema(p) for p in paths]) if paths else None
     writer = None
     for p in paths:
         table = pq.read_table(p)
+        for f in schema:
+            if f.name not in table.column_names:
+                table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+        table = table.select(schema.names)
         if writer is None:
-            writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+            writer = pq.ParquetWriter(tmp, schema, compression="zstd")
         writer.write_table(table)
     if writer is not None:
         writer.close()
@@ -95,7 +102,7 @@ def what_if(cands: pa.Table, n: int, queries: list[str], fcfg: FilterSection) ->
     for kind, margins in (("relative", REL_MARGINS), ("absolute", ABS_MARGINS)):
         for m in margins:
             rule = replace(fcfg, relative_margin=m if kind == "relative" else None,
-                           absolute_margin=m if kind == "absolute" else None)
+                           absolute_margin=m if kind == "absolute" else None, score_threshold=None)
             per_q = Counter(q for q, c, p in eligible if filter_reason(c, p, rule) is None)
             out.append({"rule": kind, "margin": m, "negatives": sum(per_q.values()),
                         "queries_with_n": sum(1 for q in queries if per_q[q] >= n),
@@ -146,7 +153,7 @@ def _filter_state(cfg: MineConfig, has_ce: bool) -> str:
 
 def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, timings: dict,
              total_s: float, judge_check: dict | None = None, auto_margin: dict | None = None,
-             planted: tuple[Path, Planted] | None = None) -> dict:
+             planted: tuple[Path, Planted] | None = None, auto_threshold: dict | None = None) -> dict:
     """Merge the shards and write the views, ``manifest.json`` and ``report.md``; ``planted``: the
     collection's ``planted.json`` (path, pairs), measured on the merged tables."""
     cpaths = [shard_paths(out, k)[0] for k in range(n_shards)]
@@ -190,7 +197,7 @@ def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, tim
                         "filtered": _stats(ce[np.array([f.startswith("filtered:") for f in fate_arr])
                                               & ~np.isnan(ce)])} if has_ce else None,
         "what_if": what_if(cands, n, list(neg_counts), cfg.filter) if has_ce else None,
-        "judge_check": judge_check, "auto_margin": auto_margin,
+        "judge_check": judge_check, "auto_margin": auto_margin, "auto_threshold": auto_threshold,
         "planted": planted_stats(planted[1], planted[0], set(res.qids), cands, triples) if planted else None,
         "timings": {**timings, "total_s": total_s},
     }
@@ -207,6 +214,7 @@ def render_report(m: dict, has_png: bool) -> str:
     n = cfg["sampling"]["num_negatives"]
     lines = [f"# Mining report: {m['input']['name']} ({cfg['data']['split'] if not cfg['data']['pairs'] else 'pairs'})",
              "", *render_check(m.get("judge_check")), *render_auto_margin(m.get("auto_margin")),
+             *render_auto_threshold(m.get("auto_threshold")),
              f"- {c['queries']} queries, {c['triples']} (query, positive) rows, {c['candidates']} candidates",
              f"- bi-encoder: `{m['models']['bi_encoder']}`; cross-encoder: `{m['models']['cross_encoder']}`; "
              f"false-negative filter: **{m['models']['false_negative_filter']}**",

@@ -1,0 +1,146 @@
+"""The positive-aware filter rule: judge logit + cosine to the nearest labelled positive, fitted on the job's
+own queries with two or more positives (``filter.auto_threshold``)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mining_jobs.config import ConfigError, MineConfig, load_config
+from mining_jobs.filtering import filter_reason, filter_score
+from mining_jobs.judge_check import fit_positive_rule, loo_rows
+from retriever.judge import save_judge
+
+pytest.register_assert_rewrite("mining_fixtures")
+from mining_fixtures import mine, mining_env, read_manifest  # noqa: E402
+
+pytest_plugins = ("mining_fixtures",)
+
+
+def _hand_judge(folder, weight: float):
+    """A judge of one feature (BM25 normalised by the query's best) with the given sign."""
+    save_judge(folder, ["bm25"], np.zeros(1), np.ones(1), np.array([weight]), (4.0, -2.0), {"bi": "", "ce": ""},
+               {"dense_model": "default"})
+    return folder
+
+
+def _synthetic(seed: int, n_hidden: int = 200, n_others: int = 4000, gap: float = 0.35):
+    """Hidden positives resemble the labelled positive (high cosine) and score a little higher; the judge's
+    logit alone separates them badly."""
+    rng = np.random.default_rng(seed)
+    hidden = np.c_[rng.normal(0.5, 1.0, n_hidden), rng.uniform(0.6 - gap, 1.0, n_hidden)]
+    others = np.c_[rng.normal(0.0, 1.0, n_others), rng.uniform(0.0, 0.6, n_others)]
+    return hidden, others
+
+
+def test_the_fitted_rule_weighs_the_cosine_and_beats_the_logit_alone_at_the_same_cost():
+    hidden, others = _synthetic(0)
+    rule = fit_positive_rule(hidden, others, 0.25)
+    assert rule["logit_weight"] == 1.0 and rule["positive_cosine_weight"] > 1.0
+    assert rule["cost"] <= 0.25
+    z = lambda x: x @ np.array([rule["logit_weight"], rule["positive_cosine_weight"]])  # noqa: E731
+    assert rule["recall"] == pytest.approx(float((z(hidden) > rule["score_threshold"]).mean()))
+    assert rule["cost"] == pytest.approx(float((z(others) > rule["score_threshold"]).mean()))
+    # the judge's logit alone at the same cost bound catches far fewer
+    t_logit = np.sort(others[:, 0])[::-1][int(0.25 * len(others))]
+    assert rule["recall"] > float((hidden[:, 0] > t_logit).mean()) + 0.2
+    assert fit_positive_rule(hidden, others, 0.25) == rule  # deterministic
+
+
+def test_the_cost_bound_holds_and_recall_grows_with_it():
+    hidden, others = _synthetic(1, gap=0.5)
+    rules = [fit_positive_rule(hidden, others, c) for c in (0.01, 0.05, 0.1, 0.25, 0.5)]
+    for c, r in zip((0.01, 0.05, 0.1, 0.25, 0.5), rules, strict=True):
+        assert r["cost"] <= c
+    assert all(a["recall"] <= b["recall"] for a, b in zip(rules, rules[1:], strict=False))
+
+
+def test_no_cost_is_paid_for_nothing_when_the_hidden_positives_separate():
+    rng = np.random.default_rng(2)
+    hidden = np.c_[rng.normal(0, 1, 50), rng.uniform(0.95, 1.0, 50)]
+    others = np.c_[rng.normal(0, 1, 500), rng.uniform(0.0, 0.5, 500)]
+    rule = fit_positive_rule(hidden, others, 0.25)
+    assert rule["recall"] == 1.0 and rule["cost"] == 0.0  # the threshold rose above every other candidate
+
+
+def test_the_rule_needs_both_kinds_of_rows():
+    with pytest.raises(ValueError, match="hidden positives and other candidates"):
+        fit_positive_rule(np.zeros((0, 2)), np.ones((3, 2)), 0.25)
+
+
+def test_leave_one_out_rows_by_hand():
+    emb = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [0.8, 0.6]])
+    # one query: positives 0 and 1, candidates 2 and 3; scores positives first
+    hidden, others = loo_rows([np.array([2.0, 1.0, 0.5, -1.0])], [[0, 1]], [[0, 1, 2, 3]], emb)
+    # hiding 0: its cosine to 1 is 0.6; hiding 1: its cosine to 0 is 0.6
+    assert hidden.tolist() == [[2.0, pytest.approx(0.6)], [1.0, pytest.approx(0.6)]]
+    # candidates against the remaining positive: first against 1, then against 0
+    assert others.tolist() == [[0.5, pytest.approx(0.8)], [-1.0, pytest.approx(0.96)],
+                               [0.5, pytest.approx(0.0)], [-1.0, pytest.approx(0.8)]]
+    single = loo_rows([np.array([1.0, 0.0])], [[0]], [[0, 2]], emb)  # one positive: nothing to hide
+    assert single[0].shape == (0, 2) and single[1].shape == (0, 2)
+
+
+def test_the_score_threshold_rule():
+    cfg = load_config(overrides=["filter.relative_margin=0.0", "filter.score_threshold=1.0",
+                                 "filter.positive_cosine_weight=2.0", "filter.logit_weight=0.5",
+                                 "cross_encoder.model=x"]).filter
+    assert filter_score(1.0, 0.5, cfg) == pytest.approx(1.5)
+    assert filter_reason(-5.0, 0.0, cfg, cosine=0.9) is None  # 0.5 * -5 + 1.8 = -0.7: kept by this rule
+    assert filter_reason(0.0, 9.0, cfg, cosine=0.6) == "filtered:score_threshold"  # 1.2 > 1.0
+    assert filter_reason(1.0, 9.0, cfg, cosine=None) is None  # no cosine counts as 0: 0.5 < 1.0
+
+
+def test_settings_are_checked_and_leave_existing_fingerprints_alone():
+    with pytest.raises(ConfigError, match="needs judge scores") as e:
+        load_config(overrides=["filter.auto_threshold=true"])
+    assert e.value.field == "filter.auto_threshold"
+    with pytest.raises(ConfigError, match="set only one") as e:
+        load_config(overrides=["filter.auto_threshold=true", "filter.auto_margin=true", "cross_encoder.model=x"])
+    assert e.value.field == "filter.auto_threshold"
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=["filter.score_threshold=0.5"])
+    assert e.value.field == "filter.score_threshold"
+    # the new settings enter a fingerprint only when set: jobs run before them resume
+    base = MineConfig()
+    assert base.fingerprint() == load_config(overrides=["filter.logit_weight=1.0"]).fingerprint()
+    assert base.fingerprint() != load_config(overrides=["filter.auto_threshold=true",
+                                                        "cross_encoder.model=x"]).fingerprint()
+
+
+@pytest.fixture
+def env(monkeypatch, data_root, tmp_path):
+    mining_env(monkeypatch, data_root, tmp_path / "cache")
+
+
+@pytest.mark.usefixtures("torch_one_thread")
+def test_auto_threshold_mines_with_the_fitted_rule_and_is_reproducible(env, tmp_path, tiny_bi_encoder):
+    from mining_fixtures import read_rows
+
+    judge = _hand_judge(tmp_path / "judge", 1.0)
+    args = ["--data", "adi", "--split", "test", "--cross-encoder", str(judge),
+            "--set", f"candidates.model={json.dumps(str(tiny_bi_encoder))}", "--set", "filter.auto_threshold=true"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert mine(a, *args) == 0 and mine(b, *args) == 0
+    ma, mb = read_manifest(a), read_manifest(b)
+    auto = ma["auto_threshold"]
+    assert auto == mb["auto_threshold"]  # the same inputs fit the same rule
+    assert auto["queries"] > 0 and auto["hidden_positives"] >= 2 * auto["queries"]
+    rule = auto["chosen"]
+    assert rule["cost"] <= 0.25 and 0.0 <= rule["recall"] <= 1.0
+    assert ma["config"]["filter"]["auto_threshold"] and ma["config"]["filter"]["score_threshold"] is None
+    cfg = load_config(overrides=["cross_encoder.model=x", "filter.relative_margin=0.0"]).filter
+    cfg.relative_margin = None
+    cfg.score_threshold, cfg.logit_weight, cfg.positive_cosine_weight = (
+        rule["score_threshold"], rule["logit_weight"], rule["positive_cosine_weight"])
+    fates = set()
+    for c in read_rows(a / "candidates.parquet"):
+        fates.add(c["fate"])
+        if c["fate"] in ("kept", "not_sampled", "filtered:score_threshold"):
+            assert c["positive_cosine"] is not None  # every judged candidate carries its cosine
+            expected = None if c["fate"] != "filtered:score_threshold" else "filtered:score_threshold"
+            assert filter_reason(c["ce_score"], c["positive_score"], cfg, cosine=c["positive_cosine"]) == expected
+    assert "filtered:score_threshold" in fates and "filtered:relative_margin" not in fates
+    assert "positive-aware rule fitted automatically" in (a / "report.md").read_text()
