@@ -57,13 +57,18 @@ from .machine import describe, markdown, write_result
 
 logger = logging.getLogger("bench_ablation")
 METRICS = ("ndcg@10", "mrr@10", "recall@100")
-ROWS = ("base", "in-batch", "random", "bm25", "dense", "st", "hardneg", "ance")
+ROWS = ("base", "in-batch", "random", "bm25", "dense", "st", "hardneg", "ance", "dense-pa", "hardneg-pa")
+CONTROLS = ("in-batch", "random", "bm25", "dense", "st")  # what hardneg's rows must beat
+HARDNEG_ROWS = ("hardneg", "ance", "dense-pa", "hardneg-pa")
+PA_ROWS = ("dense-pa", "hardneg-pa")  # the judge's positive-aware rule, fitted by filter.auto_threshold
 LABELS = {"base": "base model (no fine-tuning)", "in-batch": "in-batch negatives only",
           "random": "random negatives", "bm25": "BM25 negatives (no filter)",
           "dense": "dense negatives (no filter)",
           "st": "sentence-transformers' miner (dense top-N, same judge and margin)",
           "hardneg": "hardneg, one round (BM25 + dense, judge filter)",
-          "ance": "hardneg ANCE (rounds re-mine with the model being trained)"}
+          "ance": "hardneg ANCE (rounds re-mine with the model being trained)",
+          "dense-pa": "hardneg, dense candidates, judge's positive-aware rule (filter.auto_threshold)",
+          "hardneg-pa": "hardneg, BM25 + dense, judge's positive-aware rule (filter.auto_threshold)"}
 # What each rule adds on its own: (row, the row it adds one thing to, what it adds)
 CONTRASTS = (("random", "in-batch", "one random negative per example"),
              ("bm25", "random", "hard (BM25) instead of random negatives"),
@@ -71,7 +76,10 @@ CONTRASTS = (("random", "in-batch", "one random negative per example"),
              ("hardneg", "dense", "BM25 + dense candidates, near-duplicate exclusion and the judge's filter"),
              ("hardneg", "st", "hardneg's miner instead of sentence-transformers' (same judge, margin, depth)"),
              ("ance", "hardneg", "re-mining with the model being trained (same total steps)"),
-             ("ance", "in-batch", "everything hardneg does"))
+             ("ance", "in-batch", "everything hardneg does"),
+             ("dense-pa", "dense", "the judge's positive-aware filter on dense candidates"),
+             ("hardneg-pa", "hardneg", "the positive-aware rule instead of the relative margin"),
+             ("hardneg-pa", "dense-pa", "BM25 candidates beside dense, with the positive-aware rule"))
 ONLINE_LOSSES = ("gist", "hardness")  # losses that mine inside the batch: they also get an in-batch-only row
 LOSS_BASES = ("in-batch", "random", "bm25", "dense", "st", "hardneg")  # rows trained by one `hardneg train`
 
@@ -133,10 +141,12 @@ def settings_key(args, row: str, seed: int | None) -> dict:
         return key
     key |= {"seed": seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
             "train_max_seq_length": args.train_max_seq_length, "negatives": 0 if row == "in-batch" else args.negatives}
-    if row in ("bm25", "dense", "st", "hardneg", "ance"):
+    if row in ("bm25", "dense", "st", "hardneg", "ance", *PA_ROWS):
         key |= {"depth": args.depth, "mine_negatives": args.mine_negatives}
     if row in ("st", "hardneg", "ance"):
         key |= {"judge": judge_fingerprint(args.judge), "relative_margin": args.relative_margin}
+    if row in PA_ROWS:
+        key |= {"judge": judge_fingerprint(args.judge), "filter": "auto_threshold", "max_cost": args.pa_max_cost}
     if row == "ance":
         key["rounds"] = args.rounds
     if loss != "mnrl":
@@ -299,6 +309,10 @@ def triples_for(args, row: str, seed: int) -> Path:
         return st_triples(args)
     if row == "hardneg":
         return mine(args, "hardneg", **judge_sections(args))
+    if row in PA_ROWS:
+        extra = {"candidates__bm25": False} if row == "dense-pa" else {}
+        return mine(args, row, **judge_sections(args), filter__auto_threshold=True,
+                    filter__auto_margin_max_cost=args.pa_max_cost, **extra)
     raise SystemExit(f"unknown row {row!r}; rows: {', '.join(ROWS)}")
 
 
@@ -371,6 +385,27 @@ def p_value(a: dict, b: dict) -> float:
     return M.randomization_test(a["test_per_query_ndcg@10_seed_mean"], b["test_per_query_ndcg@10_seed_mean"])["p_value"]
 
 
+def verdict(summary: dict[str, dict], rows: list[dict]) -> dict:
+    """The best control (highest mean test nDCG@10: the strictest reference), each row's p against it, and
+    whether hardneg's best row (chosen on dev) beats every control with p < 0.05."""
+    controls = [r for r in CONTROLS if r in summary]
+    if not controls:
+        return {}
+    best_control = max(controls, key=lambda r: summary[r]["test_ndcg10_mean"])
+    for row in rows:
+        row["p_vs_best_control"] = (None if row["name"] == best_control or row["name"] == "base"
+                                    else p_value(summary[best_control], summary[row["name"]]))
+    ours = [r for r in summary if split_row(r)[0] in HARDNEG_ROWS and split_row(r)[1] == "mnrl"]
+    best = max(ours, key=lambda r: summary[r]["dev_ndcg10_mean"], default=None)
+    out = {"best_control": best_control, "hardneg_best_row": best}
+    if best is not None:
+        p = p_value(summary[best_control], summary[best])
+        out["hardneg_beats_every_control"] = bool(
+            all(summary[best]["test_ndcg10_mean"] > summary[c]["test_ndcg10_mean"] for c in controls) and p < 0.05)
+        out["hardneg_best_row_p_vs_best_control"] = p
+    return out
+
+
 def render(summary: dict[str, dict], args) -> list[str]:
     ms = lambda s, k: f"{s[k + '_mean']:.4f} ± {s[k + '_std']:.4f}"  # noqa: E731
     refs = [r for r in ("in-batch", "st") if r in summary]
@@ -405,6 +440,14 @@ def render(summary: dict[str, dict], args) -> list[str]:
     if dev_best:
         lines += ["", f"Chosen on dev (highest mean dev nDCG@10): **{summary[dev_best]['label']}**, test nDCG@10 "
                   f"{ms(summary[dev_best], 'test_ndcg10')}."]
+    v = verdict(summary, [{"name": r} for r in summary])
+    if v.get("hardneg_best_row"):
+        b, c = v["hardneg_best_row"], v["best_control"]
+        lines += ["", f"hardneg's best row, chosen on dev: **{summary[b]['label']}** ({ms(summary[b], 'test_ndcg10')}); "
+                  f"the best control on test: {summary[c]['label']} ({ms(summary[c], 'test_ndcg10')}); paired p = "
+                  f"{v['hardneg_best_row_p_vs_best_control']:.4f}. "
+                  + ("**hardneg beats every control (p < 0.05).**" if v["hardneg_beats_every_control"] else
+                     "**hardneg does not beat every control at p < 0.05.**")]
     missing = [r for r in args.rows.split(",") if r not in summary]
     if missing:
         lines += ["", f"Not yet run at these settings: {', '.join(missing)} (rerun the command; finished rows are kept)."]
@@ -487,6 +530,8 @@ def main() -> None:
     p.add_argument("--judge", default="runs/demo_judge", help="a `hardneg train-judge` folder (or any cross-encoder)")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--relative-margin", type=float, default=0.1)
+    p.add_argument("--pa-max-cost", type=float, default=0.25,
+                   help="rows dense-pa, hardneg-pa: filter.auto_margin_max_cost of the fitted positive-aware rule")
     p.add_argument("--steps", type=int, default=60, help="total optimizer steps of every fine-tuned row")
     p.add_argument("--rounds", type=int, default=3, help="ANCE rounds (steps / rounds each)")
     p.add_argument("--seeds", default="1,2,3")
@@ -540,6 +585,8 @@ def main() -> None:
         data = {"settings": {k: v for k, v in vars(args).items() if k != "command"}, "command": args.command,
                 "rows": [{k: v for k, v in summary[r].items() if k != "test_per_query_ndcg@10_seed_mean"}
                          for r in order if r in summary]}
+        if not args.loss_rows_list:
+            data |= verdict(summary, data["rows"])
         if args.loss_rows_list:
             write_result("losses", data, render_losses(summary, args), res_dir=args.results_dir)
         else:
