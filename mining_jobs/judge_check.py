@@ -200,8 +200,19 @@ def choose_threshold(res, cfg: MineConfig) -> dict | None:
     multi = sorted((q for q in res.qids if len(res.inp.positives[q]) >= 2),
                    key=lambda q: (zlib.crc32(q.encode()), q))[:AUTO_THRESHOLD_QUERIES]
     if not multi:
-        logger.warning("filter.auto_threshold: no query has two positives to hide one of; the configured rules stay")
-        return {"chosen": None, "why": "no query with two or more positives", "queries": 0}
+        stored = getattr(res.reranker, "positive_rule", None)
+        if stored:  # the rule the judge was fitted with, on its own training queries
+            rule = {k: stored[k] for k in ("logit_weight", "positive_cosine_weight", "score_threshold", "recall",
+                                           "cost")}
+            why = (f"no query of this job has two or more positives: the judge's own rule, fitted by train-judge on "
+                   f"{stored['fit_queries']} of its training queries ({stored['recall']:.1%} of their hidden "
+                   f"positives and {stored['cost']:.1%} of the other candidates filtered there)")
+            logger.info("filter.auto_threshold: %s", why)
+            return {"chosen": rule, "why": why, "queries": 0, "source": "judge"}
+        logger.warning("filter.auto_threshold: no query has two positives to hide one of, and the judge carries no "
+                       "rule; the configured rules stay")
+        return {"chosen": None, "why": "no query with two or more positives, and no rule stored with the judge",
+                "queries": 0}
     qtexts = [res.inp.queries[q] for q in multi]
     cands, positives = candidates_of(res, cfg, multi, qtexts)
     pools = [pos + [c.doc for c in cl if c.fate == "pending"] for cl, pos in zip(cands, positives, strict=True)]

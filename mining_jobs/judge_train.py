@@ -154,6 +154,32 @@ def labels_of(col: Collection, corpus: Corpus, qids: list[str], pools: list[np.n
             for q, pool in zip(qids, pools, strict=True)]
 
 
+def positive_rule_of(logit: np.ndarray, y: np.ndarray, g: np.ndarray, pools: list[np.ndarray], emb: np.ndarray,
+                     max_cost: float = 0.25) -> dict | None:
+    """The positive-aware filter rule (``judge_check.fit_positive_rule``) on the training queries with two or
+    more positives, each hidden in turn: stored with the judge, so a mining job whose own queries have one
+    positive each (``filter.auto_threshold``) can use it. None without such queries."""
+    from .judge_check import fit_positive_rule, loo_rows
+
+    scores, positives, pool_lists = [], [], []
+    for i, pool in enumerate(pools):
+        m = g == i
+        s, lab = logit[m], y[m]
+        pos, oth = np.flatnonzero(lab == 1), np.flatnonzero(lab == 0)
+        if len(pos) < 2 or not len(oth):
+            continue
+        order = np.r_[pos, oth]
+        scores.append(s[order])
+        pool_lists.append(np.asarray(pool)[order].tolist())
+        positives.append(np.asarray(pool)[pos].tolist())
+    if not scores:
+        return None
+    hidden, others = loo_rows(scores, positives, pool_lists, emb)
+    rule = fit_positive_rule(hidden, others, max_cost)
+    return {**rule, "max_cost": max_cost, "fit_queries": len(scores), "hidden_positives": len(hidden),
+            "candidates": len(others)}
+
+
 def _legacy(out: Path) -> bool:
     """A judge folder from before job.json: its judge.json."""
     return (out / JUDGE_FILE).is_file()
@@ -226,6 +252,7 @@ def run_train_judge(job: JudgeJob) -> dict:
     w = fit_ranker(z, y, g, best_c, job.seed)
     raw = z @ w
     platt = fit_platt(raw, y)
+    rule = positive_rule_of(platt[0] * raw + platt[1], y, g, pools, emb)
     # held-in quality: the judge against each retriever's order on the same pools
     n_top = min(max(job.depth, 1000), len(corpus.doc_ids))
     bm_top, _ = corpus.bm25.search_arrays([col.queries[q] for q in qids], k=n_top, show_progress=False)
@@ -241,6 +268,7 @@ def run_train_judge(job: JudgeJob) -> dict:
     meta = {"key": _key(job), "job": asdict(job), "dense_model": job.dense_model, "ce_max_length": job.ce_max_length,
             "c": best_c, "cv_ndcg@10": {str(k): v for k, v in cv.items()}, "queries": len(qids),
             "candidates": int(len(y)), "positives": int(y.sum()), "held_in_quality": quality, "timings": timings,
+            "positive_rule": rule,
             "seconds": time.perf_counter() - t0, "collection": {"name": col.name, "fingerprint": col.fingerprint()}}
     save_judge(out, feats, mean, std, w, platt, components, meta)
     write_text(out / "report.md", render(meta, feats, w))
@@ -263,6 +291,15 @@ def render(meta: dict, feats: list[str], w: np.ndarray) -> str:
     for f in ("bm25", "dense", "bi", "ce"):
         if f"{f}_ndcg@10" in q:
             lines.append(f"| {f} alone | {q[f'{f}_ndcg@10']:.4f} | |")
+    r = meta.get("positive_rule")
+    lines += ["", "## Positive-aware filter rule (used by `filter.auto_threshold` where a job has nothing to fit it on)",
+              ""]
+    lines += ([f"Filter score = {r['logit_weight']:.3f} x logit + {r['positive_cosine_weight']:.3f} x cosine to the "
+               f"nearest positive, threshold {r['score_threshold']:.3f}; fitted on {r['fit_queries']} training "
+               f"queries with two or more positives, each hidden in turn: it filters {r['recall']:.1%} of the "
+               f"{r['hidden_positives']} hidden positives and {r['cost']:.1%} of the other candidates (bound "
+               f"{r['max_cost']:.0%})."] if r else
+              ["None: no training query has two or more positives."])
     verdict = ("better than" if q["judge_cv_ndcg@10"] > q["fused_retrieval_ndcg@10"] else "**NOT better than**")
     lines += ["", f"The judge ranks {verdict} the fused retrieval it will judge. Measure it on held-out queries "
               "with `hardneg judge-report`."]

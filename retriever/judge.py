@@ -266,6 +266,8 @@ class EnsembleJudge:
         self.std = np.asarray(self.meta["std"], dtype=np.float64)
         self.weights = np.asarray(self.meta["weights"], dtype=np.float64)
         self.platt = tuple(self.meta["platt"])
+        # the positive-aware filter rule fitted at training time (None: judges without multi-positive queries)
+        self.positive_rule: dict | None = self.meta.get("positive_rule")
         self.max_length = int(ce_max_length or self.meta.get("ce_max_length", 256))
         self.bf16 = bf16
         self.batch_size = batch_size

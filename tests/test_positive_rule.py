@@ -144,3 +144,49 @@ def test_auto_threshold_mines_with_the_fitted_rule_and_is_reproducible(env, tmp_
             assert filter_reason(c["ce_score"], c["positive_score"], cfg, cosine=c["positive_cosine"]) == expected
     assert "filtered:score_threshold" in fates and "filtered:relative_margin" not in fates
     assert "positive-aware rule fitted automatically" in (a / "report.md").read_text()
+
+
+@pytest.mark.usefixtures("torch_one_thread")
+def test_a_job_with_one_positive_per_query_uses_the_rule_stored_with_the_judge(env, data_root, tmp_path,
+                                                                                 tiny_bi_encoder):
+    from mining_jobs.cli import main
+
+    src = data_root / "adi"
+    full, sparse = tmp_path / "adi_full", tmp_path / "adi_sparse"
+    qrels = (src / "qrels" / "test.tsv").read_text().splitlines()
+    kept, seen = [qrels[0]], set()
+    for line in qrels[1:]:  # one positive per query: nothing for a job to fit the rule on
+        q = line.split("\t")[0]
+        if q not in seen:
+            seen.add(q)
+            kept.append(line)
+    for folder, lines in ((full, qrels), (sparse, kept)):
+        (folder / "qrels").mkdir(parents=True)
+        for f in ("corpus.jsonl", "queries.jsonl"):
+            (folder / f).write_text((src / f).read_text())
+        (folder / "qrels" / "train.tsv").write_text("\n".join(lines) + "\n")
+    judge = tmp_path / "judge"
+    assert main(["-q", "train-judge", "--data", str(full), "--split", "train", "--out", str(judge),
+                 "--dense-model", str(tiny_bi_encoder), "--depth", "10"]) == 0
+    stored = json.loads((judge / "judge.json").read_text())["positive_rule"]
+    assert stored["fit_queries"] > 0 and stored["hidden_positives"] >= 2 * stored["fit_queries"]
+    assert stored["cost"] <= 0.25 and "positive-aware filter rule" in (judge / "report.md").read_text().lower()
+    run = tmp_path / "mined"
+    assert mine(run, "--data", str(sparse), "--split", "train", "--cross-encoder", str(judge),
+                "--set", f"candidates.model={json.dumps(str(tiny_bi_encoder))}",
+                "--set", "filter.auto_threshold=true") == 0
+    auto = read_manifest(run)["auto_threshold"]
+    assert auto["source"] == "judge" and auto["queries"] == 0
+    assert all(auto["chosen"][k] == stored[k] for k in ("logit_weight", "positive_cosine_weight", "score_threshold"))
+    assert "the judge's own rule" in (run / "report.md").read_text()
+    # a judge without a stored rule leaves the margins in place, and says so
+    meta = json.loads((judge / "judge.json").read_text())
+    meta["positive_rule"] = None
+    (judge / "judge.json").write_text(json.dumps(meta))
+    bare = tmp_path / "bare"
+    assert mine(bare, "--data", str(sparse), "--split", "train", "--cross-encoder", str(judge),
+                "--set", f"candidates.model={json.dumps(str(tiny_bi_encoder))}",
+                "--set", "filter.auto_threshold=true") == 0
+    m = read_manifest(bare)
+    assert m["auto_threshold"]["chosen"] is None and "no rule stored" in m["auto_threshold"]["why"]
+    assert "filtered:score_threshold" not in m["counts"]["fates"]
