@@ -43,9 +43,11 @@ from .bench_ablation import JudgeAsCrossEncoder
 from .machine import describe, write_result
 
 logger = logging.getLogger("bench_sparse")
-MINERS = ("none", "own", "scifact", "st-none", "st-own")
+MINERS = ("none", "own", "scifact", "scifact-pa", "st-none", "st-own")
 LABELS = {"none": "hardneg, no filter", "own": "hardneg + judge fitted on the sparse training queries",
-          "scifact": "hardneg + SciFact judge (transferred)", "st-none": "sentence-transformers' miner, no judge",
+          "scifact": "hardneg + SciFact judge (transferred)",
+          "scifact-pa": "hardneg + SciFact judge and its positive-aware rule (transferred, filter.auto_threshold)",
+          "st-none": "sentence-transformers' miner, no judge",
           "st-own": "sentence-transformers' miner + the same own judge", "in-batch": "in-batch negatives only",
           "base": "base model (no fine-tuning)"}
 
@@ -92,8 +94,18 @@ def own_judge(folder: Path, out: Path) -> Path:
     return out
 
 
-def mine_hardneg(args, folder: Path, out: Path, judge: str) -> Path:
-    sets = [f"data.name={json.dumps(str(folder))}", 'data.split="train"', f"candidates.bm25_k={args.depth}",
+def transfer_judge_with_rule(path: Path) -> Path:
+    """The SciFact judge (`hardneg train-judge` on SciFact train:fit, the demo's settings), trained here so it
+    carries the positive-aware rule fitted on SciFact's multi-positive training queries."""
+    from mining_jobs.judge_train import JudgeJob, run_train_judge
+
+    if not (path / "judge.json").is_file():
+        run_train_judge(JudgeJob(data="scifact", split="train:fit", out=str(path)))
+    return path
+
+
+def mine_hardneg(args, folder: Path, out: Path, judge: str, *extra: str) -> Path:
+    sets = [*extra, f"data.name={json.dumps(str(folder))}", 'data.split="train"', f"candidates.bm25_k={args.depth}",
             f"candidates.dense_k={args.depth}", f"sampling.num_negatives={args.negatives}",
             f"cross_encoder.model={json.dumps(judge)}", "cross_encoder.max_length=128", "output.overwrite=false"]
     cfg = load_config(None, sets)
@@ -203,6 +215,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--collections", default="cisi,med,cranfield")
     p.add_argument("--transfer-judge", default="runs/demo_judge")
+    p.add_argument("--transfer-judge-pa", default="runs/sparse/scifact_judge",
+                   help="row scifact-pa: a SciFact judge that carries its positive-aware rule (trained when absent)")
     p.add_argument("--depth", type=int, default=30)
     p.add_argument("--negatives", type=int, default=5, help="negatives mined per query")
     p.add_argument("--seed", type=int, default=13, help="seed of the query split and the kept positive")
@@ -231,9 +245,15 @@ def main() -> None:
                 logger.warning("no %s/judge.json: row 'scifact' skipped", args.transfer_judge)
                 continue
             j = {"none": "", "own": str(judge), "scifact": args.transfer_judge, "st-none": "",
-                 "st-own": str(judge)}[miner]
+                 "st-own": str(judge), "scifact-pa": ""}[miner]
             mdir = out / name / f"mine_{miner}"
-            triples = mine_st(args, folder, mdir, j) if miner.startswith("st") else mine_hardneg(args, folder, mdir, j)
+            if miner == "scifact-pa":
+                j = str(transfer_judge_with_rule(Path(args.transfer_judge_pa)))
+                triples = mine_hardneg(args, folder, mdir, j, "filter.auto_threshold=true")
+            elif miner.startswith("st"):
+                triples = mine_st(args, folder, mdir, j)
+            else:
+                triples = mine_hardneg(args, folder, mdir, j)
             rows[miner] = {"label": LABELS[miner], **hidden_share(triples, hidden),
                            "filter": filter_stats(mdir, hidden), "triples": str(triples)}
             if (mdir / "manifest.json").is_file():
