@@ -142,12 +142,21 @@ def _histogram(cands: pa.Table, pos_scores: np.ndarray, path: Path) -> bool:
     return True
 
 
-def _filter_state(cfg: MineConfig, has_ce: bool) -> str:
+def _filter_state(cfg: MineConfig, has_ce: bool, auto_threshold: dict | None = None,
+                  auto_margin: dict | None = None) -> str:
+    """The score rules the shards filtered with (a fitted positive-aware rule replaces the margins)."""
     if not has_ce:
         return "off (no cross-encoder configured)"
     f = cfg.filter
-    rules = [name for name, v in (("absolute_margin", f.absolute_margin), ("relative_margin", f.relative_margin),
-                                  ("max_score", f.max_score), ("min_score", f.min_score)) if v is not None]
+    fitted = auto_threshold is not None and auto_threshold.get("chosen") is not None
+    margins = (("absolute_margin", f.absolute_margin), ("relative_margin", f.relative_margin))
+    if fitted:
+        margins = (("score_threshold (positive-aware, fitted)", True),)
+    elif auto_margin is not None:
+        margins = (("relative_margin (chosen automatically)", auto_margin.get("chosen")),)
+    elif f.score_threshold is not None:
+        margins = (*margins, ("score_threshold (positive-aware)", True))
+    rules = [name for name, v in (*margins, ("max_score", f.max_score), ("min_score", f.min_score)) if v is not None]
     return f"on ({', '.join(rules)})" if rules else "on, but no score rule is set (scores only rank candidates)"
 
 
@@ -185,7 +194,7 @@ def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, tim
                    "bi_encoder_fingerprint": res.encoder.fingerprint() if res.encoder else None,
                    "cross_encoder": cfg.cross_encoder.model or None,
                    "cross_encoder_fingerprint": res.reranker.fingerprint() if has_ce else None,
-                   "false_negative_filter": _filter_state(cfg, has_ce)},
+                   "false_negative_filter": _filter_state(cfg, has_ce, auto_threshold, auto_margin)},
         "counts": {"queries": len(neg_counts), "triples": triples.num_rows, "candidates": cands.num_rows,
                    "fates": dict(sorted(fates.items())), "queries_without_negatives": len(no_neg),
                    f"queries_with_fewer_than_{n}_negatives": len(short), "shards": n_shards,
@@ -238,6 +247,8 @@ def render_report(m: dict, has_png: bool) -> str:
                "self": "the query's own document", "eval_positive": "a positive of an evaluation query",
                "filtered:relative_margin": "probability too close to the positive's",
                "filtered:absolute_margin": "logit too close to the positive's",
+               "filtered:score_threshold": "judge logit + weighted cosine to the nearest positive above the threshold "
+                                           "(positive-aware rule)",
                "filtered:max_score": "logit above filter.max_score", "filtered:min_score": "logit below filter.min_score",
                "filtered:rank_window": "outside [range_min, range_max)",
                "not_scored": "never scored: enough negatives passed the filter above it (filter.rank_by = retrieval)",

@@ -144,6 +144,8 @@ def test_auto_threshold_mines_with_the_fitted_rule_and_is_reproducible(env, tmp_
             assert filter_reason(c["ce_score"], c["positive_score"], cfg, cosine=c["positive_cosine"]) == expected
     assert "filtered:score_threshold" in fates and "filtered:relative_margin" not in fates
     assert "positive-aware rule fitted automatically" in (a / "report.md").read_text()
+    assert ma["models"]["false_negative_filter"] == "on (score_threshold (positive-aware, fitted))"
+    assert "positive-aware rule" in (a / "report.md").read_text().split("## What happened")[1]  # fate explained
 
 
 @pytest.mark.usefixtures("torch_one_thread")
