@@ -192,3 +192,39 @@ def test_a_job_with_one_positive_per_query_uses_the_rule_stored_with_the_judge(e
     m = read_manifest(bare)
     assert m["auto_threshold"]["chosen"] is None and "no rule stored" in m["auto_threshold"]["why"]
     assert "filtered:score_threshold" not in m["counts"]["fates"]
+
+
+@pytest.mark.usefixtures("torch_one_thread")
+def test_the_judge_report_measures_the_fitted_rules_on_hidden_positives(env, data_root, tmp_path):
+    from mining_jobs.cli import main
+
+    src = data_root / "adi"
+    lines = (src / "qrels" / "test.tsv").read_text().splitlines()
+    by_q: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        q, d, g = line.split("\t")
+        if int(g) >= 1:
+            by_q.setdefault(q, []).append(d)
+    hidden = [(q, sorted(ds)[-1]) for q, ds in sorted(by_q.items()) if len(ds) >= 3]
+    assert hidden  # adi has queries with three or more positives
+    col = tmp_path / "adi_hidden"
+    (col / "qrels").mkdir(parents=True)
+    for f in ("corpus.jsonl", "queries.jsonl"):
+        (col / f).write_text((src / f).read_text())
+    (col / "qrels" / "train.tsv").write_text("\n".join([lines[0]] + [
+        f"{q}\t{d}\t1" for q, ds in sorted(by_q.items()) for d in ds if (q, d) not in set(hidden)]) + "\n")
+    (col / "planted.json").write_text(json.dumps({"hidden_positives": hidden}))
+    n_multi = sum(len(ds) - ((q, sorted(ds)[-1]) in set(hidden)) >= 2 for q, ds in by_q.items())
+    out = tmp_path / "report"
+    assert main(["-q", "judge-report", "--judge", "bm25,dense", "--data", str(col), "--split", "train",
+                 "--depth", "20", "--pool-depth", "10", "--out", str(out), "--planted-data", str(col),
+                 "--planted-split", "train", "--planted", str(col / "planted.json")]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    for name in ("bm25", "dense"):
+        pa, alone = rep["judges"][name]["planted_positive_aware"], rep["judges"][name]["planted_score_threshold"]
+        for r in (pa, alone):
+            assert r["fitted"] and r["fit_cost"] <= 0.25 and r["fit_queries"] == n_multi
+            assert 0 <= r["hidden_positives_recall"] <= 1 and 0 <= r["other_candidates_filtered"] <= 1
+            assert r["hidden_positives_in_pool"] <= len(hidden)
+        assert alone["positive_cosine_weight"] == 0.0
+    assert "Fitted rules" in (out / "report.md").read_text()
