@@ -134,6 +134,7 @@ def choose_margin(res, cfg: MineConfig) -> dict | None:
 
 
 AUTO_THRESHOLD_QUERIES = 256  # queries with two or more positives the positive-aware rule is fitted on, at most
+MIN_FIT_HIDDEN = 10  # fewer hidden positives than this: the judge's stored rule, when it has one, is preferred
 
 
 def fit_positive_rule(hidden: np.ndarray, others: np.ndarray, max_cost: float, use_cosine: bool = True) -> dict:
@@ -199,27 +200,32 @@ def choose_threshold(res, cfg: MineConfig) -> dict | None:
         return None
     multi = sorted((q for q in res.qids if len(res.inp.positives[q]) >= 2),
                    key=lambda q: (zlib.crc32(q.encode()), q))[:AUTO_THRESHOLD_QUERIES]
-    if not multi:
-        stored = getattr(res.reranker, "positive_rule", None)
-        if stored:  # the rule the judge was fitted with, on its own training queries
-            rule = {k: stored[k] for k in ("logit_weight", "positive_cosine_weight", "score_threshold", "recall",
-                                           "cost")}
-            why = (f"no query of this job has two or more positives: the judge's own rule, fitted by train-judge on "
-                   f"{stored['fit_queries']} of its training queries ({stored['recall']:.1%} of their hidden "
-                   f"positives and {stored['cost']:.1%} of the other candidates filtered there)")
-            logger.info("filter.auto_threshold: %s", why)
-            return {"chosen": rule, "why": why, "queries": 0, "source": "judge"}
-        logger.warning("filter.auto_threshold: no query has two positives to hide one of, and the judge carries no "
-                       "rule; the configured rules stay")
-        return {"chosen": None, "why": "no query with two or more positives, and no rule stored with the judge",
-                "queries": 0}
-    qtexts = [res.inp.queries[q] for q in multi]
-    cands, positives = candidates_of(res, cfg, multi, qtexts)
-    pools = [pos + [c.doc for c in cl if c.fate == "pending"] for cl, pos in zip(cands, positives, strict=True)]
-    scores, _ = score_lists(res.reranker, multi, qtexts, pools, res.doc_ids, res.texts, res.score_cache)
-    hidden, others = loo_rows(scores, positives, pools, res.emb)
-    if not len(others):
-        return {"chosen": None, "why": "no candidate besides the positives", "queries": len(multi)}
+    hidden = others = np.zeros((0, 2))
+    if multi:
+        qtexts = [res.inp.queries[q] for q in multi]
+        cands, positives = candidates_of(res, cfg, multi, qtexts)
+        pools = [pos + [c.doc for c in cl if c.fate == "pending"] for cl, pos in zip(cands, positives, strict=True)]
+        scores, _ = score_lists(res.reranker, multi, qtexts, pools, res.doc_ids, res.texts, res.score_cache)
+        hidden, others = loo_rows(scores, positives, pools, res.emb)
+    stored = getattr(res.reranker, "positive_rule", None)
+    if stored and (len(hidden) < MIN_FIT_HIDDEN or not len(others)):  # too little of its own to fit on
+        rule = {k: stored[k] for k in ("logit_weight", "positive_cosine_weight", "score_threshold", "recall", "cost")}
+        why = (f"{len(multi)} queries of this job have two or more positives ({len(hidden)} to hide, fewer than "
+               f"{MIN_FIT_HIDDEN}): the judge's own rule, fitted by train-judge on {stored['fit_queries']} of its "
+               f"training queries ({stored['recall']:.1%} of their hidden positives and {stored['cost']:.1%} of the "
+               "other candidates filtered there)")
+        if stored.get("dense_model") not in (None, cfg.candidates.model):
+            why += (f"; its cosines came from {stored['dense_model']}, this job's from {cfg.candidates.model}, so "
+                    "its threshold may not carry over")
+        logger.info("filter.auto_threshold: %s", why)
+        return {"chosen": rule, "why": why, "queries": len(multi), "source": "judge"}
+    if not len(hidden) or not len(others):
+        why = ("no query with two or more positives" if not multi else "no candidate besides the positives")
+        logger.warning("filter.auto_threshold: %s, and the judge carries no rule; the configured rules stay", why)
+        return {"chosen": None, "why": f"{why}, and no rule stored with the judge", "queries": len(multi)}
+    if len(hidden) < MIN_FIT_HIDDEN:
+        logger.warning("filter.auto_threshold: only %d hidden positives to fit the rule on; it may not generalize",
+                       len(hidden))
     max_cost = cfg.filter.auto_margin_max_cost
     rule = fit_positive_rule(hidden, others, max_cost)
     why = (f"fitted on {len(hidden)} hidden positives and {len(others)} other candidates of {len(multi)} queries: it "

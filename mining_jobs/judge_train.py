@@ -253,6 +253,8 @@ def run_train_judge(job: JudgeJob) -> dict:
     raw = z @ w
     platt = fit_platt(raw, y)
     rule = positive_rule_of(platt[0] * raw + platt[1], y, g, pools, emb)
+    if rule is not None:
+        rule["dense_model"] = job.dense_model  # the cosines' model: a job with another one is warned
     # held-in quality: the judge against each retriever's order on the same pools
     n_top = min(max(job.depth, 1000), len(corpus.doc_ids))
     bm_top, _ = corpus.bm25.search_arrays([col.queries[q] for q in qids], k=n_top, show_progress=False)
