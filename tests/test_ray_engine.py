@@ -222,3 +222,27 @@ def test_indexes_shipped_to_the_actors_search_like_the_drivers():
         for a, b in zip(dense.search_arrays(q, k=10), shipped.search_arrays(q, k=10), strict=True):
             np.testing.assert_array_equal(a, b, err_msg=kind)
         assert shipped.search(q, k=3) == dense.search(q, k=3)
+
+
+@pytest.mark.slow
+def test_ray_engine_applies_the_positive_aware_rule_like_the_local_engine(
+        tmp_path, monkeypatch, data_root, tiny_cross_encoder, tiny_bi_encoder, torch_one_thread, ray_instance):
+    # the rule reads each candidate's cosine to its positives: the actors need the corpus embeddings
+    rule = ["--set", "filter.score_threshold=0.5", "--set", "filter.positive_cosine_weight=2.0",
+            "--set", "filter.relative_margin=0.0"]
+    mining_env(monkeypatch, data_root, tmp_path / "cache")
+    local = tmp_path / "local"
+    assert mine(local, *_args(tiny_cross_encoder, tiny_bi_encoder, tmp_path / "s.sqlite"), *rule) == 0
+    toml = tmp_path / "ray.toml"
+    toml.write_text('engine = "ray"\n\n[ray]\ncpus_per_actor = 1.0\n')
+    remote = tmp_path / "ray"
+    assert mine(remote, "--config", str(toml), *_args(tiny_cross_encoder, tiny_bi_encoder, tmp_path / "s.sqlite"),
+                *rule) == 0
+    fates = read_manifest(local)["counts"]["fates"]
+    assert fates.get("filtered:score_threshold", 0) > 0
+    assert read_manifest(remote)["counts"]["fates"] == fates
+    cos_l = pq.read_table(local / "candidates.parquet")["positive_cosine"].to_numpy(zero_copy_only=False)
+    cos_r = pq.read_table(remote / "candidates.parquet")["positive_cosine"].to_numpy(zero_copy_only=False)
+    np.testing.assert_allclose(cos_r, cos_l, rtol=1e-6, atol=1e-6)
+    for name in TRIPLE_FILES:
+        assert (remote / name).read_bytes() == (local / name).read_bytes(), name
