@@ -416,7 +416,9 @@ def render(summary: dict[str, dict], args) -> list[str]:
              f"max_seq_length {args.train_max_seq_length}, on `{args.fit_split}`; seeds {args.seeds}. "
              f"Mining depth {args.depth} (BM25 and dense each), {args.mine_negatives} negatives mined per query "
              f"(training uses the first), judge `{args.judge}` (`hardneg train-judge` on `{args.fit_split}`, chosen "
-             f"on `{args.dev_split}` in benchmarks/results/judge.md), relative margin {args.relative_margin}. "
+             f"on `{args.dev_split}` in benchmarks/results/judge.md), relative margin {args.relative_margin}; the "
+             f"`positive-aware rule` rows replace the margin by the rule `filter.auto_threshold` fits on the "
+             f"job's own multi-positive queries (at most {args.pa_max_cost:.0%} of the other candidates). "
              f"Test = `{args.test_split}` (300 queries), read only for this table.", "",
              "mean ± std over seeds. p: paired randomization test (10,000 sign flips) on per-query test nDCG@10 "
              "averaged over the seeds.", ""]
