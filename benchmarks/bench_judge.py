@@ -39,6 +39,14 @@ def operating_point(sweep: list[dict], max_cost: float = MAX_COST) -> dict | Non
     return max(ok, key=lambda x: (x["hidden_positives_recall"], -x["other_candidates_filtered"])) if ok else None
 
 
+def readable(report: dict, names: dict[str, str]) -> dict:
+    """The report with judges named as in the table above (not by their paths) and paths relative to here."""
+    out = {**report, "judges": {names.get(k, k): v for k, v in report["judges"].items()}}
+    if "planted" in report:
+        out["planted"] = {**report["planted"], "data": os.path.relpath(report["planted"]["data"])}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="runs/bench_judge")
@@ -123,7 +131,8 @@ def main() -> None:
              "`filter.auto_threshold`'s positive-aware rule: judge score + w x cosine to the query's nearest labelled "
              "positive, w and the threshold fitted on the split's own queries with two or more labelled positives "
              "(each hidden in turn, at most 25% of the other candidates); the planted hidden positives are never "
-             "seen by the fit. `score alone`: the same fit with w = 0.", "",
+             "labels of the fit (unlabelled, they sit among its other candidates). `score alone`: the same fit "
+             "with w = 0.", "",
              "| judge | test nDCG@10 | test MRR@10 | p vs hybrid | AUC pos vs candidates (per query) | hidden positives "
              "filtered (positive-aware) | other candidates filtered | queries keeping >= 3 | score alone: hidden / "
              "other filtered | relative margin 0.1: hidden / other filtered | best margin at <= 25% cost (rule, "
@@ -145,7 +154,7 @@ def main() -> None:
               f"{'met' if summary['hidden_positive_target_met_by_score_alone'] else '**not met**'} by its score "
               "alone. A retriever's raw score is no probability, so its relative-margin rows mean little; its "
               "absolute rows are the comparison.", "", "## Full report", "",
-              render_report(report).split("\n", 2)[2], "## Machine", markdown(describe()), "## Command",
+              render_report(readable(report, names)).split("\n", 2)[2], "## Machine", markdown(describe()), "## Command",
               f"`{cmd}` ({time.perf_counter() - t0:.0f} s)", ""]
     write_result("judge", {**summary, "judges": rows, "report": report, "seconds": time.perf_counter() - t0,
                            "command": cmd}, lines)

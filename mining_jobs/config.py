@@ -5,6 +5,7 @@ with errors that name the field. No mining here."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -95,7 +96,8 @@ class FilterSection:
                                             "it may filter")
     score_threshold: float | None = opt(None, "positive-aware rule: drop a candidate whose filter score, logit_weight x "
                                              "judge logit + positive_cosine_weight x its cosine to the nearest "
-                                             "labelled positive (base bi-encoder), is above this (unset = off)")
+                                             "labelled positive (embedded by candidates.model), is above this "
+                                             "(unset = off)")
     logit_weight: float = opt(1.0, "score_threshold: weight of the judge logit in the filter score")
     positive_cosine_weight: float = opt(0.0, "score_threshold: weight of the candidate's cosine to the query's nearest "
                                              "labelled positive in the filter score")
@@ -238,6 +240,19 @@ def validate(cfg: MineConfig, source: str = "config") -> None:
          "and filter.auto_margin choose different rules: set only one"),
         (fl.score_threshold is None or bool(cfg.cross_encoder.model), "filter.score_threshold",
          "needs judge scores: set cross_encoder.model"),
+        (fl.score_threshold is None or math.isfinite(fl.score_threshold), "filter.score_threshold",
+         "must be a finite number"),
+        (math.isfinite(fl.logit_weight) and math.isfinite(fl.positive_cosine_weight), "filter.logit_weight",
+         "and filter.positive_cosine_weight must be finite numbers"),
+        (fl.logit_weight != 0 or fl.positive_cosine_weight != 0, "filter.logit_weight",
+         "and filter.positive_cosine_weight are both 0: the filter score would be the same for every candidate"),
+        (not (fl.auto_threshold and (fl.score_threshold is not None or fl.logit_weight != 1
+                                     or fl.positive_cosine_weight != 0)), "filter.auto_threshold",
+         "fits score_threshold, logit_weight and positive_cosine_weight itself: leave them unset"),
+        (fl.score_threshold is not None or fl.auto_threshold or (fl.logit_weight == 1
+                                                                  and fl.positive_cosine_weight == 0),
+         "filter.positive_cosine_weight", "and filter.logit_weight only weigh filter.score_threshold's rule: set "
+         "filter.score_threshold (or filter.auto_threshold)"),
         (fl.judge_check_queries >= 0, "filter.judge_check_queries", "must be >= 0"),
         (fl.range_max is None or fl.range_max > fl.range_min, "filter.range_max", "must be > filter.range_min"),
         (fl.relative_margin is None or 0 <= fl.relative_margin < 1, "filter.relative_margin", "must be in [0, 1)"),

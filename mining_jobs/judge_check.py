@@ -210,8 +210,9 @@ def choose_threshold(res, cfg: MineConfig) -> dict | None:
     stored = getattr(res.reranker, "positive_rule", None)
     if stored and (len(hidden) < MIN_FIT_HIDDEN or not len(others)):  # too little of its own to fit on
         rule = {k: stored[k] for k in ("logit_weight", "positive_cosine_weight", "score_threshold", "recall", "cost")}
-        why = (f"{len(multi)} queries of this job have two or more positives ({len(hidden)} to hide, fewer than "
-               f"{MIN_FIT_HIDDEN}): the judge's own rule, fitted by train-judge on {stored['fit_queries']} of its "
+        short = (f"{len(hidden)} to hide, fewer than {MIN_FIT_HIDDEN}" if len(hidden) < MIN_FIT_HIDDEN
+                 else "but no other candidate to weigh them against")
+        why = (f"{len(multi)} queries of this job have two or more positives ({short}): the judge's own rule, fitted by train-judge on {stored['fit_queries']} of its "
                f"training queries ({stored['recall']:.1%} of their hidden positives and {stored['cost']:.1%} of the "
                "other candidates filtered there)")
         if stored.get("dense_model") not in (None, cfg.candidates.model):
@@ -223,9 +224,11 @@ def choose_threshold(res, cfg: MineConfig) -> dict | None:
         why = ("no query with two or more positives" if not multi else "no candidate besides the positives")
         logger.warning("filter.auto_threshold: %s, and the judge carries no rule; the configured rules stay", why)
         return {"chosen": None, "why": f"{why}, and no rule stored with the judge", "queries": len(multi)}
-    if len(hidden) < MIN_FIT_HIDDEN:
-        logger.warning("filter.auto_threshold: only %d hidden positives to fit the rule on; it may not generalize",
-                       len(hidden))
+    if len(hidden) < MIN_FIT_HIDDEN:  # a threshold from a handful of positives would filter every query blindly
+        why = (f"only {len(hidden)} positives to hide (at least {MIN_FIT_HIDDEN} are needed to fit the rule), and "
+               "no rule stored with the judge")
+        logger.warning("filter.auto_threshold: %s; the configured rules stay", why)
+        return {"chosen": None, "why": why, "queries": len(multi), "hidden_positives": len(hidden)}
     max_cost = cfg.filter.auto_margin_max_cost
     rule = fit_positive_rule(hidden, others, max_cost)
     why = (f"fitted on {len(hidden)} hidden positives and {len(others)} other candidates of {len(multi)} queries: it "

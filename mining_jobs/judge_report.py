@@ -196,7 +196,8 @@ def positive_aware_point(sep: dict, pools: list[np.ndarray], s: Setting, planted
     """The positive-aware rule as ``filter.auto_threshold`` fits it (``judge_check.fit_positive_rule``): on the
     split's own queries with two or more labelled positives, each hidden in turn; then applied to every
     query's candidates with the cosine to its labelled positives, and measured on the planted false
-    negatives, which the fit never sees. ``use_cosine=False``: the judge's score alone, threshold fitted the
+    negatives, which the fit treats as it would in a real job: unlabelled, among the other candidates.
+    ``use_cosine=False``: the judge's score alone, threshold fitted the
     same way."""
     from .judge_check import fit_positive_rule, loo_rows
 
@@ -297,7 +298,8 @@ def render_fitted_rules(r: dict, kinds: list[str]) -> list[str]:
     lines = ["### Fitted rules (as `filter.auto_threshold` fits them on the labelled positives)", "",
              "Fitted on the split's own queries with two or more labelled positives, each hidden in turn, filtering "
              "at most 25% of their other candidates; then measured on the planted false negatives, which the fit "
-             "never sees. `positive-aware`: judge score + w x cosine to the nearest labelled positive; `score "
+             "never has as positives (unlabelled, they sit among the other candidates, as in a real job). "
+             "`positive-aware`: judge score + w x cosine to the nearest labelled positive; `score "
              "alone`: the judge's score with a fitted threshold.", "",
              "| judge | rule | filter score | threshold | fit recall / cost | "
              + " | ".join(f"{k.replace('_', ' ')} recall" for k in kinds) + " | other candidates filtered | "

@@ -241,18 +241,19 @@ def run_train_judge(job: JudgeJob) -> dict:
     z = (x - mean) / std
     # C by grouped 2-fold cross-validation on nDCG@10 of the candidate pools
     half = np.array([fold_assignment(qids, 2, job.seed + 1)[q] for q in qids])[g]
-    cv = {}
+    cv, oof = {}, {}
     for c in (float(v) for v in job.c_grid.split(",")):
         s = np.empty(len(y))
         for h in (0, 1):
             w = fit_ranker(z[half != h], y[half != h], g[half != h], c, job.seed)
             s[half == h] = z[half == h] @ w
-        cv[c] = mean_ndcg10(y, s, g)
+        cv[c], oof[c] = mean_ndcg10(y, s, g), s
     best_c = max(cv, key=lambda c: (cv[c], -c))
     w = fit_ranker(z, y, g, best_c, job.seed)
     raw = z @ w
     platt = fit_platt(raw, y)
-    rule = positive_rule_of(platt[0] * raw + platt[1], y, g, pools, emb)
+    # the stored rule is fitted on out-of-fold scores: a positive it hides was never a label of its own scorer
+    rule = positive_rule_of(platt[0] * oof[best_c] + platt[1], y, g, pools, emb)
     if rule is not None:
         rule["dense_model"] = job.dense_model  # the cosines' model: a job with another one is warned
     # held-in quality: the judge against each retriever's order on the same pools

@@ -131,8 +131,14 @@ def run_mining(cfg: MineConfig, out: str | os.PathLike) -> dict:
         check_inputs(out, state, input_fingerprints(res))
         with stage("judge check"):
             judge_check = check_judge(res, cfg)
-            auto = choose_margin(res, cfg)
-            auto_t = choose_threshold(res, cfg)
+            chosen = state.record.get("auto_choices")
+            if chosen is None:  # chosen once: a resumed job filters its last shards like its first
+                chosen = {"auto_margin": choose_margin(res, cfg), "auto_threshold": choose_threshold(res, cfg)}
+                state.record["auto_choices"] = chosen
+                state.save()
+            elif cfg.filter.auto_margin or cfg.filter.auto_threshold:
+                logger.info("resumed: the filter rule chosen when this job started is kept (job.json)")
+            auto, auto_t = chosen["auto_margin"], chosen["auto_threshold"]
         shard_cfg = cfg
         if auto is not None:  # the shards filter with the chosen margin; the job's config stays the user's
             shard_cfg = copy.deepcopy(cfg)

@@ -93,7 +93,8 @@ def what_if(cands: pa.Table, n: int, queries: list[str], fcfg: FilterSection) ->
     """How many negatives and queries would survive at other margins: exclusions, the rank window and the
     score bounds stay as configured; only the margin rule changes. Decided by the filter's own rule
     (``filtering.filter_reason``) with the margin replaced."""
-    margin_rules = ("filtered:relative_margin", "filtered:absolute_margin", "filtered:positive_aware")
+    margin_rules = ("filtered:relative_margin", "filtered:absolute_margin", "filtered:positive_aware",
+                    "filtered:score_threshold")
     eligible = [(q, float(c), float(p)) for q, c, p, f in zip(
         cands["query_id"].to_pylist(), cands["ce_score"].to_pylist(), cands["positive_score"].to_pylist(),
         cands["fate"].to_pylist(), strict=True)
@@ -151,7 +152,8 @@ def _filter_state(cfg: MineConfig, has_ce: bool, auto_threshold: dict | None = N
     fitted = auto_threshold is not None and auto_threshold.get("chosen") is not None
     margins = (("absolute_margin", f.absolute_margin), ("relative_margin", f.relative_margin))
     if fitted:
-        margins = (("score_threshold (positive-aware, fitted)", True),)
+        how = "the judge's stored rule" if auto_threshold.get("source") == "judge" else "fitted on this job"
+        margins = ((f"score_threshold (positive-aware, {how})", True),)
     elif auto_margin is not None:
         margins = (("relative_margin (chosen automatically)", auto_margin.get("chosen")),)
     elif f.score_threshold is not None:

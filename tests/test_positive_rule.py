@@ -144,7 +144,7 @@ def test_auto_threshold_mines_with_the_fitted_rule_and_is_reproducible(env, tmp_
             assert filter_reason(c["ce_score"], c["positive_score"], cfg, cosine=c["positive_cosine"]) == expected
     assert "filtered:score_threshold" in fates and "filtered:relative_margin" not in fates
     assert "positive-aware rule fitted automatically" in (a / "report.md").read_text()
-    assert ma["models"]["false_negative_filter"] == "on (score_threshold (positive-aware, fitted))"
+    assert ma["models"]["false_negative_filter"] == "on (score_threshold (positive-aware, fitted on this job))"
     assert "positive-aware rule" in (a / "report.md").read_text().split("## What happened")[1]  # fate explained
 
 
@@ -228,3 +228,99 @@ def test_the_judge_report_measures_the_fitted_rules_on_hidden_positives(env, dat
             assert r["hidden_positives_in_pool"] <= len(hidden)
         assert alone["positive_cosine_weight"] == 0.0
     assert "Fitted rules" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("overrides", "field"), [
+    (["filter.score_threshold=nan"], "filter.score_threshold"),  # would never filter
+    (["filter.score_threshold=1.0", "filter.positive_cosine_weight=inf"], "filter.logit_weight"),
+    (["filter.score_threshold=-1.0", "filter.logit_weight=0.0"], "filter.logit_weight"),  # filters everything
+    (["filter.auto_threshold=true", "filter.score_threshold=2.0"], "filter.auto_threshold"),  # would be overridden
+    (["filter.auto_threshold=true", "filter.positive_cosine_weight=3.0"], "filter.auto_threshold"),
+    (["filter.positive_cosine_weight=3.0"], "filter.positive_cosine_weight"),  # weighs no rule
+    (["filter.logit_weight=2.0"], "filter.positive_cosine_weight"),
+])
+def test_rule_settings_that_would_do_nothing_or_everything_are_refused(overrides, field):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=["cross_encoder.model=x", *overrides])
+    assert e.value.field == field
+
+
+def test_the_what_if_table_counts_candidates_the_rule_filtered_as_margin_candidates():
+    import pyarrow as pa
+
+    from mining_jobs.triples import what_if
+
+    cfg = load_config(overrides=["cross_encoder.model=x", "filter.score_threshold=0.5",
+                                 "filter.positive_cosine_weight=2.0"]).filter
+    cands = pa.table({"query_id": ["q1", "q1", "q2"], "ce_score": [-6.0, -6.0, 6.0],
+                      "positive_score": [6.0, 6.0, 6.0],
+                      "fate": ["filtered:score_threshold", "kept", "filtered:score_threshold"]})
+    rows = {(r["rule"], r["margin"]): r for r in what_if(cands, 2, ["q1", "q2"], cfg)}
+    # q1's candidate filtered by the rule scores far below its positive: every margin would keep it
+    assert all(r["negatives"] >= 2 for r in rows.values())
+    assert rows[("relative", 0.1)]["queries_with_n"] == 1 and rows[("relative", 0.1)]["negatives"] == 2
+    # q2's scores as high as its positive: only a margin of 0 keeps it
+    assert rows[("absolute", 0.0)]["negatives"] == 3 and rows[("absolute", 1.0)]["negatives"] == 2
+
+
+def _adi_copy(data_root, folder, keep_two: int):
+    """adi's test split as a train split where only ``keep_two`` queries keep two positives, the rest one."""
+    src = data_root / "adi"
+    lines = (src / "qrels" / "test.tsv").read_text().splitlines()
+    kept, count = [lines[0]], {}
+    for line in lines[1:]:
+        q = line.split("\t")[0]
+        n_multi = sum(1 for v in count.values() if v >= 2)
+        limit = 2 if (count.get(q, 0) == 1 and n_multi < keep_two) or count.get(q, 0) >= 2 else 1
+        if count.get(q, 0) < limit:
+            count[q] = count.get(q, 0) + 1
+            kept.append(line)
+    (folder / "qrels").mkdir(parents=True)
+    for f in ("corpus.jsonl", "queries.jsonl"):
+        (folder / f).write_text((src / f).read_text())
+    (folder / "qrels" / "train.tsv").write_text("\n".join(kept) + "\n")
+    return sum(1 for v in count.values() if v >= 2)
+
+
+@pytest.mark.usefixtures("torch_one_thread")
+def test_too_few_positives_to_hide_and_no_stored_rule_keep_the_margins(env, data_root, tmp_path, tiny_bi_encoder):
+    col = tmp_path / "adi_few"
+    assert _adi_copy(data_root, col, 2) == 2  # two queries with two positives: 4 to hide, fewer than 10
+    run = tmp_path / "mined"
+    assert mine(run, "--data", str(col), "--split", "train", "--cross-encoder", str(_hand_judge(tmp_path / "j", 1.0)),
+                "--set", f"candidates.model={json.dumps(str(tiny_bi_encoder))}",
+                "--set", "filter.auto_threshold=true") == 0
+    m = read_manifest(run)
+    auto = m["auto_threshold"]
+    assert auto["chosen"] is None and auto["queries"] == 2 and auto["hidden_positives"] == 4
+    assert "at least 10" in auto["why"]
+    assert "filtered:score_threshold" not in m["counts"]["fates"]
+    assert "not fitted" in (run / "report.md").read_text()
+
+
+@pytest.mark.usefixtures("torch_one_thread")
+def test_a_resumed_job_keeps_the_rule_it_started_with(env, tmp_path, tiny_bi_encoder, monkeypatch):
+    import mining_jobs.mine as mine_module
+    from mining_jobs.shard import shard_paths
+
+    args = ["--data", "adi", "--split", "test", "--cross-encoder", str(_hand_judge(tmp_path / "judge", 1.0)),
+            "--set", f"candidates.model={json.dumps(str(tiny_bi_encoder))}", "--set", "filter.auto_threshold=true",
+            "--set", "output.shard_size=10"]
+    run = tmp_path / "run"
+    assert mine(run, *args) == 0
+    first = read_manifest(run)
+    stored = json.loads((run / "job.json").read_text())["auto_choices"]
+    assert stored["auto_threshold"] == first["auto_threshold"] and first["auto_threshold"]["chosen"] is not None
+    cpath, tpath = shard_paths(run, 1)
+    before = tpath.read_bytes()
+    for p in [*run.glob("*.parquet"), run / "manifest.json", run / "report.md", tpath]:  # as if killed mid-way
+        p.unlink()
+
+    def refit(*a, **k):
+        raise AssertionError("a resumed job must not fit its rule again")
+
+    monkeypatch.setattr(mine_module, "choose_threshold", refit)
+    assert mine(run, *args) == 0
+    again = read_manifest(run)
+    assert again["auto_threshold"] == first["auto_threshold"] and again["counts"]["shards_resumed"] >= 1
+    assert tpath.read_bytes() == before
