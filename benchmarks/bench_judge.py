@@ -12,19 +12,20 @@
    (all 300 queries), ROC-AUC of positives vs mined candidates, and on the planted `train:fit` queries the
    filter's recall of hidden positives and its cost across margins.
 
-Run: python -m benchmarks.bench_judge [--with-ce] [--with-bi] [--work runs/bench_judge]
+Run: python -m benchmarks.bench_judge [--with-ce] [--with-bi] [--work runs/bench_judge] [--render-only]
 Writes benchmarks/results/judge.{md,json}. Finished judges in --work are reused.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
 
 from benchmarks.bench_planted import plant
-from benchmarks.machine import describe, markdown, write_result
+from benchmarks.machine import RESULTS, describe, markdown, write_result
 from mining_jobs.judge_report import Scorer, Setting, render_report, rerank_quality, run_judge_report
 from mining_jobs.judge_train import JudgeJob, run_train_judge
 
@@ -53,7 +54,14 @@ def main() -> None:
     ap.add_argument("--with-ce", action="store_true", help="also train and measure a cross-fitted cross-encoder")
     ap.add_argument("--with-bi", action="store_true", help="also an ensemble with a cross-fitted bi-encoder")
     ap.add_argument("--seed", type=int, default=13, help="seed of the planted false negatives")
+    ap.add_argument("--render-only", action="store_true",
+                    help="rewrite benchmarks/results/judge.md from the committed judge.json; measure nothing")
     args = ap.parse_args()
+    if args.render_only:
+        doc = json.loads((RESULTS / "judge.json").read_text())
+        trained = [k for k in doc["judges"] if k not in ("bm25", "dense", "hybrid")]
+        (RESULTS / "judge.md").write_text("\n".join(render(doc, trained)))
+        return
     os.environ.setdefault("HARDNEG_DATA", str(HERE.parent.parent / "shared" / "data"))
     work = Path(args.work).resolve()
     t0 = time.perf_counter()
@@ -122,6 +130,19 @@ def main() -> None:
                    and rows[best]["score_alone_rule"]["queries_keeping_3"] >= 0.95)}
     cmd = "python -m benchmarks.bench_judge" + (" --with-ce" if args.with_ce else "") + \
         (" --with-bi" if args.with_bi else "")
+    doc = {**summary, "judges": rows, "report": report, "seconds": time.perf_counter() - t0, "command": cmd}
+    write_result("judge", doc, render(doc, [k for k in rows if k in judges]))
+
+
+
+def render(doc: dict, trained: list[str]) -> list[str]:
+    """judge.md from the result document (``--render-only`` rewrites it from a committed judge.json).
+    ``trained``: the judges trained here (the others are the retrievers)."""
+    rows, report, cmd, best = doc["judges"], doc["report"], doc["command"], doc["best_judge"]
+    summary = {k: doc[k] for k in ("hidden_positive_target_met", "hidden_positive_target_met_by_score_alone")}
+    judges = {k: rows[k]["path"] for k in trained}
+    names = {v["path"]: k for k, v in rows.items()}
+    hybrid = rows["hybrid"]["scifact_test_rerank_ndcg10"]
     lines = ["# Judges: ranking on SciFact test, hidden positives on planted SciFact train:fit", "",
              f"Best judge (chosen by nDCG@10 on SciFact train:dev, never on test): **{best}** (dev "
              + ", ".join(f"{k} {rows[k]['scifact_dev_rerank_ndcg10']:.4f}" for k in judges) + "); on test "
@@ -154,10 +175,10 @@ def main() -> None:
               f"{'met' if summary['hidden_positive_target_met_by_score_alone'] else '**not met**'} by its score "
               "alone. A retriever's raw score is no probability, so its relative-margin rows mean little; its "
               "absolute rows are the comparison.", "", "## Full report", "",
-              render_report(readable(report, names)).split("\n", 2)[2], "## Machine", markdown(describe()), "## Command",
-              f"`{cmd}` ({time.perf_counter() - t0:.0f} s)", ""]
-    write_result("judge", {**summary, "judges": rows, "report": report, "seconds": time.perf_counter() - t0,
-                           "command": cmd}, lines)
+              render_report(readable(report, names)).split("\n", 2)[2], "## Machine",
+              markdown(doc.get("machine") or describe()), "## Command",
+              f"`{cmd}` ({doc['seconds']:.0f} s)", ""]
+    return lines
 
 
 if __name__ == "__main__":
