@@ -9,6 +9,7 @@ import zlib
 
 import numpy as np
 
+from retriever.encoder import resolve_model_name
 from retriever.errors import HardnegError
 from retriever.judge import mean_ndcg10, roc_auc
 from retriever.rerank import score_lists
@@ -212,10 +213,11 @@ def choose_threshold(res, cfg: MineConfig) -> dict | None:
         rule = {k: stored[k] for k in ("logit_weight", "positive_cosine_weight", "score_threshold", "recall", "cost")}
         short = (f"{len(hidden)} to hide, fewer than {MIN_FIT_HIDDEN}" if len(hidden) < MIN_FIT_HIDDEN
                  else "but no other candidate to weigh them against")
-        why = (f"{len(multi)} queries of this job have two or more positives ({short}): the judge's own rule, fitted by train-judge on {stored['fit_queries']} of its "
-               f"training queries ({stored['recall']:.1%} of their hidden positives and {stored['cost']:.1%} of the "
+        why = (f"{len(multi)} queries of this job have two or more positives ({short}): the judge's own rule, "
+               f"fitted by train-judge on {stored['fit_queries']} of its training queries ({stored['recall']:.1%} of their hidden positives and {stored['cost']:.1%} of the "
                "other candidates filtered there)")
-        if stored.get("dense_model") not in (None, cfg.candidates.model):
+        if stored.get("dense_model") is not None and (resolve_model_name(stored["dense_model"])
+                                                      != resolve_model_name(cfg.candidates.model)):
             why += (f"; its cosines came from {stored['dense_model']}, this job's from {cfg.candidates.model}, so "
                     "its threshold may not carry over")
         logger.info("filter.auto_threshold: %s", why)
