@@ -14,6 +14,7 @@ import argparse
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 
 from benchmarks.machine import RESULTS, describe, markdown, write_result
@@ -23,7 +24,7 @@ FACTS = ("summary.json", "manifest.json", "metrics.json")
 IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)/\s]+\.png)\)")
 
 
-def record(run: Path, name: str, command: str, res_dir: Path = RESULTS) -> None:
+def record(run: Path, name: str, command: str, res_dir: Path = RESULTS, wall_seconds: float | None = None) -> None:
     report = next((run / f for f in REPORTS if (run / f).is_file()), None)
     if report is None:
         raise SystemExit(f"{run}: no {' or '.join(REPORTS)}; run the job first")
@@ -43,10 +44,13 @@ def record(run: Path, name: str, command: str, res_dir: Path = RESULTS) -> None:
         lines = [f"# {run.name}", "", *lines]
     lines += ["", f"Recorded from `{run}/{report.name}` by `python -m benchmarks.record_run`.", "",
               "## Machine", markdown(describe()), "## Command", f"`{command}`", ""]
+    if wall_seconds is not None:  # the whole command, stages before the job's own report included
+        lines[-1:] = [f"`{command}` took {wall_seconds:.0f} s ({wall_seconds / 60:.1f} min) of wall-clock time in "
+                      "this invocation (finished stages of an earlier one are reused).", ""]
     facts = {str(p.relative_to(run)): json.loads(p.read_text())
              for p in [*(run / f for f in FACTS), *sorted(run.glob("*/metrics.json"))] if p.is_file()}
-    write_result(name, {"run": str(run), "report": report.name, "command": command, "files": facts}, lines,
-                 res_dir=res_dir)
+    write_result(name, {"run": str(run), "report": report.name, "command": command, "wall_seconds": wall_seconds,
+                        "files": facts}, lines, res_dir=res_dir)
 
 
 def main() -> None:
@@ -54,8 +58,11 @@ def main() -> None:
     ap.add_argument("run", type=Path, help="the job's run folder")
     ap.add_argument("name", help="result name: writes benchmarks/results/NAME.md and NAME.json")
     ap.add_argument("--command", required=True, help="the command that produced the run (shown in the result)")
+    ap.add_argument("--started", type=float, default=None,
+                    help="the command's start (seconds since the epoch, `date +%%s`): records its wall-clock time")
     args = ap.parse_args()
-    record(args.run, args.name, args.command)
+    record(args.run, args.name, args.command,
+           wall_seconds=None if args.started is None else time.time() - args.started)
 
 
 if __name__ == "__main__":

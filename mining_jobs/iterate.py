@@ -35,6 +35,7 @@ from retriever.progress import stage
 from .config import ConfigError, MineConfig, from_dict, read_toml, set_override
 from .evaluate import evaluate_model
 from .files import versions
+from .judge_check import render_check
 from .losses import needs_scores
 from .runfolder import Layout, RunFolderError, fingerprint, prepare, write_json, write_parquet, write_text
 from .settings import fill, opt, section
@@ -345,8 +346,13 @@ def run_loop(cfg: LoopConfig) -> dict:
             logger.info("stopping: %s", stopped)
             break
     _p_values(out, rounds, cfg.loop.test_split or dev)
+    checks = {}  # each round's judge check, from its mining manifest (rounds finished before it was kept too)
+    for x in rounds[1:]:
+        mpath = out / f"round_{x['round']}" / "mine" / "manifest.json"
+        if mpath.is_file():
+            checks[x["round"]] = json.loads(mpath.read_text()).get("judge_check")
     summary = {"rounds": rounds, "best_round": best, "best_model": rounds[best]["model"], "stopped": stopped,
-               "seconds": time.perf_counter() - t0}
+               "seconds": time.perf_counter() - t0, "judge_checks": checks}
     table = render_table(rounds, cfg)
     has_png = _plot(rounds, cfg, out / "metrics.png")
     write_text(out / "report.md", render_report(summary, table, cfg, has_png))
@@ -397,6 +403,13 @@ def render_report(summary: dict, table: str, cfg: LoopConfig, has_png: bool) -> 
              "churn (retained): share of the previous round's mined negatives (query, document) mined again.",
              "p vs base: paired randomization test (10,000 resamples) of per-query nDCG@10 against round 0.",
              "neg kept / filtered: candidates that passed / failed the cross-encoder false-negative filter.", ""]
+    checks = {r: c for r, c in (summary.get("judge_checks") or {}).items() if c}
+    if checks:
+        lines += ["The false-negative judge against the retrieval whose candidates it judges (the mining job's "
+                  "check on its own held-in queries, before filtering):", ""]
+        for r, c in sorted(checks.items(), key=lambda kv: int(kv[0])):
+            lines += [f"- round {r}: " + render_check(c)[0].removeprefix("- judge check: ").removeprefix("> ")]
+        lines.append("")
     if has_png:
         lines += ["![metrics over rounds](metrics.png)", ""]
     lines += [f"Total {summary['seconds']:.0f} s in this invocation (finished stages of an earlier one are reused)."]

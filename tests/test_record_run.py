@@ -37,3 +37,28 @@ def test_record_run_titles_a_summary_without_heading(tmp_path):
     record(run, "evaluate", "make evaluate", res_dir=tmp_path / "out")
     md = (tmp_path / "out" / "evaluate.md").read_text()
     assert md.startswith("# evaluate\n\nscifact / test: 3 queries")
+
+
+def test_record_run_states_the_whole_commands_wall_time(tmp_path, monkeypatch):
+    import sys
+    import time
+
+    run = tmp_path / "demo"
+    run.mkdir()
+    (run / "report.md").write_text("# ANCE loop on scifact\n\nTotal 285 s in this invocation.\n")
+    record(run, "demo", "make demo", res_dir=tmp_path / "a", wall_seconds=990.4)
+    md = (tmp_path / "a" / "demo.md").read_text()
+    assert "`make demo` took 990 s (16.5 min) of wall-clock time" in md
+    assert json.loads((tmp_path / "a" / "demo.json").read_text())["wall_seconds"] == 990.4
+    record(run, "demo", "make demo", res_dir=tmp_path / "b")  # without it: no claim about the whole command
+    assert "wall-clock" not in (tmp_path / "b" / "demo.md").read_text()
+    assert json.loads((tmp_path / "b" / "demo.json").read_text())["wall_seconds"] is None
+    # the command line: --started is the start in seconds since the epoch
+    import benchmarks.record_run as rr
+
+    seen = {}
+    monkeypatch.setattr(rr, "record", lambda *a, **k: seen.update(k))
+    monkeypatch.setattr(sys, "argv", ["record_run", str(run), "demo", "--command", "make demo",
+                                      "--started", str(time.time() - 120)])
+    rr.main()
+    assert 120 <= seen["wall_seconds"] < 600

@@ -265,6 +265,10 @@ def test_iterate_three_rounds_report(env, tiny_bi_encoder, tiny_cross_encoder, c
             assert rj["negatives"]["embedding_cache"] == "hit"
     report = (out / "report.md").read_text()
     assert "| 3 |" in report and "churn (retained)" in report and "metrics.png" in report and "p vs base" in report
+    for r in (1, 2, 3):  # each round's judge check next to the retrieval it judges
+        chk = json.loads((out / f"round_{r}" / "mine" / "manifest.json").read_text())["judge_check"]
+        line = next(x for x in report.splitlines() if x.startswith(f"- round {r}: the judge ranks"))
+        assert f"{chk['judge_ndcg@10']:.4f}" in line and f"{chk['fused_retrieval_ndcg@10']:.4f}" in line
     # p vs base: each round's per-query dev nDCG@10 (as its evaluation stored it) against round 0's, paired
     from retriever.metrics import randomization_test
 
