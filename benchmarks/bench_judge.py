@@ -134,12 +134,10 @@ def main() -> None:
     write_result("judge", doc, render(doc, [k for k in rows if k in judges]))
 
 
-
 def render(doc: dict, trained: list[str]) -> list[str]:
     """judge.md from the result document (``--render-only`` rewrites it from a committed judge.json).
     ``trained``: the judges trained here (the others are the retrievers)."""
     rows, report, cmd, best = doc["judges"], doc["report"], doc["command"], doc["best_judge"]
-    summary = {k: doc[k] for k in ("hidden_positive_target_met", "hidden_positive_target_met_by_score_alone")}
     judges = {k: rows[k]["path"] for k in trained}
     names = {v["path"]: k for k, v in rows.items()}
     hybrid = rows["hybrid"]["scifact_test_rerank_ndcg10"]
@@ -168,11 +166,11 @@ def render(doc: dict, trained: list[str]) -> list[str]:
                      f"{r['other_candidates_filtered']:.1%} | {r['queries_keeping_3']:.1%} | "
                      f"{al['hidden_positives_recall']:.1%} / {al['other_candidates_filtered']:.1%} | "
                      f"{rel['hidden_positives_recall']:.1%} / {rel['other_candidates_filtered']:.1%} | {opt} |")
-    met = summary["hidden_positive_target_met"]
+    met = doc["hidden_positive_target_met"]
     lines += ["", "The hidden-positive target (>= 90% of hidden positives filtered while at most 25% of the other "
               "candidates are, >= 95% of queries keeping >= 3 negatives) is "
               f"{'met' if met else '**not met**'} by the best judge with the positive-aware rule, and "
-              f"{'met' if summary['hidden_positive_target_met_by_score_alone'] else '**not met**'} by its score "
+              f"{'met' if doc['hidden_positive_target_met_by_score_alone'] else '**not met**'} by its score "
               "alone. A retriever's raw score is no probability, so its relative-margin rows mean little; its "
               "absolute rows are the comparison.", "", "## Full report", "",
               render_report(readable(report, names)).split("\n", 2)[2], "## Machine",

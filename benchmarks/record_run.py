@@ -45,8 +45,8 @@ def record(run: Path, name: str, command: str, res_dir: Path = RESULTS, wall_sec
     lines += ["", f"Recorded from `{run}/{report.name}` by `python -m benchmarks.record_run`.", "",
               "## Machine", markdown(describe()), "## Command", f"`{command}`", ""]
     if wall_seconds is not None:  # the whole command, stages before the job's own report included
-        lines[-1:] = [f"`{command}` took {wall_seconds:.0f} s ({wall_seconds / 60:.1f} min) of wall-clock time in "
-                      "this invocation (finished stages of an earlier one are reused).", ""]
+        lines[-2] += (f" took {wall_seconds:.0f} s ({wall_seconds / 60:.1f} min) of wall-clock time in this "
+                      "invocation (finished stages of an earlier one are reused).")
     facts = {str(p.relative_to(run)): json.loads(p.read_text())
              for p in [*(run / f for f in FACTS), *sorted(run.glob("*/metrics.json"))] if p.is_file()}
     write_result(name, {"run": str(run), "report": report.name, "command": command, "wall_seconds": wall_seconds,

@@ -214,8 +214,8 @@ def choose_threshold(res, cfg: MineConfig) -> dict | None:
         short = (f"{len(hidden)} to hide, fewer than {MIN_FIT_HIDDEN}" if len(hidden) < MIN_FIT_HIDDEN
                  else "but no other candidate to weigh them against")
         why = (f"{len(multi)} queries of this job have two or more positives ({short}): the judge's own rule, "
-               f"fitted by train-judge on {stored['fit_queries']} of its training queries ({stored['recall']:.1%} of their hidden positives and {stored['cost']:.1%} of the "
-               "other candidates filtered there)")
+               f"fitted by train-judge on {stored['fit_queries']} of its training queries ({stored['recall']:.1%} "
+               f"of their hidden positives and {stored['cost']:.1%} of the other candidates filtered there)")
         if stored.get("dense_model") is not None and (resolve_model_name(stored["dense_model"])
                                                       != resolve_model_name(cfg.candidates.model)):
             why += (f"; its cosines came from {stored['dense_model']}, this job's from {cfg.candidates.model}, so "

@@ -197,8 +197,7 @@ def positive_aware_point(sep: dict, pools: list[np.ndarray], s: Setting, planted
     split's own queries with two or more labelled positives, each hidden in turn; then applied to every
     query's candidates with the cosine to its labelled positives, and measured on the planted false
     negatives, which the fit treats as it would in a real job: unlabelled, among the other candidates.
-    ``use_cosine=False``: the judge's score alone, threshold fitted the
-    same way."""
+    ``use_cosine=False``: the judge's score alone, threshold fitted the same way."""
     from .judge_check import fit_positive_rule, loo_rows
 
     pos = [sorted(s.positives(q)) for q in s.qids]
