@@ -5,10 +5,15 @@ Plants two kinds of false negatives in SciFact train:
   corpus as new documents: for a query, its positive's copy is a false negative;
 - hidden positives: for each query with several positives, one is removed from the qrels (it stays in the
   corpus): it is relevant but unlabelled.
-Then mines twice with the same candidates and sampling: without any filter (no cross-encoder, no
-near-duplicate cosine) and with the filter (the cross-fitted cross-encoder and near-duplicate cosine).
+Then mines with the same candidates and sampling, one row per rule: without any filter, the near-duplicate
+cosine exclusion only, the judge only (by its score with the relative margin, and by its positive-aware rule,
+``filter.auto_threshold``), and the exclusion with each judge rule; so each rule's own share shows.
 
-Run: python -m benchmarks.bench_planted --cross-encoder runs/ce_scifact [--max-length 128]
+The judge must not have seen the hidden positives as positives: fit it on the planted copy (as
+``python -m benchmarks.bench_judge --with-ce`` does in runs/bench_judge/, with the same seed and count), e.g.
+
+    python -m benchmarks.bench_planted --judge runs/bench_judge/ensemble+ce --split train:fit
+
 Writes benchmarks/results/planted_false_negatives.{md,json}.
 """
 
@@ -99,10 +104,17 @@ def count(run_dir: Path, planted: dict[str, list[tuple[str, str]]], n_neg: int) 
     return out
 
 
+MARGIN, RULE = "judge (margin)", "judge (positive-aware)"
+ROWS = ("without filter", "exclusion only", f"{MARGIN} only", f"{RULE} only", f"exclusion + {MARGIN}",
+        f"exclusion + {RULE}")
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--cross-encoder", required=True, help="fold set from `hardneg train-reranker`")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--judge", "--cross-encoder", dest="judge", required=True,
+                    help="a `hardneg train-judge` folder, a `hardneg train-reranker` fold set or any cross-encoder")
     ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--split", default="train", help="the planted split to mine (e.g. train:fit)")
     ap.add_argument("--dups", type=int, default=150, help="queries that get a near-duplicate of a positive")
     ap.add_argument("--near-dup-cosine", type=float, default=0.95)
     ap.add_argument("--relative-margin", type=float, default=0.1)
@@ -114,48 +126,71 @@ def main() -> None:
     work = Path(args.work)
     data = work / "scifact_planted"
     planted = plant(Path(os.environ["HARDNEG_DATA"]) / "scifact", data, args.dups, args.seed)
-    common = [f"data.name={json.dumps(str(data.resolve()))}", "data.split=train",
+    common = [f"data.name={json.dumps(str(data.resolve()))}", f"data.split={json.dumps(args.split)}",
               f"sampling.num_negatives={args.num_negatives}", "output.overwrite=true"]
-    variants = {
-        "without filter": common,
-        "with filter": [*common, f"cross_encoder.model={json.dumps(str(Path(args.cross_encoder).resolve()))}",
-                        f"cross_encoder.max_length={args.max_length}",
-                        f"exclusion.near_duplicate_cosine={args.near_dup_cosine}",
-                        f"filter.relative_margin={args.relative_margin}"],
-    }
+    exclusion = [f"exclusion.near_duplicate_cosine={args.near_dup_cosine}"]
+    judge_path = Path(args.judge)
+    judge = [f"cross_encoder.model={json.dumps(str(judge_path.resolve()) if judge_path.exists() else args.judge)}",
+             f"cross_encoder.max_length={args.max_length}"]
+    margin, rule = [*judge, f"filter.relative_margin={args.relative_margin}"], [*judge, "filter.auto_threshold=true"]
+    variants = dict(zip(ROWS, ([], exclusion, margin, rule, [*exclusion, *margin], [*exclusion, *rule]), strict=True))
+    variants = {name: [*common, *extra] for name, extra in variants.items()}
     results = {}
     for name, overrides in variants.items():
         t0 = time.perf_counter()
-        out = work / name.replace(" ", "_")
+        out = work / re.sub(r"[^a-z0-9]+", "_", name).strip("_")
         run_mining(load_config(overrides=overrides), out)
         results[name] = {**count(out, planted, args.num_negatives), "seconds": time.perf_counter() - t0,
                          "overrides": overrides}
-    a, b = results["without filter"]["all"]["in_negatives"], results["with filter"]["all"]["in_negatives"]
-    removed = 1 - b / a if a else float("nan")
-    keep3 = results["with filter"]["share_queries_with_>=3_negatives"]
-    summary = {"removed_share": removed, "queries_with_>=3_negatives_with_filter": keep3,
-               "pass_removed_>=0.8": removed >= 0.8, "pass_>=95%_queries_keep_3": keep3 >= 0.95}
-    lines = ["# Planted false negatives on SciFact train\n",
+    base = results["without filter"]
+    summary: dict[str, object] = {}
+    for name in ROWS[1:]:
+        r = results[name]
+        summary[name] = {f"{k}_removed": 1 - r[k]["in_negatives"] / base[k]["in_negatives"]
+                         if base[k]["in_negatives"] else float("nan")
+                         for k in ("near_duplicates", "hidden_positives", "all")}
+        summary[name]["queries_with_>=3_negatives"] = r["share_queries_with_>=3_negatives"]
+    both = summary[ROWS[-1]]
+    summary |= {"removed_share": both["all_removed"], "queries_with_>=3_negatives_with_filter":
+                both["queries_with_>=3_negatives"], "pass_removed_>=0.8": both["all_removed"] >= 0.8,
+                "pass_>=95%_queries_keep_3": both["queries_with_>=3_negatives"] >= 0.95}
+    write_result("planted_false_negatives", {"summary": summary, "runs": results, "args": vars(args)},
+                 render(results, summary, planted, args))
+
+
+def render(results: dict, summary: dict, planted: dict, args) -> list[str]:
+    lines = [f"# Planted false negatives on SciFact {args.split}: each rule alone and both\n",
              f"{len(planted['near_duplicates'])} near-duplicate copies of positives planted in the corpus, "
-             f"{len(planted['hidden_positives'])} positives hidden from the qrels of multi-positive queries. "
-             f"Candidates: BM25 top-30 + dense top-30 (all-MiniLM-L6-v2); top-{args.num_negatives} negatives.\n",
+             f"{len(planted['hidden_positives'])} positives hidden from the qrels of multi-positive queries (the "
+             f"counts below are those whose query is in `{args.split}`). Candidates: BM25 top-30 + dense top-30 "
+             f"(all-MiniLM-L6-v2); top-{args.num_negatives} negatives. Exclusion: near-duplicate cosine >= "
+             f"{args.near_dup_cosine} to a labelled positive. Judge: `{args.judge}` (max_length {args.max_length}); "
+             f"`{MARGIN}`: its score with relative margin {args.relative_margin} against the query's lowest "
+             f"positive; `{RULE}`: its positive-aware rule (`filter.auto_threshold`: judge score + w x cosine to the "
+             "nearest labelled positive, as stored with the judge or fitted on the job's multi-positive queries).\n",
              "| run | near-dups in negatives | hidden positives in negatives | all planted in negatives | "
-             "queries with >= 3 negatives |", "|---|---|---|---|---|"]
+             "removed vs no filter (near-dups / hidden / all) | queries with >= 3 negatives |",
+             "|---|---|---|---|---|---|"]
     for name, r in results.items():
         nd, hp, al = r["near_duplicates"], r["hidden_positives"], r["all"]
-        lines.append(f"| {name} | {nd['in_negatives']}/{nd['planted']} ({nd['share_in_negatives']:.1%}) | "
-                     f"{hp['in_negatives']}/{hp['planted']} ({hp['share_in_negatives']:.1%}) | "
-                     f"{al['in_negatives']}/{al['planted']} ({al['share_in_negatives']:.1%}) | "
+        s = summary.get(name)
+        removed = (f"{s['near_duplicates_removed']:.1%} / {s['hidden_positives_removed']:.1%} / "
+                   f"{s['all_removed']:.1%}" if s else "-")
+        lines.append(f"| {name} | {nd['in_negatives']}/{nd['retrieved_as_candidates']} | "
+                     f"{hp['in_negatives']}/{hp['retrieved_as_candidates']} | {al['in_negatives']} | {removed} | "
                      f"{r['share_queries_with_>=3_negatives']:.1%} |")
-    lines += ["", f"- the filter removes **{removed:.1%}** of the planted false negatives that reach the negatives "
-              f"without it (target >= 80%: {'met' if summary['pass_removed_>=0.8'] else 'NOT met'})",
-              f"- with the filter, **{keep3:.1%}** of queries keep at least 3 negatives (target >= 95%: "
-              f"{'met' if summary['pass_>=95%_queries_keep_3'] else 'NOT met'})",
-              f"- filter: cross-fitted cross-encoder `{args.cross_encoder}` (max_length {args.max_length}), relative "
-              f"margin {args.relative_margin} on probabilities, near-duplicate cosine >= {args.near_dup_cosine}",
+    lines += ["", "Near-dups and hidden positives: in the negatives / retrieved among the candidates.", "",
+              f"- `{ROWS[-1]}` removes **{summary['removed_share']:.1%}** of the planted false negatives that reach "
+              f"the negatives without a filter (target >= 80%: "
+              f"{'met' if summary['pass_removed_>=0.8'] else 'NOT met'})",
+              f"- with it, **{summary['queries_with_>=3_negatives_with_filter']:.1%}** of queries keep at least 3 "
+              f"negatives (target >= 95%: {'met' if summary['pass_>=95%_queries_keep_3'] else 'NOT met'})",
               "", "## Machine", markdown(describe()), "## Command",
-              f"`python -m benchmarks.bench_planted --cross-encoder {args.cross_encoder} --max-length {args.max_length}`", ""]
-    write_result("planted_false_negatives", {"summary": summary, "runs": results, "args": vars(args)}, lines)
+              "`python -m benchmarks.bench_planted " + " ".join(
+                  [f"--judge {args.judge}", f"--split {args.split}", f"--max-length {args.max_length}",
+                   f"--relative-margin {args.relative_margin}"])
+              + "`", ""]
+    return lines
 
 
 if __name__ == "__main__":
