@@ -40,13 +40,16 @@ def test_claims_are_exclusive_across_threads(store, tmp_path):
     got: list[tuple[str, str]] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
+    start = threading.Barrier(6)
 
     def claimer(name: str) -> None:
         try:
             own = SQLiteJobStore(tmp_path / "home")  # one connection per claimer, as separate workers have
+            start.wait(timeout=30)  # all claimers race from the same moment, not one thread per scheduler slice
             while (job := own.claim(name, lease_s=60)) is not None:
                 with lock:
                     got.append((job.id, name))
+                time.sleep(0.002)  # a worker runs its job before claiming the next, so the others get turns
         except BaseException as exc:  # noqa: BLE001 - a claimer that dies (e.g. "database is locked") fails the test
             errors.append(exc)
 
