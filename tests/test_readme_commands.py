@@ -52,7 +52,7 @@ def makefile_commands(text: str) -> list[str]:
              for ln in lines]
     cmds = [" ".join(c.split(" >", 1)[0].split()) for ln in lines
             for c in re.split(r"\s*(?:&&|\|\||;)\s*", ln.lstrip("@-"))]
-    return [c for c in cmds if c and not SYNOPSIS.search(c) and "$(" not in c]
+    return [c for c in cmds if c and not SYNOPSIS.search(c)]  # SYNOPSIS also drops lines with make's $(...)
 
 
 def hardneg_args(cmd: str) -> list[str] | None:
