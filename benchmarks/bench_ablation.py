@@ -147,6 +147,8 @@ def settings_key(args, row: str, seed: int | None) -> dict:
         key |= {"judge": judge_fingerprint(args.judge), "relative_margin": args.relative_margin}
     if row in PA_ROWS:
         key |= {"judge": judge_fingerprint(args.judge), "filter": "auto_threshold", "max_cost": args.pa_max_cost}
+        if args.pa_cost_on != "multi":  # rows of the earlier fit ('multi') keep the key they were stored with
+            key["cost_on"] = args.pa_cost_on
     if row == "ance":
         key["rounds"] = args.rounds
     if loss != "mnrl":
@@ -311,8 +313,10 @@ def triples_for(args, row: str, seed: int) -> Path:
         return mine(args, "hardneg", **judge_sections(args))
     if row in PA_ROWS:
         extra = {"candidates__bm25": False} if row == "dense-pa" else {}
-        return mine(args, row, **judge_sections(args), filter__auto_threshold=True,
-                    filter__auto_margin_max_cost=args.pa_max_cost, **extra)
+        name = row if args.pa_cost_on == "multi" else f"{row}-{args.pa_cost_on}"  # the earlier mined folders stay
+        return mine(args, name, **judge_sections(args), filter__auto_threshold=True,
+                    filter__auto_margin_max_cost=args.pa_max_cost, filter__auto_threshold_cost_on=args.pa_cost_on,
+                    **extra)
     raise SystemExit(f"unknown row {row!r}; rows: {', '.join(ROWS)}")
 
 
@@ -418,7 +422,8 @@ def render(summary: dict[str, dict], args) -> list[str]:
              f"(training uses the first), judge `{args.judge}` (`hardneg train-judge` on `{args.fit_split}`, chosen "
              f"on `{args.dev_split}` in benchmarks/results/judge.md), relative margin {args.relative_margin}; the "
              f"`positive-aware rule` rows replace the margin by the rule `filter.auto_threshold` fits on the "
-             f"job's own multi-positive queries (at most {args.pa_max_cost:.0%} of the other candidates). "
+             f"job's own multi-positive queries (filtering at most {args.pa_max_cost:.0%} of the candidates of "
+             + ("a sample of all its queries" if args.pa_cost_on == "all" else "those queries") + "). "
              f"Test = `{args.test_split}` (300 queries), read only for this table.", "",
              "mean ± std over seeds. p: paired randomization test (10,000 sign flips) on per-query test nDCG@10 "
              "averaged over the seeds.", ""]
@@ -534,6 +539,8 @@ def main() -> None:
     p.add_argument("--relative-margin", type=float, default=0.1)
     p.add_argument("--pa-max-cost", type=float, default=0.25,
                    help="rows dense-pa, hardneg-pa: filter.auto_margin_max_cost of the fitted positive-aware rule")
+    p.add_argument("--pa-cost-on", choices=("all", "multi"), default="all",
+                   help="rows dense-pa, hardneg-pa: filter.auto_threshold_cost_on (the committed rows: multi)")
     p.add_argument("--steps", type=int, default=60, help="total optimizer steps of every fine-tuned row")
     p.add_argument("--rounds", type=int, default=3, help="ANCE rounds (steps / rounds each)")
     p.add_argument("--seeds", default="1,2,3")

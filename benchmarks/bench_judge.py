@@ -149,7 +149,7 @@ def render(doc: dict, trained: list[str]) -> list[str]:
              "Hidden positives: the planted SciFact `train:fit` copy (no near-duplicate exclusion). The filter is "
              "`filter.auto_threshold`'s positive-aware rule: judge score + w x cosine to the query's nearest labelled "
              "positive, w and the threshold fitted on the split's own queries with two or more labelled positives "
-             "(each hidden in turn, at most 25% of the other candidates); the planted hidden positives are never "
+             "(each hidden in turn; the threshold filters at most 25% of the candidates of all the split's queries); the planted hidden positives are never "
              "labels of the fit (unlabelled, they sit among its other candidates). `score alone`: the same fit "
              "with w = 0.", "",
              "| judge | test nDCG@10 | test MRR@10 | p vs hybrid | AUC pos vs candidates (per query) | hidden positives "

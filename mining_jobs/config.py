@@ -107,6 +107,11 @@ class FilterSection:
                                       "candidates), and take the score_threshold that filters at most "
                                       "auto_margin_max_cost of the other candidates; replaces the margin rules "
                                       "(in manifest.json)")
+    auto_threshold_cost_on: Literal["all", "multi"] = opt(
+        "all", "auto_threshold: the candidates its cost bound (auto_margin_max_cost) holds on: 'all' = those of a "
+               "sample of all the job's queries, as the filter meets them; 'multi' = only those of the queries with "
+               "two or more positives it is fitted on (the rule before 2026-12-06; their candidates score higher, so "
+               "it filters well under the bound of the job's candidates)")
     judge_check_queries: int = opt(64, "before filtering, compare the judge's ranking with the fused retrieval's on "
                                       "this many of the job's own queries (nDCG@10 of their positives; 0 = skip)")
     require_better_judge: bool = opt(False, "refuse to filter (stop the job) when the judge ranks worse than the "
@@ -177,6 +182,10 @@ class MineConfig:
         for k, default in NEW_FILTER_DEFAULTS.items():  # added later: at their default, the fingerprint stays
             if d["filter"][k] == default:
                 d["filter"].pop(k)
+        # read only by auto_threshold, and 'multi' is how it fitted before the option: those keep their fingerprint,
+        # while an auto_threshold job fitted the earlier way does not pass for one of the new rule
+        if not self.filter.auto_threshold or self.filter.auto_threshold_cost_on == "multi":
+            d["filter"].pop("auto_threshold_cost_on")
         return fingerprint(d)
 
 

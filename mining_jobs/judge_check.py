@@ -138,14 +138,19 @@ AUTO_THRESHOLD_QUERIES = 256  # queries with two or more positives the positive-
 MIN_FIT_HIDDEN = 10  # fewer hidden positives than this: the judge's stored rule, when it has one, is preferred
 
 
-def fit_positive_rule(hidden: np.ndarray, others: np.ndarray, max_cost: float, use_cosine: bool = True) -> dict:
+def fit_positive_rule(hidden: np.ndarray, others: np.ndarray, max_cost: float, use_cosine: bool = True,
+                      population: np.ndarray | None = None) -> dict:
     """The positive-aware rule from (judge logit, cosine to the nearest other positive) rows: ``hidden`` are
     positives hidden in turn (stand-ins for unlabelled positives), ``others`` the other candidates of the same
     queries. A logistic regression (almost unregularized, deterministic) weighs the two; the threshold is the
     lowest that filters at most ``max_cost`` of the others (so the most hidden positives), then raised
     half-way to the next score while the same hidden positives stay filtered (no cost paid for nothing).
     Weights are scaled so that the logit's weight is 1 when the judge helps at all. ``use_cosine=False``: the
-    judge's logit alone, only the threshold is fitted (a calibrated judge's probability bound)."""
+    judge's logit alone, only the threshold is fitted (a calibrated judge's probability bound).
+    ``population``: the rows the filter will be applied to (every sampled query's candidates, with the cosine to
+    its nearest labelled positive); the cost bound and the reported cost are measured on them instead of on
+    ``others`` (the candidates of the multi-positive queries only, which score higher than a job's average
+    candidate, so a bound measured there filters far less than ``max_cost`` of the job's candidates)."""
     from sklearn.linear_model import LogisticRegression
 
     hidden, others = np.asarray(hidden, dtype=np.float64), np.asarray(others, dtype=np.float64)
@@ -160,8 +165,13 @@ def fit_positive_rule(hidden: np.ndarray, others: np.ndarray, max_cost: float, u
             a, b = 1.0, b / a
     else:
         a, b = 1.0, 0.0
-    zh, zo = hidden @ np.array([a, b]), others @ np.array([a, b])
-    k = int(np.floor(max_cost * len(zo) + 1e-9))  # at most k others may score above the threshold
+    if population is not None:
+        population = np.asarray(population, dtype=np.float64).reshape(-1, 2)
+        if not len(population):
+            raise ValueError("the population the cost bound is measured on is empty")
+    zh = hidden @ np.array([a, b])
+    zo = (others if population is None else population) @ np.array([a, b])
+    k = int(np.floor(max_cost * len(zo) + 1e-9))  # at most k of them may score above the threshold
     srt = np.sort(zo)[::-1]
     t = float(srt[k]) if k < len(srt) else float(srt[-1]) - 1.0
     caught = zh[zh > t]
@@ -193,21 +203,41 @@ def loo_rows(scores: list[np.ndarray], positives: list[list[int]], pools: list[l
     return np.array(hidden).reshape(-1, 2), np.array(others).reshape(-1, 2)
 
 
+def population_rows(scores: list[np.ndarray], positives: list[list[int]], pools: list[list[int]], emb: np.ndarray
+                    ) -> np.ndarray:
+    """(logit, cosine to the nearest labelled positive) of every candidate of every query with a positive, as
+    the filter sees them in the job (all positives labelled). Same layout as ``loo_rows``' arguments."""
+    rows = []
+    for s, pos, pool in zip(scores, positives, pools, strict=True):
+        n_pos = len(pos)
+        if not n_pos or len(pool) <= n_pos:
+            continue
+        v = emb[pool]
+        cos = (v[n_pos:] @ v[:n_pos].T).max(axis=1)
+        rows += list(zip(np.asarray(s, dtype=np.float64)[n_pos:], cos, strict=True))
+    return np.array(rows, dtype=np.float64).reshape(-1, 2)
+
+
 def choose_threshold(res, cfg: MineConfig) -> dict | None:
     """``filter.auto_threshold``: fit the positive-aware rule (``fit_positive_rule``) on the job's own queries
-    with two or more positives, each positive hidden in turn and judged with the cosine to the others. With
-    no such query the configured rules stay. Deterministic: the same inputs fit the same rule."""
+    with two or more positives, each positive hidden in turn and judged with the cosine to the others; its cost
+    bound holds on the candidates of a sample of all the job's queries. With no such query the configured
+    rules stay. Deterministic: the same inputs fit the same rule."""
     if res.reranker is None or not cfg.filter.auto_threshold:
         return None
-    multi = sorted((q for q in res.qids if len(res.inp.positives[q]) >= 2),
-                   key=lambda q: (zlib.crc32(q.encode()), q))[:AUTO_THRESHOLD_QUERIES]
-    hidden = others = np.zeros((0, 2))
+    by_crc = sorted(res.qids, key=lambda q: (zlib.crc32(q.encode()), q))
+    multi = [q for q in by_crc if len(res.inp.positives[q]) >= 2][:AUTO_THRESHOLD_QUERIES]
+    # the cost bound is measured on the candidates of a sample of all the job's queries, as the filter meets them
+    sample = list(dict.fromkeys(multi + (by_crc[:AUTO_THRESHOLD_QUERIES]
+                                         if cfg.filter.auto_threshold_cost_on == "all" else [])))
+    hidden = others = population = np.zeros((0, 2))
     if multi:
-        qtexts = [res.inp.queries[q] for q in multi]
-        cands, positives = candidates_of(res, cfg, multi, qtexts)
+        qtexts = [res.inp.queries[q] for q in sample]
+        cands, positives = candidates_of(res, cfg, sample, qtexts)
         pools = [pos + [c.doc for c in cl if c.fate == "pending"] for cl, pos in zip(cands, positives, strict=True)]
-        scores, _ = score_lists(res.reranker, multi, qtexts, pools, res.doc_ids, res.texts, res.score_cache)
+        scores, _ = score_lists(res.reranker, sample, qtexts, pools, res.doc_ids, res.texts, res.score_cache)
         hidden, others = loo_rows(scores, positives, pools, res.emb)
+        population = population_rows(scores, positives, pools, res.emb)
     stored = getattr(res.reranker, "positive_rule", None)
     if stored and (len(hidden) < MIN_FIT_HIDDEN or not len(others)):  # too little of its own to fit on
         rule = {k: stored[k] for k in ("logit_weight", "positive_cosine_weight", "score_threshold", "recall", "cost")}
@@ -232,15 +262,16 @@ def choose_threshold(res, cfg: MineConfig) -> dict | None:
         logger.warning("filter.auto_threshold: %s; the configured rules stay", why)
         return {"chosen": None, "why": why, "queries": len(multi), "hidden_positives": len(hidden)}
     max_cost = cfg.filter.auto_margin_max_cost
-    rule = fit_positive_rule(hidden, others, max_cost)
+    on_all = cfg.filter.auto_threshold_cost_on == "all"
+    rule = fit_positive_rule(hidden, others, max_cost, population=population if on_all else None)
     why = (f"fitted on {len(hidden)} hidden positives and {len(others)} other candidates of {len(multi)} queries: it "
-           f"filters {rule['recall']:.1%} of the hidden positives and {rule['cost']:.1%} of the other candidates "
-           f"(bound {max_cost:.0%})")
+           f"filters {rule['recall']:.1%} of the hidden positives and {rule['cost']:.1%} of the candidates of "
+           + (f"{len(sample)} sampled queries" if on_all else "those queries") + f" (bound {max_cost:.0%})")
     logger.info("filter.auto_threshold: filter score = %.3f x logit + %.3f x cosine to the nearest positive, "
                 "threshold %.3f; %s", rule["logit_weight"], rule["positive_cosine_weight"], rule["score_threshold"],
                 why)
     return {"chosen": rule, "why": why, "queries": len(multi), "hidden_positives": len(hidden),
-            "candidates": len(others)}
+            "candidates": len(others), "cost_sample_queries": len(sample), "cost_sample_candidates": len(population)}
 
 
 def render_auto_threshold(auto: dict | None) -> list[str]:

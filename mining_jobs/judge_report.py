@@ -198,7 +198,7 @@ def positive_aware_point(sep: dict, pools: list[np.ndarray], s: Setting, planted
     query's candidates with the cosine to its labelled positives, and measured on the planted false
     negatives, which the fit treats as it would in a real job: unlabelled, among the other candidates.
     ``use_cosine=False``: the judge's score alone, threshold fitted the same way."""
-    from .judge_check import fit_positive_rule, loo_rows
+    from .judge_check import fit_positive_rule, loo_rows, population_rows
 
     pos = [sorted(s.positives(q)) for q in s.qids]
     scores = [np.r_[p, c] for p, c in zip(sep["positive_scores"], sep["candidate_scores"], strict=True)]
@@ -206,7 +206,8 @@ def positive_aware_point(sep: dict, pools: list[np.ndarray], s: Setting, planted
     hidden, others = loo_rows(scores, pos, pool_lists, s.corpus.emb)
     if not len(hidden) or not len(others):
         return {"fitted": False, "why": "no query with two or more labelled positives"}
-    rule = fit_positive_rule(hidden, others, max_cost, use_cosine)
+    rule = fit_positive_rule(hidden, others, max_cost, use_cosine,
+                             population=population_rows(scores, pos, pool_lists, s.corpus.emb))
     w = np.array([rule["logit_weight"], rule["positive_cosine_weight"]])
     hit = {k: 0 for k in planted}
     total = {k: 0 for k in planted}
@@ -293,10 +294,10 @@ def run_judge_report(judges: Sequence[str], data: str = "scifact", split: str = 
 
 def render_fitted_rules(r: dict, kinds: list[str]) -> list[str]:
     """The rules ``filter.auto_threshold`` fits (on the split's own multi-positive queries, each positive hidden
-    in turn, at most 25% of the other candidates), measured on the planted false negatives."""
+    in turn, at most 25% of all the split's candidates), measured on the planted false negatives."""
     lines = ["### Fitted rules (as `filter.auto_threshold` fits them on the labelled positives)", "",
              "Fitted on the split's own queries with two or more labelled positives, each hidden in turn, filtering "
-             "at most 25% of their other candidates; then measured on the planted false negatives, which the fit "
+             "at most 25% of the candidates of all the split's queries; then measured on the planted false negatives, which the fit "
              "never has as positives (unlabelled, they sit among the other candidates, as in a real job). "
              "`positive-aware`: judge score + w x cosine to the nearest labelled positive; `score "
              "alone`: the judge's score with a fitted threshold.", "",

@@ -159,25 +159,29 @@ def positive_rule_of(logit: np.ndarray, y: np.ndarray, g: np.ndarray, pools: lis
     """The positive-aware filter rule (``judge_check.fit_positive_rule``) on the training queries with two or
     more positives, each hidden in turn: stored with the judge, so a mining job whose own queries have one
     positive each (``filter.auto_threshold``) can use it. None without such queries."""
-    from .judge_check import fit_positive_rule, loo_rows
+    from .judge_check import fit_positive_rule, loo_rows, population_rows
 
-    scores, positives, pool_lists = [], [], []
+    scores, positives, pool_lists, multi = [], [], [], []
     for i, pool in enumerate(pools):
         m = g == i
         s, lab = logit[m], y[m]
         pos, oth = np.flatnonzero(lab == 1), np.flatnonzero(lab == 0)
-        if len(pos) < 2 or not len(oth):
+        if not len(pos) or not len(oth):
             continue
         order = np.r_[pos, oth]
         scores.append(s[order])
         pool_lists.append(np.asarray(pool)[order].tolist())
         positives.append(np.asarray(pool)[pos].tolist())
-    if not scores:
+        multi.append(len(pos) >= 2)
+    if not any(multi):
         return None
-    hidden, others = loo_rows(scores, positives, pool_lists, emb)
-    rule = fit_positive_rule(hidden, others, max_cost)
-    return {**rule, "max_cost": max_cost, "fit_queries": len(scores), "hidden_positives": len(hidden),
-            "candidates": len(others)}
+    pick = [i for i, m in enumerate(multi) if m]
+    hidden, others = loo_rows([scores[i] for i in pick], [positives[i] for i in pick], [pool_lists[i] for i in pick],
+                              emb)
+    population = population_rows(scores, positives, pool_lists, emb)  # the cost bound: every training query
+    rule = fit_positive_rule(hidden, others, max_cost, population=population)
+    return {**rule, "max_cost": max_cost, "fit_queries": len(pick), "hidden_positives": len(hidden),
+            "candidates": len(others), "cost_queries": len(scores), "cost_candidates": len(population)}
 
 
 def _legacy(out: Path) -> bool:
@@ -300,8 +304,8 @@ def render(meta: dict, feats: list[str], w: np.ndarray) -> str:
     lines += ([f"Filter score = {r['logit_weight']:.3f} x logit + {r['positive_cosine_weight']:.3f} x cosine to the "
                f"nearest positive, threshold {r['score_threshold']:.3f}; fitted on {r['fit_queries']} training "
                f"queries with two or more positives, each hidden in turn: it filters {r['recall']:.1%} of the "
-               f"{r['hidden_positives']} hidden positives and {r['cost']:.1%} of the other candidates (bound "
-               f"{r['max_cost']:.0%})."] if r else
+               f"{r['hidden_positives']} hidden positives and {r['cost']:.1%} of the candidates of "
+               f"{r.get('cost_queries', r['fit_queries'])} training queries (bound {r['max_cost']:.0%})."] if r else
               ["None: no training query has two or more positives."])
     verdict = ("better than" if q["judge_cv_ndcg@10"] > q["fused_retrieval_ndcg@10"] else "**NOT better than**")
     lines += ["", f"The judge ranks {verdict} the fused retrieval it will judge. Measure it on held-out queries "

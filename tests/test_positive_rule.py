@@ -10,7 +10,7 @@ import pytest
 
 from mining_jobs.config import ConfigError, MineConfig, load_config
 from mining_jobs.filtering import filter_reason, filter_score
-from mining_jobs.judge_check import fit_positive_rule, loo_rows
+from mining_jobs.judge_check import fit_positive_rule, loo_rows, population_rows
 from retriever.judge import save_judge
 
 pytest.register_assert_rewrite("mining_fixtures")
@@ -83,6 +83,36 @@ def test_leave_one_out_rows_by_hand():
     assert single[0].shape == (0, 2) and single[1].shape == (0, 2)
 
 
+def test_the_cost_bound_holds_on_the_population_the_filter_meets():
+    """Multi-positive queries' candidates score higher than a job's average candidate: a bound measured on
+    them filters far less than the bound of the job's candidates. Measured on the population instead, the
+    bound holds there, the rule filters more of it than the others-only fit does, and catches more."""
+    hidden, others = _synthetic(3)
+    rng = np.random.default_rng(4)
+    population = np.r_[others, np.c_[rng.normal(-1.0, 1.0, 8000), rng.uniform(0.0, 0.5, 8000)]]
+    for use_cosine in (True, False):
+        narrow = fit_positive_rule(hidden, others, 0.25, use_cosine)
+        wide = fit_positive_rule(hidden, others, 0.25, use_cosine, population=population)
+        w = np.array([wide["logit_weight"], wide["positive_cosine_weight"]])
+        assert (narrow["logit_weight"], narrow["positive_cosine_weight"]) == tuple(w)  # same weights
+        assert wide["cost"] == pytest.approx(float((population @ w > wide["score_threshold"]).mean()))
+        assert wide["cost"] <= 0.25 and wide["cost"] > 0.2
+        narrow_cost = float((population @ w > narrow["score_threshold"]).mean())
+        assert narrow_cost < 0.2  # the others-only bound leaves much of the budget unused on the population
+        assert wide["score_threshold"] < narrow["score_threshold"] and wide["recall"] > narrow["recall"]
+    with pytest.raises(ValueError, match="population"):
+        fit_positive_rule(hidden, others, 0.25, population=np.zeros((0, 2)))
+
+
+def test_population_rows_by_hand():
+    emb = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [0.8, 0.6]])
+    # query 1: positives 0 and 1, candidates 2 and 3; query 2: positive 2, candidate 0; query 3: no candidate
+    rows = population_rows([np.array([2.0, 1.0, 0.5, -1.0]), np.array([3.0, 0.25]), np.array([1.0])],
+                           [[0, 1], [2], [3]], [[0, 1, 2, 3], [2, 0], [3]], emb)
+    # every candidate against its query's nearest labelled positive (all of them labelled, as in the job)
+    assert rows.tolist() == [[0.5, pytest.approx(0.8)], [-1.0, pytest.approx(0.96)], [0.25, pytest.approx(0.0)]]
+
+
 def test_the_score_threshold_rule():
     cfg = load_config(overrides=["filter.relative_margin=0.0", "filter.score_threshold=1.0",
                                  "filter.positive_cosine_weight=2.0", "filter.logit_weight=0.5",
@@ -108,6 +138,17 @@ def test_settings_are_checked_and_leave_existing_fingerprints_alone():
     assert base.fingerprint() == load_config(overrides=["filter.logit_weight=1.0"]).fingerprint()
     assert base.fingerprint() != load_config(overrides=["filter.auto_threshold=true",
                                                         "cross_encoder.model=x"]).fingerprint()
+    # where the cost bound holds: read only by auto_threshold; 'multi' (the earlier fit) keeps the earlier
+    # fingerprint, the new default 'all' is another job
+    assert base.filter.auto_threshold_cost_on == "all"
+    assert base.fingerprint() == load_config(overrides=["filter.auto_threshold_cost_on=multi"]).fingerprint()
+    auto = ["filter.auto_threshold=true", "cross_encoder.model=x"]
+    fp = {on: load_config(overrides=[*auto, f"filter.auto_threshold_cost_on={on}"]).fingerprint()
+          for on in ("all", "multi")}
+    assert fp["all"] != fp["multi"] and fp["all"] == load_config(overrides=auto).fingerprint()
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=["filter.auto_threshold_cost_on=some"])
+    assert e.value.field == "filter.auto_threshold_cost_on"
 
 
 @pytest.fixture
@@ -146,6 +187,18 @@ def test_auto_threshold_mines_with_the_fitted_rule_and_is_reproducible(env, tmp_
     assert "positive-aware rule fitted automatically" in (a / "report.md").read_text()
     assert ma["models"]["false_negative_filter"] == "on (score_threshold (positive-aware, fitted on this job))"
     assert "positive-aware rule" in (a / "report.md").read_text().split("## What happened")[1]  # fate explained
+    # the cost bound holds on the candidates of all the job's queries (adi's 35 are all sampled): the share of
+    # the job's judged candidates the rule filtered is the cost the fit reports
+    judged = [f for f in (c["fate"] for c in read_rows(a / "candidates.parquet"))
+              if f in ("kept", "not_sampled", "filtered:score_threshold")]
+    assert auto["cost_sample_queries"] > auto["queries"]  # single-positive queries are in the sample too
+    assert judged.count("filtered:score_threshold") / len(judged) == pytest.approx(rule["cost"])
+    # the earlier fit, bound measured on the multi-positive queries only, is still there by name
+    m = tmp_path / "m"
+    assert mine(m, *args, "--set", "filter.auto_threshold_cost_on=multi") == 0
+    multi = read_manifest(m)["auto_threshold"]
+    assert multi["cost_sample_queries"] == multi["queries"] == auto["queries"]
+    assert multi["hidden_positives"] == auto["hidden_positives"]
 
 
 @pytest.mark.usefixtures("torch_one_thread")
