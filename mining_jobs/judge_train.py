@@ -161,7 +161,7 @@ def positive_rule_of(logit: np.ndarray, y: np.ndarray, g: np.ndarray, pools: lis
     positive each (``filter.auto_threshold``) can use it. None without such queries."""
     from .judge_check import fit_positive_rule, loo_rows, population_rows
 
-    scores, positives, pool_lists, multi = [], [], [], []
+    scores, positives, pool_lists = [], [], []
     for i, pool in enumerate(pools):
         m = g == i
         s, lab = logit[m], y[m]
@@ -172,16 +172,14 @@ def positive_rule_of(logit: np.ndarray, y: np.ndarray, g: np.ndarray, pools: lis
         scores.append(s[order])
         pool_lists.append(np.asarray(pool)[order].tolist())
         positives.append(np.asarray(pool)[pos].tolist())
-        multi.append(len(pos) >= 2)
-    if not any(multi):
+    hidden, others = loo_rows(scores, positives, pool_lists, emb)  # only queries with two or more positives
+    if not len(hidden):
         return None
-    pick = [i for i, m in enumerate(multi) if m]
-    hidden, others = loo_rows([scores[i] for i in pick], [positives[i] for i in pick], [pool_lists[i] for i in pick],
-                              emb)
     population = population_rows(scores, positives, pool_lists, emb)  # the cost bound: every training query
     rule = fit_positive_rule(hidden, others, max_cost, population=population)
-    return {**rule, "max_cost": max_cost, "fit_queries": len(pick), "hidden_positives": len(hidden),
-            "candidates": len(others), "cost_queries": len(scores), "cost_candidates": len(population)}
+    return {**rule, "max_cost": max_cost, "fit_queries": sum(len(p) >= 2 for p in positives),
+            "hidden_positives": len(hidden), "candidates": len(others), "cost_queries": len(scores),
+            "cost_candidates": len(population)}
 
 
 def _legacy(out: Path) -> bool:

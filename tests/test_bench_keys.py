@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from test_readme_commands import benchmark_parser
 
 from benchmarks import bench_ablation as B
