@@ -230,7 +230,8 @@ class FeatureSource:
             cols["bi"] = self.bi.cosine(qids, qtexts, docs)
         if "ce" in self.features:
             c = self.corpus
-            s, _ = score_lists(self.ce, qids, qtexts, docs, c.doc_ids, c.texts, self.score_cache)
+            # a bar at INFO (progress.show_progress): the cross-encoder is the slow feature
+            s, _ = score_lists(self.ce, qids, qtexts, docs, c.doc_ids, c.texts, self.score_cache, None)
             cols["ce"] = [x.astype(np.float64) for x in s]
         return [np.column_stack([cols[f][i] for f in self.features]) if len(docs[i])
                 else np.zeros((0, len(self.features))) for i in range(len(docs))]
