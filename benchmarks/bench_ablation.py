@@ -24,10 +24,15 @@ the loss mines online, and which loss is best on mined negatives (both chosen on
 
 Nothing is chosen on test: the judge (``--judge``, ``hardneg train-judge`` on ``train:fit``) was chosen on
 ``train:dev`` (benchmarks/results/judge.md), the budget is fixed in advance, and dev metrics are reported
-beside test. Each (row, seed) result is one small JSON file under ``--rows-dir`` (committed), skipped when it
-was made with the same settings, so the benchmark resumes across sessions.
+beside test. Each (row, seed) result is one small JSON file under ``--rows-dir`` (committed; the loss report's
+rows in their own folder), skipped when it was made with the same settings (the judge counts by its recipe,
+``judge_fingerprint``), so the benchmark resumes across sessions. The committed rows' judges (after `make demo`,
+which trains the cross-encoder runs/demo_ce):
 
-    python -m benchmarks.bench_ablation --judge runs/demo_judge
+    hardneg train-judge --data scifact --split train:fit --features bm25,bm25_log,dense,dense_gap,ce \
+        --cross-encoder runs/demo_ce --out runs/ablation_judge
+    python -m benchmarks.bench_ablation --judge runs/ablation_judge --pa-cost-on multi
+    hardneg train-judge --data scifact --split train:fit --out runs/demo_judge
     python -m benchmarks.bench_ablation --judge runs/demo_judge \
         --loss-rows gist,hardness,margin-mse,batch-hard-triplet,cached-mnrl
 """
@@ -35,7 +40,6 @@ was made with the same settings, so the benchmark resumes across sessions.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -49,6 +53,7 @@ from mining_jobs.config import load_config
 from mining_jobs.evaluate import evaluate_model
 from mining_jobs.files import write_json
 from mining_jobs.mine import run_mining
+from mining_jobs.runfolder import fingerprint
 from mining_jobs.train import TrainConfig, run_training
 from retriever import metrics as M
 from retriever.data import load_collection
@@ -157,11 +162,25 @@ def settings_key(args, row: str, seed: int | None) -> dict:
 
 
 def judge_fingerprint(folder: str) -> str:
+    """How the judge was made, not the bytes of its file: ``hardneg train-judge``'s settings key (collection,
+    split, features, depth, seed, ...) and, where its cross-encoder is a folder that hardneg trained, that
+    folder's training settings fingerprint (else the model name as given). A refit from the same recipe on a
+    fresh machine or in a later session (judge.json then differs in its timings and last digits) keeps the
+    key, so the committed rows it trained are reused, as the rows' own training settings are."""
     p = Path(folder) / "judge.json"
     if not p.is_file():
         raise SystemExit(f"--judge {folder}: no judge.json (fit it first: hardneg train-judge --data scifact "
                          f"--split train:fit --out {folder})")
-    return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    meta = json.loads(p.read_text())
+    if not meta.get("key"):
+        raise SystemExit(f"--judge {folder}: judge.json has no settings key (written by an earlier hardneg); fit "
+                         "it again with hardneg train-judge")
+    ce = meta.get("job", {}).get("cross_encoder") or ""
+    made = ""
+    if ce:
+        run = Path(ce) / "run.json"
+        made = json.loads(run.read_text()).get("fingerprint", "") if run.is_file() else ""
+    return fingerprint({"judge": meta["key"], "cross_encoder": made or ce})
 
 
 def mine_sets(args, **sections) -> list[str]:
@@ -461,7 +480,7 @@ def render(summary: dict[str, dict], args) -> list[str]:
     lines += ["", "Minutes per seed (training + mining + encoding the corpus for dev/test, on the machine that ran "
               "it): " + ", ".join(f"{r} {s['minutes_per_seed']:.1f}" for r, s in summary.items()), "",
               "## Machine", "", markdown(describe()),
-              "Each row file under `benchmarks/results/ablation_rows/` records the machine that ran it.", "",
+              f"Each row file under `{args.rows_dir}/` records the machine that ran it.", "",
               "## Command", "", "```", args.command, "```", ""]
     return lines
 
@@ -522,7 +541,7 @@ def render_losses(summary: dict[str, dict], args) -> list[str]:
     lines += ["", "Minutes per seed (training + mining + encoding the corpus for dev/test, on the machine that ran "
               "it): " + ", ".join(f"{r} {s['minutes_per_seed']:.1f}" for r, s in summary.items()), "",
               "## Machine", "", markdown(describe()),
-              "Each row file under `benchmarks/results/ablation_rows/` records the machine that ran it.", "",
+              f"Each row file under `{args.rows_dir}/` records the machine that ran it.", "",
               "## Command", "", "```", args.command, "```", ""]
     return lines
 
@@ -558,7 +577,9 @@ def main() -> None:
     p.add_argument("--loss-set", action="append", default=[], metavar="KEY=VALUE",
                    help="a loss setting of `hardneg train` for the loss rows (e.g. gist_margin=0.05); repeatable")
     p.add_argument("--out", default="runs/ablation")
-    p.add_argument("--rows-dir", default="benchmarks/results/ablation_rows")
+    p.add_argument("--rows-dir", default=None, help="where each (row, seed) result is kept (default: "
+                   "benchmarks/results/ablation_rows; with --loss-rows benchmarks/results/losses_rows, so that the "
+                   "two reports, whose judges differ, never overwrite each other's reference rows)")
     p.add_argument("--results-dir", default=None, help="where the report goes (default: benchmarks/results)")
     p.add_argument("--report-only", action="store_true", help="render the stored rows, train nothing")
     args = p.parse_args()
@@ -567,6 +588,8 @@ def main() -> None:
     if args.steps % args.rounds:
         raise SystemExit(f"--steps {args.steps} is not a multiple of --rounds {args.rounds}")
     args.loss_rows_list = loss_rows(args.loss_rows)
+    if args.rows_dir is None:
+        args.rows_dir = "benchmarks/results/" + ("losses_rows" if args.loss_rows_list else "ablation_rows")
     if args.rows is None:
         args.rows = "in-batch,hardneg" if args.loss_rows_list else ",".join(ROWS)
     rows = args.rows.split(",")
