@@ -379,6 +379,10 @@ def run_row(args, row: str, seed: int | None) -> dict:
 
 
 def row_path(args, row: str, seed: int | None) -> Path:
+    """``<row>__s<seed>.json``; a positive-aware row of a fit other than the committed rows' earlier one
+    ('multi') is kept beside them as ``<row>-<fit>__s<seed>.json``, so neither overwrites the other."""
+    if row in PA_ROWS and args.pa_cost_on != "multi":
+        row = f"{row}-{args.pa_cost_on}"
     return Path(args.rows_dir) / (f"{row}.json" if seed is None else f"{row}__s{seed}.json")
 
 

@@ -62,3 +62,15 @@ def test_a_judge_without_a_settings_key_or_judge_file_is_refused(tmp_path):
     (tmp_path / "judge.json").write_text(json.dumps({"features": ["bm25"]}))
     with pytest.raises(SystemExit, match="no settings key"):
         B.judge_fingerprint(str(tmp_path))
+
+
+def test_rows_of_the_two_positive_aware_fits_are_kept_in_separate_files(parser):
+    multi, new = parser.parse_args(["--pa-cost-on", "multi"]), parser.parse_args([])
+    for a in (multi, new):
+        a.rows_dir = "rows"
+    for row in B.PA_ROWS:
+        assert B.row_path(multi, row, 1) == Path("rows") / f"{row}__s1.json"  # the committed rows
+        assert B.row_path(new, row, 1) == Path("rows") / f"{row}-all__s1.json"
+        assert (ROWS / f"{row}__s1.json").is_file()
+    for row in ("hardneg", "dense", "st"):  # rows that do not depend on the fit share their file
+        assert B.row_path(multi, row, 2) == B.row_path(new, row, 2) == Path("rows") / f"{row}__s2.json"
