@@ -25,7 +25,8 @@ setup: $(VENV)/.installed
 # (benchmarks/results/judge.md: ensemble+ce, a cross-fitted 1-epoch cross-encoder in runs/demo_ce whose logit
 # joins the BM25 and MiniLM features in runs/demo_judge_ce, fitted on the candidates the round will judge: BM25
 # and dense top-10, the mining depth of examples/demo.toml, so the round reuses every cross-encoder score;
-# benchmarks/results/demo_judge_dev.md compares it with the top-30 fit; each skipped when its folder holds one), then one
+# benchmarks/results/demo_judge_dev.md compares it with the top-30 fit; the cross-encoder is skipped when its folder
+# holds one; the judge is refitted each time, from cached scores in seconds), then one
 # ANCE round (mine train:fit with BM25 + dense + the judge's filter, fine-tune all-MiniLM-L6-v2, evaluate base
 # and fine-tuned on train:dev and test). It ends by printing the before/after table and recording the loop's
 # report, with the machine, in benchmarks/results/demo.md (+ .json, the plot); rerunning reuses every
@@ -34,7 +35,7 @@ demo: setup
 	mkdir -p runs && date +%s > runs/.demo_started
 	test -f runs/demo_ce/folds.json || $(VENV)/bin/hardneg train-reranker --data scifact --split train:fit \
 		--folds 2 --epochs 1 --lr 1e-4 --negatives 2 --max-length 128 --eval-split '' --out runs/demo_ce --overwrite
-	test -f runs/demo_judge_ce/judge.json || $(VENV)/bin/hardneg train-judge --data scifact --split train:fit \
+	$(VENV)/bin/hardneg train-judge --data scifact --split train:fit \
 		--features bm25,bm25_log,dense,dense_gap,ce --cross-encoder runs/demo_ce --depth 10 \
 		--out runs/demo_judge_ce --overwrite
 	$(VENV)/bin/hardneg iterate --config examples/demo.toml

@@ -40,6 +40,7 @@ which trains the cross-encoder runs/demo_ce):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -162,25 +163,48 @@ def settings_key(args, row: str, seed: int | None) -> dict:
 
 
 def judge_fingerprint(folder: str) -> str:
-    """How the judge was made, not the bytes of its file: ``hardneg train-judge``'s settings key (collection,
-    split, features, depth, seed, ...) and, where its cross-encoder is a folder that hardneg trained, that
-    folder's training settings fingerprint (else the model name as given). A refit from the same recipe on a
-    fresh machine or in a later session (judge.json then differs in its timings and last digits) keeps the
-    key, so the committed rows it trained are reused, as the rows' own training settings are."""
+    """How the judge was made, not the bytes of its file: the settings of ``hardneg train-judge`` as judge.json
+    records them (collection, split, features, depth, seed, ...; not its output folder) and, for its
+    cross-encoder, the training settings fingerprint of the folder hardneg trained it in (``run.json``), else
+    the bytes of a local model's weights, else the hub name as given. A refit from the same recipe on a fresh
+    machine or in a later session (judge.json then differs in its timings and last digits) keeps the key, so
+    the committed rows it trained are reused, as the rows' own training settings are. It does not record the
+    machine's arithmetic (bf16 on AVX-512, fp32 elsewhere): each row file records its machine."""
     p = Path(folder) / "judge.json"
     if not p.is_file():
         raise SystemExit(f"--judge {folder}: no judge.json (fit it first: hardneg train-judge --data scifact "
                          f"--split train:fit --out {folder})")
-    meta = json.loads(p.read_text())
-    if not meta.get("key"):
-        raise SystemExit(f"--judge {folder}: judge.json has no settings key (written by an earlier hardneg); fit "
-                         "it again with hardneg train-judge")
-    ce = meta.get("job", {}).get("cross_encoder") or ""
-    made = ""
-    if ce:
-        run = Path(ce) / "run.json"
-        made = json.loads(run.read_text()).get("fingerprint", "") if run.is_file() else ""
-    return fingerprint({"judge": meta["key"], "cross_encoder": made or ce})
+    job = dict(json.loads(p.read_text()).get("job") or {})
+    if not job:
+        raise SystemExit(f"--judge {folder}: judge.json has no settings (written by an earlier hardneg); fit it "
+                         "again with hardneg train-judge")
+    for k in ("out", "overwrite"):
+        job.pop(k, None)
+    return fingerprint({"judge": job, "cross_encoder": model_recipe(job.pop("cross_encoder", "") or "")})
+
+
+def model_recipe(name: str) -> str:
+    """A cross-encoder as a key: '' for none; a folder hardneg trained: its settings fingerprint; another local
+    folder: a hash of its weight files; else (a hub name) the name."""
+    if not name:
+        return ""
+    path = Path(name)
+    if (path / "run.json").is_file():
+        return json.loads((path / "run.json").read_text())["fingerprint"]
+    if path.is_dir():
+        weights = sorted(f for f in path.rglob("*") if f.suffix in (".safetensors", ".bin") and f.is_file())
+        if not weights:
+            raise SystemExit(f"cross-encoder {name}: a folder without run.json or weight files")
+        h = hashlib.sha256()
+        for f in weights:
+            h.update(f.relative_to(path).as_posix().encode())
+            with f.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        return h.hexdigest()[:16]
+    if path.is_absolute() or name.startswith("."):
+        raise SystemExit(f"cross-encoder {name}: no such folder (run from the folder the judge was trained in)")
+    return name
 
 
 def mine_sets(args, **sections) -> list[str]:
@@ -197,8 +221,11 @@ def judge_sections(args) -> dict:
 
 
 def mine(args, name: str, **sections) -> Path:
-    out = Path(args.out) / f"mine_{name}"
+    """A mining run in its own folder per settings: the mining config names the judge by its path only, so
+    the folder's name also carries the judge's recipe (a judge refitted otherwise at the same path mines anew)."""
     cfg = load_config(None, mine_sets(args, **sections))
+    judge = judge_fingerprint(args.judge) if "cross_encoder__model" in sections else ""
+    out = Path(args.out) / f"mine_{name}_{fingerprint({'config': cfg.fingerprint(), 'judge': judge})}"
     if (out / "manifest.json").is_file():
         if json.loads((out / "manifest.json").read_text())["config_fingerprint"] != cfg.fingerprint():
             raise SystemExit(f"{out} was mined with other settings; remove it or use another --out")
@@ -209,7 +236,8 @@ def mine(args, name: str, **sections) -> Path:
 
 def random_triples(args, seed: int) -> Path:
     """Per positive pair, ``mine_negatives`` corpus documents drawn uniformly (judged documents excluded)."""
-    path = Path(args.out) / "random_triples" / f"s{seed}.parquet"
+    settings = {"data": args.data, "fit": args.fit_split, "mine_negatives": args.mine_negatives}
+    path = Path(args.out) / "random_triples" / f"s{seed}_{fingerprint(settings)}.parquet"
     if path.is_file():
         return path
     import pyarrow as pa
@@ -267,7 +295,10 @@ class JudgeAsCrossEncoder:
 
 
 def st_triples(args) -> Path:
-    out = Path(args.out) / "st"
+    settings = {"data": args.data, "fit": args.fit_split, "base_model": args.base_model, "depth": args.depth,
+                "judge": judge_fingerprint(args.judge), "max_length": args.max_length,
+                "relative_margin": args.relative_margin, "mine_negatives": args.mine_negatives}
+    out = Path(args.out) / f"st_{fingerprint(settings)}"
     path = out / "triples.parquet"
     if path.is_file():
         return path
@@ -297,12 +328,12 @@ def st_triples(args) -> Path:
     return path
 
 
-def ance_model(args, seed: int) -> tuple[str, dict]:
+def ance_model(args, seed: int, key: dict) -> tuple[str, dict]:
     """Run (or resume) ``hardneg iterate``: ``rounds`` rounds of ``steps / rounds`` steps each, no early stop."""
     from mining_jobs.iterate import loop_config_from_dict, run_loop
 
     per_round = args.steps // args.rounds
-    raw = {"loop": {"out": str(Path(args.out) / f"ance_s{seed}"), "rounds": args.rounds, "patience": args.rounds,
+    raw = {"loop": {"out": str(Path(args.out) / f"ance_s{seed}_{fingerprint(key)}"), "rounds": args.rounds, "patience": args.rounds,
                     "base_model": args.base_model, "data": args.data, "dev_split": args.dev_split,
                     "test_split": args.test_split},
            "mine": {"data": {"name": args.data, "split": args.fit_split},
@@ -332,8 +363,7 @@ def triples_for(args, row: str, seed: int) -> Path:
         return mine(args, "hardneg", **judge_sections(args))
     if row in PA_ROWS:
         extra = {"candidates__bm25": False} if row == "dense-pa" else {}
-        name = row if args.pa_cost_on == "multi" else f"{row}-{args.pa_cost_on}"  # the earlier mined folders stay
-        return mine(args, name, **judge_sections(args), filter__auto_threshold=True,
+        return mine(args, row, **judge_sections(args), filter__auto_threshold=True,
                     filter__auto_margin_max_cost=args.pa_max_cost, filter__auto_threshold_cost_on=args.pa_cost_on,
                     **extra)
     raise SystemExit(f"unknown row {row!r}; rows: {', '.join(ROWS)}")
@@ -353,11 +383,11 @@ def run_row(args, row: str, seed: int | None) -> dict:
     if row == "base":
         model = args.base_model
     elif row == "ance":
-        model, train = ance_model(args, seed)
+        model, train = ance_model(args, seed, key)
     else:
         base = split_row(row)[0]
         negatives = 0 if base == "in-batch" else args.negatives
-        out = Path(args.out) / f"{row}_s{seed}"
+        out = Path(args.out) / f"{row}_s{seed}_{fingerprint(key)}"  # a model per settings, never another's
         cfg = TrainConfig(triples=str(triples_for(args, base, seed)), out=str(out), base_model=args.base_model,
                           negatives=negatives, batch_size=args.batch_size, max_steps=args.steps, lr=args.lr,
                           seed=seed, max_seq_length=args.train_max_seq_length, **loss_settings(args, row))
@@ -580,7 +610,7 @@ def main() -> None:
                    "<row>+<loss>; the report is losses.md instead of ablation.md")
     p.add_argument("--loss-set", action="append", default=[], metavar="KEY=VALUE",
                    help="a loss setting of `hardneg train` for the loss rows (e.g. gist_margin=0.05); repeatable")
-    p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--out", default=None, help="working folder (default: runs/ablation; with --loss-rows runs/losses)")
     p.add_argument("--rows-dir", default=None, help="where each (row, seed) result is kept (default: "
                    "benchmarks/results/ablation_rows; with --loss-rows benchmarks/results/losses_rows, so that the "
                    "two reports, whose judges differ, never overwrite each other's reference rows)")
@@ -592,6 +622,8 @@ def main() -> None:
     if args.steps % args.rounds:
         raise SystemExit(f"--steps {args.steps} is not a multiple of --rounds {args.rounds}")
     args.loss_rows_list = loss_rows(args.loss_rows)
+    if args.out is None:
+        args.out = "runs/losses" if args.loss_rows_list else "runs/ablation"
     if args.rows_dir is None:
         args.rows_dir = "benchmarks/results/" + ("losses_rows" if args.loss_rows_list else "ablation_rows")
     if args.rows is None:
@@ -634,9 +666,14 @@ def main() -> None:
     for row, seed in jobs:
         if args.report_only:
             path = row_path(args, row, seed)
-            if not path.is_file() or json.loads(path.read_text()).get("key") != settings_key(args, row, seed):
-                continue
+            if not path.is_file():
+                continue  # not run yet: the table says so
             res = json.loads(path.read_text())
+            want = settings_key(args, row, seed)
+            if res.get("key") != want:  # a stored row of other settings: never a silently partial table
+                diff = sorted(k for k in {*want, *res.get("key", {})} if want.get(k) != res.get("key", {}).get(k))
+                raise SystemExit(f"{path} was made with other settings ({', '.join(diff)} differ): rerun without "
+                                 "--report-only to recompute it, or pass the settings it was made with")
         else:
             res = run_row(args, row, seed)
         by_row.setdefault(row, []).append(res)

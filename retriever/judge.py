@@ -211,8 +211,10 @@ class FeatureSource:
             raise JudgeError("feature 'ce' needs a cross-encoder")
         return self
 
-    def matrix(self, qids: Sequence[str], qtexts: Sequence[str], docs: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        """Per query, a (documents x features) float64 matrix, columns in ``self.features`` order."""
+    def matrix(self, qids: Sequence[str], qtexts: Sequence[str], docs: Sequence[Sequence[int]],
+               show_progress: bool | None = None) -> list[np.ndarray]:
+        """Per query, a (documents x features) float64 matrix, columns in ``self.features`` order.
+        ``show_progress``: the cross-encoder's bar (None: shown at INFO, ``progress.show_progress``)."""
         docs = [np.asarray(d, dtype=np.int64) for d in docs]
         cols: dict[str, list[np.ndarray]] = {}
         if self._bm25 is not None:
@@ -230,8 +232,7 @@ class FeatureSource:
             cols["bi"] = self.bi.cosine(qids, qtexts, docs)
         if "ce" in self.features:
             c = self.corpus
-            # a bar at INFO (progress.show_progress): the cross-encoder is the slow feature
-            s, _ = score_lists(self.ce, qids, qtexts, docs, c.doc_ids, c.texts, self.score_cache, None)
+            s, _ = score_lists(self.ce, qids, qtexts, docs, c.doc_ids, c.texts, self.score_cache, show_progress)
             cols["ce"] = [x.astype(np.float64) for x in s]
         return [np.column_stack([cols[f][i] for f in self.features]) if len(docs[i])
                 else np.zeros((0, len(self.features))) for i in range(len(docs))]
@@ -304,13 +305,14 @@ class EnsembleJudge:
         a, b = self.platt
         return a * (((x - self.mean) / self.std) @ self.weights) + b
 
-    def score_docs(self, qids: Sequence[str], qtexts: Sequence[str], docs: Sequence[Sequence[int]]
-                   ) -> list[np.ndarray]:
+    def score_docs(self, qids: Sequence[str], qtexts: Sequence[str], docs: Sequence[Sequence[int]],
+                   show_progress: bool | None = None) -> list[np.ndarray]:
         if self.source is None:
             raise JudgeError(f"judge {self.folder} used before bind(): it needs the corpus it scores")
-        return [self.logits(m).astype(np.float32) for m in self.source.matrix(qids, qtexts, docs)]
+        return [self.logits(m).astype(np.float32) for m in self.source.matrix(qids, qtexts, docs, show_progress)]
 
-    def score_pairs(self, qids: Sequence[str], dids: Sequence[str], pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+    def score_pairs(self, qids: Sequence[str], dids: Sequence[str], pairs: Sequence[tuple[str, str]],
+                    show_progress: bool | None = None) -> np.ndarray:
         """Logits of flat (query id, doc id) pairs, grouped by query internally."""
         if self.source is None:
             raise JudgeError(f"judge {self.folder} used before bind(): it needs the corpus it scores")
@@ -325,7 +327,8 @@ class EnsembleJudge:
             text[q] = p[0]
         out = np.empty(len(pairs), dtype=np.float32)
         qs = list(order)
-        scores = self.score_docs(qs, [text[q] for q in qs], [[pos[dids[i]] for i in order[q]] for q in qs])
+        scores = self.score_docs(qs, [text[q] for q in qs], [[pos[dids[i]] for i in order[q]] for q in qs],
+                                 show_progress)
         for q, s in zip(qs, scores, strict=True):
             out[order[q]] = s
         return out

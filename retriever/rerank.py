@@ -251,7 +251,8 @@ def score_with_cache(reranker: CrossEncoderScorer | FoldSet | Any, qids: Sequenc
     if todo:
         sub_pairs = [pairs[i] for i in todo]
         if hasattr(reranker, "score_pairs"):  # a learned judge (retriever.judge.EnsembleJudge)
-            new = reranker.score_pairs([qids[i] for i in todo], [dids[i] for i in todo], sub_pairs)
+            new = reranker.score_pairs([qids[i] for i in todo], [dids[i] for i in todo], sub_pairs,
+                                       show_progress=show_progress)
         elif isinstance(reranker, FoldSet):
             new = reranker.score_queries([qids[i] for i in todo], sub_pairs, show_progress)
         else:

@@ -32,9 +32,11 @@ def test_positive_aware_rows_of_the_earlier_fit_keep_their_key_and_the_new_fit_g
             B.settings_key(parser.parse_args([]), row, 1)
 
 
-def _judge(folder: Path, key: str, cross_encoder: str, seconds: float) -> str:
+def _judge(folder: Path, cross_encoder: str, seconds: float, depth: int = 30) -> str:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "judge.json").write_text(json.dumps({"key": key, "job": {"cross_encoder": cross_encoder},
+    job = {"data": "scifact", "split": "train:fit", "out": str(folder), "depth": depth, "overwrite": True,
+           "cross_encoder": cross_encoder}
+    (folder / "judge.json").write_text(json.dumps({"key": f"bytes-of-{folder.name}", "job": job,
                                                    "seconds": seconds, "weights": [seconds, 1.0]}))
     return str(folder)
 
@@ -43,25 +45,32 @@ def test_the_judge_key_is_its_recipe_so_a_refit_in_a_later_session_reuses_the_co
     ce = tmp_path / "ce"
     ce.mkdir()
     (ce / "run.json").write_text(json.dumps({"kind": "train-reranker", "fingerprint": "ce-settings-1"}))
-    first = B.judge_fingerprint(_judge(tmp_path / "a", "judge-settings", str(ce), 12.5))
-    # the same recipe fitted again: other timings, other last digits of the weights, another folder
-    assert B.judge_fingerprint(_judge(tmp_path / "b", "judge-settings", str(ce), 99.0)) == first
+    first = B.judge_fingerprint(_judge(tmp_path / "a", str(ce), 12.5))
+    # the same recipe fitted again into another folder: other timings, other last digits of the weights
+    assert B.judge_fingerprint(_judge(tmp_path / "b", str(ce), 99.0)) == first
     # other judge settings, or a cross-encoder trained with other settings: another key
-    assert B.judge_fingerprint(_judge(tmp_path / "c", "other-settings", str(ce), 12.5)) != first
+    assert B.judge_fingerprint(_judge(tmp_path / "c", str(ce), 12.5, depth=10)) != first
     (ce / "run.json").write_text(json.dumps({"kind": "train-reranker", "fingerprint": "ce-settings-2"}))
-    assert B.judge_fingerprint(_judge(tmp_path / "a", "judge-settings", str(ce), 12.5)) != first
-    # a hub cross-encoder is known by its name
-    hub = B.judge_fingerprint(_judge(tmp_path / "d", "judge-settings", "org/some-cross-encoder", 1.0))
-    assert hub != first and hub == B.judge_fingerprint(_judge(tmp_path / "e", "judge-settings",
-                                                              "org/some-cross-encoder", 2.0))
+    assert B.judge_fingerprint(_judge(tmp_path / "a", str(ce), 12.5)) != first
+    # a hub cross-encoder is known by its name; a local model folder by its weights
+    hub = B.judge_fingerprint(_judge(tmp_path / "d", "org/some-cross-encoder", 1.0))
+    assert hub != first and hub == B.judge_fingerprint(_judge(tmp_path / "e", "org/some-cross-encoder", 2.0))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "model.safetensors").write_bytes(b"weights-1")
+    w1 = B.judge_fingerprint(_judge(tmp_path / "f", str(plain), 1.0))
+    (plain / "model.safetensors").write_bytes(b"weights-2")
+    assert B.judge_fingerprint(_judge(tmp_path / "f", str(plain), 1.0)) != w1
 
 
-def test_a_judge_without_a_settings_key_or_judge_file_is_refused(tmp_path):
+def test_a_judge_without_settings_a_judge_file_or_its_local_cross_encoder_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="no judge.json"):
         B.judge_fingerprint(str(tmp_path))
     (tmp_path / "judge.json").write_text(json.dumps({"features": ["bm25"]}))
-    with pytest.raises(SystemExit, match="no settings key"):
+    with pytest.raises(SystemExit, match="no settings"):
         B.judge_fingerprint(str(tmp_path))
+    with pytest.raises(SystemExit, match="no such folder"):  # not silently another key
+        B.judge_fingerprint(_judge(tmp_path / "g", str(tmp_path / "gone"), 1.0))
 
 
 def test_rows_of_the_two_positive_aware_fits_are_kept_in_separate_files(parser):
@@ -74,3 +83,21 @@ def test_rows_of_the_two_positive_aware_fits_are_kept_in_separate_files(parser):
         assert (ROWS / f"{row}__s1.json").is_file()
     for row in ("hardneg", "dense", "st"):  # rows that do not depend on the fit share their file
         assert B.row_path(multi, row, 2) == B.row_path(new, row, 2) == Path("rows") / f"{row}__s2.json"
+
+
+def test_report_only_renders_stored_rows_and_refuses_a_row_of_other_settings(tmp_path, monkeypatch):
+    rows = tmp_path / "rows"
+    rows.mkdir()
+    stored = json.loads((ROWS / "in-batch__s1.json").read_text())
+    (rows / "in-batch__s1.json").write_text(json.dumps(stored))
+    argv = ["bench_ablation", "--report-only", "--rows", "in-batch", "--seeds", "1", "--rows-dir", str(rows),
+            "--results-dir", str(tmp_path / "out")]
+    monkeypatch.setattr("sys.argv", argv)
+    B.main()
+    table = (tmp_path / "out" / "ablation.md").read_text()
+    assert f"{stored['test']['ndcg@10']:.4f}" in table  # the stored row, rendered
+    (rows / "in-batch__s1.json").write_text(json.dumps({**stored, "key": {**stored["key"], "steps": 61}}))
+    (tmp_path / "out" / "ablation.md").unlink()
+    with pytest.raises(SystemExit, match="other settings \\(steps differ\\)"):
+        B.main()
+    assert not (tmp_path / "out" / "ablation.md").exists()  # no partial table written over the committed one
