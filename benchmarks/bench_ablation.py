@@ -31,7 +31,9 @@ which trains the cross-encoder runs/demo_ce):
 
     hardneg train-judge --data scifact --split train:fit --features bm25,bm25_log,dense,dense_gap,ce \
         --cross-encoder runs/demo_ce --out runs/ablation_judge
-    python -m benchmarks.bench_ablation --judge runs/ablation_judge --pa-cost-on multi
+    python -m benchmarks.bench_ablation --judge runs/ablation_judge
+    python -m benchmarks.bench_ablation --judge runs/ablation_judge --pa-cost-on multi --report-only \
+        --results-dir benchmarks/results/ablation_pa_multi    # the positive-aware rows of the earlier fit
     hardneg train-judge --data scifact --split train:fit --out runs/demo_judge
     python -m benchmarks.bench_ablation --judge runs/demo_judge \
         --loss-rows gist,hardness,margin-mse,batch-hard-triplet,cached-mnrl
@@ -593,7 +595,7 @@ def main() -> None:
     p.add_argument("--pa-max-cost", type=float, default=0.25,
                    help="rows dense-pa, hardneg-pa: filter.auto_margin_max_cost of the fitted positive-aware rule")
     p.add_argument("--pa-cost-on", choices=("all", "multi"), default="all",
-                   help="rows dense-pa, hardneg-pa: filter.auto_threshold_cost_on (the committed rows: multi)")
+                   help="rows dense-pa, hardneg-pa: filter.auto_threshold_cost_on (rows of both are committed)")
     p.add_argument("--steps", type=int, default=60, help="total optimizer steps of every fine-tuned row")
     p.add_argument("--rounds", type=int, default=3, help="ANCE rounds (steps / rounds each)")
     p.add_argument("--seeds", default="1,2,3")
