@@ -228,10 +228,7 @@ def mine(args, name: str, **sections) -> Path:
     cfg = load_config(None, mine_sets(args, **sections))
     judge = judge_fingerprint(args.judge) if "cross_encoder__model" in sections else ""
     out = Path(args.out) / f"mine_{name}_{fingerprint({'config': cfg.fingerprint(), 'judge': judge})}"
-    if (out / "manifest.json").is_file():
-        if json.loads((out / "manifest.json").read_text())["config_fingerprint"] != cfg.fingerprint():
-            raise SystemExit(f"{out} was mined with other settings; remove it or use another --out")
-    else:
+    if not (out / "manifest.json").is_file():  # the folder's name carries the settings: a finished one is this run
         run_mining(cfg, out)
     return out
 

@@ -15,15 +15,14 @@ Writes benchmarks/results/demo_judge_dev.{md,json}. Finished fits in --work are 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from benchmarks.machine import describe, markdown, write_result
 from mining_jobs.judge_report import paired_p, run_judge_report
-from mining_jobs.judge_train import JudgeJob, run_train_judge
+from mining_jobs.judge_train import FOLDER, JudgeJob, _key, run_train_judge
+from mining_jobs.runfolder import is_finished, read_done, read_state
 
 HERE = Path(__file__).parent
 FEATURES = "bm25,bm25_log,dense,dense_gap,ce"
@@ -33,11 +32,8 @@ def fit(out: Path, cross_encoder: str, depth: int) -> dict:
     """The judge in ``out`` (fitted here unless a finished one with these settings is there)."""
     job = JudgeJob(data="scifact", split="train:fit", out=str(out), features=FEATURES,
                    cross_encoder=cross_encoder, depth=depth)
-    done = out / "judge.json"
-    same = {k: v for k, v in asdict(job).items() if k not in ("out", "overwrite")}
-    if done.is_file() and {k: v for k, v in json.loads((out / "job.json").read_text()).get("job", {}).items()
-                           if k not in ("out", "overwrite")} == same:
-        return json.loads(done.read_text())
+    if (read_state(out, FOLDER) or {}).get("key") == _key(job) and is_finished(out, FOLDER):
+        return read_done(out, FOLDER)
     return run_train_judge(job)
 
 
