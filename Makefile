@@ -30,7 +30,8 @@ setup: $(VENV)/.installed
 # ANCE round (mine train:fit with BM25 + dense + the judge's filter, fine-tune all-MiniLM-L6-v2, evaluate base
 # and fine-tuned on train:dev and test). It ends by printing the before/after table and recording the loop's
 # report, with the machine, in benchmarks/results/demo.md (+ .json, the plot); rerunning reuses every
-# finished stage.
+# finished stage, unless the judge's or base model's content changed (a refit that came out otherwise): then
+# loop.overwrite=true starts the loop afresh instead of reusing rounds mined with the old judge.
 demo: setup
 	mkdir -p runs && date +%s > runs/.demo_started
 	test -f runs/demo_ce/folds.json || $(VENV)/bin/hardneg train-reranker --data scifact --split train:fit \
@@ -38,7 +39,7 @@ demo: setup
 	$(VENV)/bin/hardneg train-judge --data scifact --split train:fit \
 		--features bm25,bm25_log,dense,dense_gap,ce --cross-encoder runs/demo_ce --depth 10 \
 		--out runs/demo_judge_ce --overwrite
-	$(VENV)/bin/hardneg iterate --config examples/demo.toml
+	$(VENV)/bin/hardneg iterate --config examples/demo.toml --set loop.overwrite=true
 	$(PY) -m benchmarks.record_run runs/demo demo --command "make demo" --started $$(cat runs/.demo_started) > /dev/null
 
 # Every judge measured against the retrievers it judges (benchmarks/results/judge.md).

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,14 +184,58 @@ def _check_splits(cfg: LoopConfig) -> None:
 FOLDER = Layout("iterate", state_file="loop.json", noun="loop", hint="set loop.overwrite=true")
 
 
+def loop_inputs(cfg: LoopConfig) -> dict[str, str | None]:
+    """Content fingerprints of what every round depends on besides the config: the base model's weights and
+    the judge's (its weights, fitted feature weights and stored filter rule). The config names them by name or
+    path, and a folder's content can change under the same path (a judge refitted, a model retrained): a
+    finished round made with other content must not be reused as if it were this loop's."""
+    import gc
+
+    from retriever.encoder import Encoder
+    from retriever.judge import load_judge
+
+    enc = Encoder(cfg.loop.base_model, bf16="off")
+    fps: dict[str, str | None] = {"base_model": enc.fingerprint(), "judge": None}
+    del enc
+    x = cfg.mine.cross_encoder
+    if x.model:
+        judge = load_judge(x.model, x.max_length, x.batch_size, "off", "cpu")
+        rule = getattr(judge, "positive_rule", None)
+        fps["judge"] = judge.fingerprint() if not rule else fingerprint({"scores": judge.fingerprint(),
+                                                                          "positive_rule": rule})
+        del judge
+    gc.collect()
+    return fps
+
+
 def _prepare(out: Path, cfg: LoopConfig) -> None:
     """Create ``out`` or resume the loop it holds (``runfolder``): loop.overwrite replaces only a loop with
-    another config; the resumed loop's state records the config it now runs with (rounds, patience)."""
+    another config; the resumed loop's state records the config it now runs with (rounds, patience).
+
+    A resumed loop whose base model or judge changed content since it started (``loop_inputs``) is refused,
+    naming what changed; with loop.overwrite it is started afresh. A loop folder written before the inputs
+    were recorded records them now."""
     state = prepare(out, FOLDER, cfg.fingerprint(), overwrite=cfg.loop.overwrite, resume_same=True,
                     config=cfg.to_dict(), extra={"versions": versions()})
+    inputs = loop_inputs(cfg)
+    old = state.record.get("inputs")
+    if state.resumed and old is not None and old != inputs:
+        changed = [k for k in inputs if old.get(k) != inputs[k]]
+        names = {"base_model": f"base model ({cfg.loop.base_model})", "judge": f"judge ({cfg.mine.cross_encoder.model})"}
+        what = " and ".join(names[k] for k in changed)
+        if not cfg.loop.overwrite:
+            raise LoopError(f"{out} holds a loop whose {what} changed content since it started, so its finished "
+                            f"rounds were made with another one; {FOLDER.hint} to start it again, or choose "
+                            "another loop.out")
+        logger.info("the %s changed since the loop in %s started: starting it afresh", what, out)
+        for child in out.iterdir():
+            if child.name != FOLDER.state_file:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        state.record["created"] = time.time()
     if state.resumed:
         state.record["config"] = cfg.to_dict()
-        state.save()
+    state.record["inputs"] = inputs
+    state.save()
 
 
 def _evaluate(cfg: LoopConfig, model: str, path: Path) -> dict:

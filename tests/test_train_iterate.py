@@ -288,6 +288,40 @@ def test_iterate_three_rounds_report(env, tiny_bi_encoder, tiny_cross_encoder, c
     assert "best round" in printed
 
 
+@pytest.mark.slow
+def test_loop_refuses_a_judge_whose_content_changed_under_its_path(env, tiny_bi_encoder, capsys):
+    """A judge refitted (or a cross-encoder retrained) at the same path: the loop's finished rounds were mined
+    with the old one, so a rerun refuses to reuse them, loses nothing, and with loop.overwrite starts afresh."""
+    import shutil
+
+    from retriever.small_models import build_small_cross_encoder
+
+    ce = build_small_cross_encoder(env / "judge", hidden=32, layers=2, seed=0)
+    cfg = _loop_toml(env / "loop.toml", tiny_bi_encoder, ce, env / "scores.sqlite", rounds=1)
+    out = env / "loop"
+    run = ["-q", "iterate", "--config", str(cfg), "--out", str(out)]
+    assert main(run) == 0
+    job = out / "round_1" / "mine" / "job.json"
+    first = json.loads(job.read_text())["inputs"]["cross_encoder"]
+    assert json.loads((out / "loop.json").read_text())["inputs"]["judge"] == first
+    marker = out / "round_1" / "round.json"
+    stamp = marker.read_bytes()
+    assert main(run) == 0  # the same content: every finished stage is reused
+    assert marker.read_bytes() == stamp
+    capsys.readouterr()
+    shutil.rmtree(ce)
+    build_small_cross_encoder(ce, hidden=32, layers=2, seed=1)  # other weights, same path
+    assert main(run) == 2
+    err = capsys.readouterr().err
+    assert "judge" in err and str(ce) in err and "changed content" in err and "loop.overwrite=true" in err
+    assert marker.read_bytes() == stamp  # refused before touching anything
+    assert main([*run, "--set", "loop.overwrite=true"]) == 0
+    second = json.loads(job.read_text())["inputs"]["cross_encoder"]
+    assert second != first
+    assert json.loads((out / "loop.json").read_text())["inputs"]["judge"] == second
+    assert json.loads(marker.read_text())["finished"] > json.loads(stamp)["finished"]
+
+
 def test_best_round_and_patience():
     from mining_jobs.iterate import best_round
 
