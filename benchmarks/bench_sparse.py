@@ -11,9 +11,17 @@ and over the first one (the one training uses). The judges: ``own`` is ``hardneg
 sparse training queries themselves (what a user has); ``scifact`` is the SciFact judge (``--transfer-judge``),
 applied unchanged to another collection.
 
+The default sampler takes the best-scored survivors of the filter, the candidates just below its threshold,
+which are the likeliest unlabelled positives; the ``*-random`` rows sample at random among the survivors of
+the top candidates instead (ANCE's and RocketQA's practice), with and without the judge, so that what the
+sampler and what the judge contribute are measured apart.
+
 (b) With ``--train``: each miner's triples fine-tune all-MiniLM-L6-v2 for the same number of steps
 (``--steps``, each seed of ``--seeds``), evaluated by nDCG@10 on the held-out queries with full qrels;
-the in-batch row trains on the same (query, positive) pairs without hard negatives.
+the in-batch row trains on the same (query, positive) pairs without hard negatives. Each finished row is
+committed under ``--rows-dir`` and reused while its key matches; ``--train-rows`` limits what this invocation
+trains and ``--report-only`` trains nothing: rows not trained yet are shown as pending (the table grows across
+sessions and still comes out of this one script).
 
     python -m benchmarks.bench_sparse --train
 """
@@ -43,8 +51,12 @@ from .bench_ablation import JudgeAsCrossEncoder
 from .machine import describe, write_result
 
 logger = logging.getLogger("bench_sparse")
-MINERS = ("none", "own", "scifact", "scifact-pa", "st-none", "st-own")
+MINERS = ("none", "own", "scifact", "scifact-pa", "st-none", "st-own", "none-random", "scifact-random")
+# the sampler a row uses besides the default 'top': its same-sampler control is the row without a filter
+RANDOM_ROWS = {"none-random": "none", "scifact-random": "scifact"}
 LABELS = {"none": "hardneg, no filter", "own": "hardneg + judge fitted on the sparse training queries",
+          "none-random": "hardneg, no filter, random among the top candidates (sampling.strategy = random)",
+          "scifact-random": "hardneg + SciFact judge (transferred), random among the survivors",
           "scifact": "hardneg + SciFact judge (transferred)",
           "scifact-pa": "hardneg + SciFact judge and its positive-aware rule (transferred, filter.auto_threshold)",
           "st-none": "sentence-transformers' miner, no judge",
@@ -184,11 +196,19 @@ def row_key(args, name: str, row: str, triples: Path | None, seed: int, negative
     return key
 
 
+def may_train(args, row: str) -> bool:
+    """Whether this invocation trains ``row`` when no committed result matches (``--train-rows``,
+    ``--report-only``)."""
+    if args.report_only:
+        return False
+    return not args.train_rows or row in args.train_rows.split(",")
+
+
 def train_eval(args, folder: Path, triples: Path | None, out: Path, seed: int, negatives: int, name: str = "",
-               row: str = "") -> dict:
+               row: str = "") -> dict | None:
     """One downstream row: fine-tune on ``triples`` (none: the base model) and evaluate on the held-out
     queries. The result is committed under ``--rows-dir`` and reused while its key matches (resumable across
-    sessions, like the ablation's rows)."""
+    sessions, like the ablation's rows). ``None``: not stored and not to be trained now (pending)."""
     from mining_jobs.train import TrainConfig, run_training
 
     key = row_key(args, name, row, triples, seed, negatives)
@@ -198,6 +218,9 @@ def train_eval(args, folder: Path, triples: Path | None, out: Path, seed: int, n
         if stored.get("key") == key:
             return stored
         logger.info("%s: settings changed, recomputing", res_path)
+    if not may_train(args, row):
+        logger.info("%s: not trained yet (pending)", res_path)
+        return None
     t0 = time.perf_counter()
     model = "default"
     if triples is not None:
@@ -221,6 +244,10 @@ def main() -> None:
     p.add_argument("--negatives", type=int, default=5, help="negatives mined per query")
     p.add_argument("--seed", type=int, default=13, help="seed of the query split and the kept positive")
     p.add_argument("--train", action="store_true", help="(b): fine-tune on each miner's triples and evaluate")
+    p.add_argument("--train-rows", default="", help="with --train: train only these rows (comma-separated: "
+                   "base, in-batch, " + ", ".join(MINERS) + "); the others come from --rows-dir or are pending")
+    p.add_argument("--report-only", action="store_true",
+                   help="with --train: train nothing; render the downstream table from the committed rows")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-5)
@@ -241,13 +268,16 @@ def main() -> None:
         jq = json.loads((judge / "judge.json").read_text()).get("held_in_quality", {})
         rows = {}
         for miner in MINERS:
-            if miner == "scifact" and not Path(args.transfer_judge, "judge.json").is_file():
+            if miner in ("scifact", "scifact-random") and not Path(args.transfer_judge, "judge.json").is_file():
                 logger.warning("no %s/judge.json: row 'scifact' skipped", args.transfer_judge)
                 continue
             j = {"none": "", "own": str(judge), "scifact": args.transfer_judge, "st-none": "",
-                 "st-own": str(judge), "scifact-pa": ""}[miner]
+                 "st-own": str(judge), "scifact-pa": "", "none-random": "",
+                 "scifact-random": args.transfer_judge}[miner]
             mdir = out / name / f"mine_{miner}"
-            if miner == "scifact-pa":
+            if miner in RANDOM_ROWS:
+                triples = mine_hardneg(args, folder, mdir, j, 'sampling.strategy="random"')
+            elif miner == "scifact-pa":
                 j = str(transfer_judge_with_rule(Path(args.transfer_judge_pa)))
                 triples = mine_hardneg(args, folder, mdir, j, "filter.auto_threshold=true")
             elif miner.startswith("st"):
@@ -293,21 +323,33 @@ def render(results: dict, args, elapsed: float) -> tuple[dict, list[str]]:
                   f"{q.get('judge_cv_ndcg@10', float('nan')):.4f} (CV) vs fused retrieval "
                   f"{q.get('fused_retrieval_ndcg@10', float('nan')):.4f}, on sparse labels.", "",
                   "| miner | negatives | hidden positives among them | share | share of first negatives | "
-                  "hidden positives vs no filter | hidden candidates filtered | other candidates filtered |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "hidden positives vs no filter | vs the same sampler without filter | hidden candidates filtered | "
+                  "other candidates filtered |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         summary[name] = {"collection": c, "miners": {}}
-        base_hidden = r["miners"].get("none", {}).get("hidden_in_negatives")
-        for miner, m in r["miners"].items():
+        miners = r["miners"]
+        base_hidden = miners.get("none", {}).get("hidden_in_negatives")
+        for miner, m in miners.items():
             m["hidden_vs_no_filter"] = m["hidden_in_negatives"] / base_hidden if base_hidden else None
+            control = RANDOM_ROWS.get(miner) and "none-random"  # the same sampler, no filter
+            control = control if control != miner else None
+            ctrl_hidden = miners.get(control or "none", {}).get("hidden_in_negatives")
+            m["hidden_vs_same_sampler"] = (m["hidden_in_negatives"] / ctrl_hidden
+                                           if ctrl_hidden and miner not in ("none", "none-random") else None)
             f = m["filter"]
-            fh = f"{f['hidden_filtered']} / {f['hidden_candidates']}" if f and miner != "none" else "-"
-            fo = f"{f['other_filtered'] / max(f['other_candidates'], 1):.1%}" if f and miner != "none" else "-"
+            judged = miner not in ("none", "none-random")
+            fh = f"{f['hidden_filtered']} / {f['hidden_candidates']}" if f and judged else "-"
+            fo = f"{f['other_filtered'] / max(f['other_candidates'], 1):.1%}" if f and judged else "-"
             ratio = "-" if m["hidden_vs_no_filter"] is None or miner == "none" else f"{m['hidden_vs_no_filter']:.2f}"
+            same = "-" if m["hidden_vs_same_sampler"] is None else f"{m['hidden_vs_same_sampler']:.2f}"
             lines.append(f"| {m['label']} | {m['negatives']} | {m['hidden_in_negatives']} | {m['hidden_share']:.1%} "
-                         f"| {m['first_negative_hidden_share']:.1%} | {ratio} | {fh} | {fo} |")
+                         f"| {m['first_negative_hidden_share']:.1%} | {ratio} | {same} | {fh} | {fo} |")
             summary[name]["miners"][miner] = {k: v for k, v in m.items() if k != "triples"}
         if "downstream" in r:
-            d = r["downstream"]
+            n_seeds = len(args.seeds.split(","))
+            # a row is complete when every seed is stored or trained (``None``: pending, not trained yet)
+            d = {k: v for k, v in r["downstream"].items() if v and all(x is not None for x in v)}
+            pending = {k: sum(x is not None for x in v) for k, v in r["downstream"].items() if k not in d}
             ref = d.get("none")
             mean_pq = {k: {qq: statistics.fmean(x["per_query"][qq] for x in v) for qq in v[0]["per_query"]}
                        for k, v in d.items()}
@@ -323,15 +365,19 @@ def render(results: dict, args, elapsed: float) -> tuple[dict, list[str]]:
                 sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
                 p = "-" if k == "none" or ref is None else \
                     f"{M.randomization_test(mean_pq['none'], mean_pq[k])['p_value']:.4f}"
-                ratio = r["miners"].get(k, {}).get("hidden_vs_no_filter")
+                ratio = miners.get(k, {}).get("hidden_vs_no_filter")
                 met = None
-                if k in r["miners"] and k != "none" and ratio is not None and ref is not None:
+                if k in miners and k not in ("none", "none-random") and ratio is not None and ref is not None:
                     met = ratio <= 1 / 3 and statistics.fmean(vals) >= statistics.fmean(x["ndcg@10"] for x in ref)
                 lines.append(f"| {LABELS[k]} | {statistics.fmean(vals):.4f} ± {sd:.4f} | {p} | "
                              f"{'-' if ratio is None or k == 'none' else f'{ratio:.2f}'} | "
                              f"{'-' if met is None else ('met' if met else 'not met')} |")
                 summary[name]["downstream"][k] = {"ndcg10_mean": statistics.fmean(vals), "ndcg10_std": sd,
-                                                  "seeds": len(vals), "target_met": met}
+                                                  "seeds": len(vals), "target_met": met,
+                                                  "p_vs_no_filter": None if p == "-" else float(p)}
+            for k, done in pending.items():
+                lines.append(f"| {LABELS[k]} | pending ({done} of {n_seeds} seeds trained) | - | - | - |")
+                summary[name]["downstream"][k] = {"pending": True, "seeds_done": done}
         lines.append("")
     lines += [f"This invocation: {elapsed / 60:.1f} min (finished stages are reused).", "", "## Command", "", "```",
               "python -m benchmarks.bench_sparse " + " ".join(os.sys.argv[1:]), "```", ""]

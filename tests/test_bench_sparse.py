@@ -1,0 +1,118 @@
+"""The sparse-label benchmark: the derived collection, the hidden-positive counts, resumable rows (pending rows
+are shown as such, never invented) and the table's ratios, on tiny hand-made inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from test_readme_commands import benchmark_parser
+
+from benchmarks import bench_sparse as B
+
+
+@pytest.fixture
+def parser(monkeypatch):
+    return benchmark_parser("benchmarks.bench_sparse", monkeypatch)
+
+
+def _qrels(path: Path) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for line in path.read_text().splitlines()[1:]:
+        q, d, g = line.split("\t")
+        out.setdefault(q, {})[d] = int(g)
+    return out
+
+
+def test_derive_keeps_one_positive_per_training_query_and_hides_the_rest(data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("HARDNEG_DATA", str(data_root))
+    info = B.derive("adi", tmp_path / "a", seed=13)
+    full = _qrels(data_root / "adi" / "qrels" / "test.tsv")
+    train, test = _qrels(tmp_path / "a" / "qrels" / "train.tsv"), _qrels(tmp_path / "a" / "qrels" / "test.tsv")
+    hidden = json.loads((tmp_path / "a" / "planted.json").read_text())["hidden_positives"]
+    assert not set(train) & set(test) and train and test
+    assert all(len(v) == 1 for v in train.values())  # one labelled positive per training query
+    assert all(v == {d: g for d, g in full[q].items() if g >= 1} for q, v in test.items())  # all of them
+    for q, v in train.items():  # the kept positive and the hidden ones are exactly the query's positives
+        hid = {d for hq, d in hidden if hq == q}
+        assert set(v) | hid == {d for d, g in full[q].items() if g >= 1} and not set(v) & hid
+    assert info["hidden_positives"] == len(hidden) and info["train_queries"] == len(train)
+    # the same seed derives the same collection; another seed another split
+    B.derive("adi", tmp_path / "b", seed=13)
+    assert (tmp_path / "b" / "qrels" / "train.tsv").read_text() == (tmp_path / "a" / "qrels" / "train.tsv").read_text()
+    B.derive("adi", tmp_path / "c", seed=14)
+    assert (tmp_path / "c" / "qrels" / "train.tsv").read_text() != (tmp_path / "a" / "qrels" / "train.tsv").read_text()
+
+
+def test_hidden_share_counts_every_negative_and_the_first(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.Table.from_pylist([{"query_id": "1", "negative_ids": ["a", "b", "c"]},
+                                         {"query_id": "2", "negative_ids": ["x", "a"]},
+                                         {"query_id": "3", "negative_ids": []}]), path)
+    got = B.hidden_share(path, {("1", "b"), ("2", "x"), ("2", "b")})
+    assert got == {"rows": 3, "negatives": 5, "hidden_in_negatives": 2, "hidden_share": 0.4,
+                   "first_negative_hidden_share": 0.5}
+
+
+def test_rows_not_trained_are_pending_and_only_the_named_rows_train(parser, tmp_path, monkeypatch):
+    triples = tmp_path / "t.parquet"
+    triples.write_bytes(b"some triples")
+    args = parser.parse_args(["--train", "--train-rows", "scifact-random", "--rows-dir", str(tmp_path / "rows")])
+    trained = []
+
+    def fake_training(cfg):
+        trained.append(cfg.triples)
+        return {"model": "m"}
+
+    monkeypatch.setattr("mining_jobs.train.run_training", fake_training)
+    monkeypatch.setattr(B, "evaluate_model", lambda model, folder, splits: {
+        "test": {"metrics": {"ndcg@10": 0.5}, "per_query": {"ndcg@10": {"q1": 0.5}}}})
+    # a row this invocation may not train and nobody stored: pending, nothing trained, nothing written
+    assert B.train_eval(args, tmp_path, triples, tmp_path / "w", 1, 1, "med", "scifact") is None
+    assert not trained and not (tmp_path / "rows").exists()
+    got = B.train_eval(args, tmp_path, triples, tmp_path / "w", 1, 1, "med", "scifact-random")
+    assert got["ndcg@10"] == 0.5 and trained == [str(triples)]
+    stored = tmp_path / "rows" / "med__scifact-random__s1.json"
+    assert json.loads(stored.read_text())["key"] == B.row_key(args, "med", "scifact-random", triples, 1, 1)
+    # reused while its key matches, also with --report-only; other triples are another row
+    report = parser.parse_args(["--train", "--report-only", "--rows-dir", str(tmp_path / "rows")])
+    assert B.train_eval(report, tmp_path, triples, tmp_path / "w", 1, 1, "med", "scifact-random")["ndcg@10"] == 0.5
+    triples.write_bytes(b"other triples")
+    assert B.train_eval(report, tmp_path, triples, tmp_path / "w", 1, 1, "med", "scifact-random") is None
+    assert len(trained) == 1
+
+
+def _miner(label: str, hidden: int, negatives: int = 10) -> dict:
+    return {"label": label, "negatives": negatives, "hidden_in_negatives": hidden, "hidden_share": hidden / negatives,
+            "first_negative_hidden_share": 0.0, "filter": None}
+
+
+def _row(v: float) -> dict:
+    return {"ndcg@10": v, "per_query": {"a": v, "b": v}}
+
+
+def test_the_table_compares_each_row_with_no_filter_and_with_its_own_sampler(parser):
+    args = parser.parse_args(["--train", "--seeds", "1,2"])
+    miners = {"none": _miner("n", 9), "scifact": _miner("s", 6), "none-random": _miner("nr", 6),
+              "scifact-random": _miner("sr", 3)}
+    down = {"none": [_row(0.5), _row(0.5)], "scifact": [_row(0.6), _row(0.6)],
+            "none-random": [_row(0.55), _row(0.55)], "scifact-random": [_row(0.6), None]}
+    results = {"med": {"collection": {"documents": 1, "train_queries": 1, "hidden_positives": 1, "test_queries": 1,
+                                      "test_positives": 1}, "own_judge_held_in": {}, "miners": miners,
+                       "downstream": down}}
+    summary, lines = B.render(results, args, 1.0)
+    m = summary["med"]["miners"]
+    assert m["scifact"]["hidden_vs_no_filter"] == pytest.approx(6 / 9)
+    assert m["scifact"]["hidden_vs_same_sampler"] == pytest.approx(6 / 9)  # its sampler is the default's
+    assert m["scifact-random"]["hidden_vs_no_filter"] == pytest.approx(3 / 9)
+    assert m["scifact-random"]["hidden_vs_same_sampler"] == pytest.approx(3 / 6)  # against none-random
+    assert m["none-random"]["hidden_vs_same_sampler"] is None
+    d = summary["med"]["downstream"]
+    assert d["scifact"]["target_met"] is False  # 0.67 of the no-filter count: more than 1/3
+    assert d["none-random"]["target_met"] is None  # no filter: no target
+    assert d["scifact-random"] == {"pending": True, "seeds_done": 1}  # one seed of two: no mean is shown
+    text = "\n".join(lines)
+    assert "| " + B.LABELS["scifact-random"] + " | pending (1 of 2 seeds trained) |" in text
