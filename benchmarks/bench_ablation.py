@@ -61,7 +61,7 @@ from mining_jobs.train import TrainConfig, run_training
 from retriever import metrics as M
 from retriever.data import load_collection
 
-from .machine import describe, markdown, write_result
+from .machine import arithmetic, describe, markdown, write_result
 
 logger = logging.getLogger("bench_ablation")
 METRICS = ("ndcg@10", "mrr@10", "recall@100")
@@ -433,6 +433,7 @@ def summarize(by_row: dict[str, list[dict]]) -> dict[str, dict]:
                 s[f"{split}_{m.replace('@', '')}_std"] = statistics.stdev(v) if len(v) > 1 else 0.0
         s["test_per_query_ndcg@10_seed_mean"] = seed_mean(rs)
         s["minutes_per_seed"] = statistics.fmean(r["minutes"] for r in rs)
+        s["arithmetic"] = ", ".join(sorted({arithmetic(r.get("machine")) for r in rs}))
         out[row] = s
     return out
 
@@ -462,6 +463,19 @@ def verdict(summary: dict[str, dict], rows: list[dict]) -> dict:
     return out
 
 
+def mixed_arithmetic_note(summary: dict[str, dict]) -> list[str]:
+    """A warning under the table when its rows were trained in different arithmetic (``machine.arithmetic``:
+    bf16 autocast on AVX-512 BF16, fp32 on AVX2, a GPU): the row key does not hold it, so that a table can be
+    completed on another machine, and the table says so instead."""
+    kinds = sorted({k for s in summary.values() for k in s["arithmetic"].split(", ")})
+    if len(kinds) < 2:
+        return []
+    by = {k: [r for r, s in summary.items() if k in s["arithmetic"].split(", ")] for k in kinds}
+    return ["", "**These rows were not all trained in the same arithmetic** (" + "; ".join(
+        f"{k}: {', '.join(rs)}" for k, rs in by.items()) + "): bf16 autocast on a CPU with AVX-512 BF16 or AMX, "
+        "fp32 elsewhere. Differences between rows of different arithmetic include that effect."]
+
+
 def render(summary: dict[str, dict], args) -> list[str]:
     ms = lambda s, k: f"{s[k + '_mean']:.4f} ± {s[k + '_std']:.4f}"  # noqa: E731
     refs = [r for r in ("in-batch", "st") if r in summary]
@@ -479,7 +493,8 @@ def render(summary: dict[str, dict], args) -> list[str]:
              f"Test = `{args.test_split}` (300 queries), read only for this table.", "",
              "mean ± std over seeds. p: paired randomization test (10,000 sign flips) on per-query test nDCG@10 "
              "averaged over the seeds.", ""]
-    head = ["row", "steps", "seeds", "test nDCG@10", "test MRR@10", "dev nDCG@10", *(f"p vs {r}" for r in refs)]
+    head = ["row", "steps", "seeds", "test nDCG@10", "test MRR@10", "dev nDCG@10", *(f"p vs {r}" for r in refs),
+            "arithmetic"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in ROWS:
         if row not in summary:
@@ -488,7 +503,8 @@ def render(summary: dict[str, dict], args) -> list[str]:
         cells = [s["label"], str(s["steps"]), str(len(s["seeds"]) if s["steps"] else "-"), ms(s, "test_ndcg10"),
                  ms(s, "test_mrr10"), ms(s, "dev_ndcg10")]
         cells += ["-" if r == row else f"{p_value(summary[r], s):.4f}" for r in refs]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join([*cells, s["arithmetic"]]) + " |")
+    lines += mixed_arithmetic_note(summary)
     lines += ["", "## What each rule contributes on its own", "",
               "| adds | to | test nDCG@10 change | p |", "|---|---|---|---|"]
     for row, ref, what in CONTRASTS:
@@ -542,6 +558,7 @@ def render_losses(summary: dict[str, dict], args) -> list[str]:
                  ms(s, "test_mrr10"), ms(s, "dev_ndcg10")]
         cells += ["-" if r == row else f"{p_value(summary[r], s):.4f}" for r in refs]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += mixed_arithmetic_note(summary)
 
     def best(rows: list[str]) -> str | None:
         return max(rows, key=lambda r: summary[r]["dev_ndcg10_mean"], default=None)
@@ -654,6 +671,7 @@ def main() -> None:
                          for r in order if r in summary]}
         if not args.loss_rows_list:
             data |= verdict(summary, data["rows"])
+            data["mixed_arithmetic"] = bool(mixed_arithmetic_note(summary))
         if args.loss_rows_list:
             write_result("losses", data, render_losses(summary, args), res_dir=args.results_dir)
         else:

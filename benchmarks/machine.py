@@ -32,9 +32,22 @@ def describe() -> dict[str, object]:
     versions = package_versions()
     import torch
 
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu, "simd_flags": flags, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "memory_gb": mem_gb, "python": platform.python_version(), "platform": platform.platform(),
-            "versions": versions}
+            "versions": versions, "gpu": gpu}
+
+
+def arithmetic(info: dict[str, object] | None) -> str:
+    """What a run with ``bf16 = "auto"`` computed in on the machine ``info`` (a ``describe()`` record): ``gpu``
+    where one was there, ``bf16`` autocast on a CPU with AMX or AVX-512 BF16, else ``fp32``; ``unknown`` when
+    the record is missing. Results of different arithmetic differ in their last digits and in speed."""
+    if not info:
+        return "unknown"
+    if info.get("gpu"):
+        return "gpu"
+    flags = set(info.get("simd_flags") or [])  # type: ignore[arg-type]
+    return "bf16" if flags & {"amx_bf16", "avx512_bf16"} else "fp32"
 
 
 def markdown(info: dict[str, object]) -> str:

@@ -101,3 +101,35 @@ def test_report_only_renders_stored_rows_and_refuses_a_row_of_other_settings(tmp
     with pytest.raises(SystemExit, match="other settings \\(steps differ\\)"):
         B.main()
     assert not (tmp_path / "out" / "ablation.md").exists()  # no partial table written over the committed one
+
+
+def test_the_table_names_each_rows_arithmetic_and_warns_when_rows_mix_them(tmp_path, monkeypatch):
+    from benchmarks.machine import arithmetic
+
+    assert arithmetic({"simd_flags": ["avx2", "avx512f", "avx512_bf16"]}) == "bf16"
+    assert arithmetic({"simd_flags": ["avx2", "amx_bf16"]}) == "bf16"
+    assert arithmetic({"simd_flags": ["avx", "avx2"]}) == "fp32"
+    assert arithmetic({"simd_flags": ["avx2"], "gpu": "NVIDIA H100"}) == "gpu"
+    assert arithmetic(None) == "unknown"
+    rows = tmp_path / "rows"
+    rows.mkdir()
+    for row, flags in (("in-batch", ["avx2", "avx512_bf16"]), ("random", ["avx2"])):
+        stored = json.loads((ROWS / f"{row}__s1.json").read_text())
+        (rows / f"{row}__s1.json").write_text(json.dumps({**stored, "machine": {**stored["machine"],
+                                                                                "simd_flags": flags}}))
+
+    def render(which: str) -> tuple[str, dict]:
+        monkeypatch.setattr("sys.argv", ["bench_ablation", "--report-only", "--rows", which, "--seeds", "1",
+                                         "--rows-dir", str(rows), "--results-dir", str(tmp_path / "out")])
+        B.main()
+        return (tmp_path / "out" / "ablation.md").read_text(), \
+            json.loads((tmp_path / "out" / "ablation.json").read_text())
+
+    table, data = render("in-batch,random")
+    lines = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith("| ")}
+    assert lines["| " + B.label("in-batch")].endswith("| bf16 |")
+    assert lines["| " + B.label("random")].endswith("| fp32 |")
+    assert "not all trained in the same arithmetic** (bf16: in-batch; fp32: random)" in table
+    assert data["mixed_arithmetic"] is True and [r["arithmetic"] for r in data["rows"]] == ["bf16", "fp32"]
+    table, data = render("in-batch")
+    assert "same arithmetic" not in table and data["mixed_arithmetic"] is False
