@@ -47,16 +47,24 @@ from mining_jobs.mine import run_mining
 from retriever import metrics as M
 from retriever.data import load_beir, resolve_data
 
-from .bench_ablation import JudgeAsCrossEncoder
+from .bench_ablation import JudgeAsCrossEncoder, judge_fingerprint
 from .machine import describe, write_result
 
 logger = logging.getLogger("bench_sparse")
-MINERS = ("none", "own", "scifact", "scifact-pa", "st-none", "st-own", "none-random", "scifact-random")
-# the sampler a row uses besides the default 'top': its same-sampler control is the row without a filter
-RANDOM_ROWS = {"none-random": "none", "scifact-random": "scifact"}
+MINERS = ("none", "own", "scifact", "scifact-pa", "scifact-ce", "st-none", "st-own", "none-random", "scifact-random",
+          "scifact-ce-random")
+# the rows that sample at random among the survivors instead of the default 'top' (each beside its top row);
+# their same-sampler control is 'none-random'
+RANDOM_ROWS = {"none-random": "none", "scifact-random": "scifact", "scifact-ce-random": "scifact-ce"}
+# rows whose judge is a SciFact judge given on the command line, and the option that names it
+TRANSFERRED = {"scifact": "transfer_judge", "scifact-random": "transfer_judge", "scifact-ce": "transfer_judge_ce",
+               "scifact-ce-random": "transfer_judge_ce"}
 LABELS = {"none": "hardneg, no filter", "own": "hardneg + judge fitted on the sparse training queries",
           "none-random": "hardneg, no filter, random among the top candidates (sampling.strategy = random)",
           "scifact-random": "hardneg + SciFact judge (transferred), random among the survivors",
+          "scifact-ce": "hardneg + SciFact's best judge (ensemble + cross-encoder logit, as make demo fits it; "
+                        "transferred)",
+          "scifact-ce-random": "hardneg + SciFact's best judge (transferred), random among the survivors",
           "scifact": "hardneg + SciFact judge (transferred)",
           "scifact-pa": "hardneg + SciFact judge and its positive-aware rule (transferred, filter.auto_threshold)",
           "st-none": "sentence-transformers' miner, no judge",
@@ -117,18 +125,39 @@ def transfer_judge_with_rule(path: Path) -> Path:
 
 
 def mine_hardneg(args, folder: Path, out: Path, judge: str, *extra: str) -> Path:
+    """Mine the derived collection into ``out`` (reused while the mining config and the judge's recipe,
+    ``bench_ablation.judge_fingerprint``, are those it was mined with: a judge refitted at the same path is
+    another judge)."""
     sets = [*extra, f"data.name={json.dumps(str(folder))}", 'data.split="train"', f"candidates.bm25_k={args.depth}",
             f"candidates.dense_k={args.depth}", f"sampling.num_negatives={args.negatives}",
             f"cross_encoder.model={json.dumps(judge)}", "cross_encoder.max_length=128", "output.overwrite=false"]
     cfg = load_config(None, sets)
-    if not (out / "manifest.json").is_file():
-        run_mining(cfg, out)
+    key = {"config": cfg.fingerprint(), "judge": judge_fingerprint(judge) if judge else None}
+    stamp = out / "bench_key.json"
+    if (out / "manifest.json").is_file():
+        if stamp.is_file() and json.loads(stamp.read_text()) == key:
+            return out / "triples.parquet"
+        manifest = json.loads((out / "manifest.json").read_text())
+        if not stamp.is_file() and manifest.get("config_fingerprint") == key["config"]:
+            logger.info("%s: mined before the bench recorded its judge's recipe; kept (same config)", out)
+            write_json(stamp, key)
+            return out / "triples.parquet"
+        logger.info("%s: mined with another config or judge; mining again", out)
+        cfg.output.overwrite = True
+    run_mining(cfg, out)
+    write_json(stamp, key)
     return out / "triples.parquet"
 
 
 def mine_st(args, folder: Path, out: Path, judge: str) -> Path:
+    """sentence-transformers' miner on the derived collection (reused while its settings and judge's recipe
+    are those it was mined with)."""
     path = out / "triples.parquet"
-    if path.is_file():
+    key = {"depth": args.depth, "negatives": args.negatives, "judge": judge_fingerprint(judge) if judge else None}
+    stamp = out / "bench_key.json"
+    if path.is_file() and (not stamp.is_file() or json.loads(stamp.read_text()) == key):
+        if not stamp.is_file():  # mined before the bench recorded its settings: kept
+            write_json(stamp, key)
         return path
     from datasets import Dataset
     from sentence_transformers.util import mine_hard_negatives
@@ -155,7 +184,9 @@ def mine_st(args, folder: Path, out: Path, judge: str) -> Path:
     pq.write_table(pa.Table.from_pylist([
         {"query_id": qid[table["query"][i]], "query": table["query"][i], "positive": table["positive"][i],
          "negative_ids": [did[table[c][i]] for c in neg_cols], "negatives": [table[c][i] for c in neg_cols]}
-        for i in range(len(table["query"]))]), path)
+        for i in range(len(table["query"]))]), path.with_suffix(".tmp"))
+    os.replace(path.with_suffix(".tmp"), path)  # complete or absent, never a partial file to reuse
+    write_json(stamp, key)
     return path
 
 
@@ -238,6 +269,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--collections", default="cisi,med,cranfield")
     p.add_argument("--transfer-judge", default="runs/demo_judge")
+    p.add_argument("--transfer-judge-ce", default="runs/demo_judge_ce",
+                   help="rows scifact-ce*: the best SciFact judge, with its cross-encoder (make demo fits it)")
     p.add_argument("--transfer-judge-pa", default="runs/sparse/scifact_judge",
                    help="row scifact-pa: a SciFact judge that carries its positive-aware rule (trained when absent)")
     p.add_argument("--depth", type=int, default=30)
@@ -268,12 +301,12 @@ def main() -> None:
         jq = json.loads((judge / "judge.json").read_text()).get("held_in_quality", {})
         rows = {}
         for miner in MINERS:
-            if miner in ("scifact", "scifact-random") and not Path(args.transfer_judge, "judge.json").is_file():
-                logger.warning("no %s/judge.json: row 'scifact' skipped", args.transfer_judge)
+            if miner in TRANSFERRED and not Path(getattr(args, TRANSFERRED[miner]), "judge.json").is_file():
+                logger.warning("no %s/judge.json: row %r skipped", getattr(args, TRANSFERRED[miner]), miner)
                 continue
-            j = {"none": "", "own": str(judge), "scifact": args.transfer_judge, "st-none": "",
-                 "st-own": str(judge), "scifact-pa": "", "none-random": "",
-                 "scifact-random": args.transfer_judge}[miner]
+            j = (getattr(args, TRANSFERRED[miner]) if miner in TRANSFERRED else
+                 {"none": "", "own": str(judge), "st-none": "", "st-own": str(judge), "scifact-pa": "",
+                  "none-random": ""}[miner])
             mdir = out / name / f"mine_{miner}"
             if miner in RANDOM_ROWS:
                 triples = mine_hardneg(args, folder, mdir, j, 'sampling.strategy="random"')

@@ -116,3 +116,31 @@ def test_the_table_compares_each_row_with_no_filter_and_with_its_own_sampler(par
     assert d["scifact-random"] == {"pending": True, "seeds_done": 1}  # one seed of two: no mean is shown
     text = "\n".join(lines)
     assert "| " + B.LABELS["scifact-random"] + " | pending (1 of 2 seeds trained) |" in text
+
+
+def test_mining_is_reused_only_with_the_same_config_and_judge_recipe(parser, tmp_path, monkeypatch):
+    args = parser.parse_args([])
+    calls = []
+
+    def fake_mining(cfg, out):
+        calls.append(cfg.output.overwrite)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "manifest.json").write_text(json.dumps({"config_fingerprint": cfg.fingerprint()}))
+
+    recipe = {"value": "recipe-1"}
+    monkeypatch.setattr(B, "run_mining", fake_mining)
+    monkeypatch.setattr(B, "judge_fingerprint", lambda folder: recipe["value"])
+    out = tmp_path / "mine_scifact"
+    B.mine_hardneg(args, tmp_path / "data", out, "runs/some_judge")
+    B.mine_hardneg(args, tmp_path / "data", out, "runs/some_judge")
+    assert calls == [False]  # mined once, then reused
+    recipe["value"] = "recipe-2"  # the judge refitted at the same path with other settings
+    B.mine_hardneg(args, tmp_path / "data", out, "runs/some_judge")
+    assert calls == [False, True]  # mined again, over the old folder
+    B.mine_hardneg(args, tmp_path / "data", out, "runs/some_judge", 'sampling.strategy="random"')
+    assert calls == [False, True, True]  # another config
+    # a folder mined before the bench recorded the recipe: kept when its config is the same
+    (out / "bench_key.json").unlink()
+    B.mine_hardneg(args, tmp_path / "data", out, "runs/some_judge", 'sampling.strategy="random"')
+    assert calls == [False, True, True]
+    assert json.loads((out / "bench_key.json").read_text())["judge"] == "recipe-2"
