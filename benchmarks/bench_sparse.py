@@ -340,6 +340,14 @@ def main() -> None:
                  lines)
 
 
+def same_sampler_control(miner: str) -> str | None:
+    """The row that mines like ``miner`` without a filter (None: ``miner`` has no filter): the random rows'
+    is ``none-random``, sentence-transformers' miner's ``st-none``, every other hardneg row's ``none``."""
+    if miner in ("none", "none-random", "st-none"):
+        return None
+    return "none-random" if miner in RANDOM_ROWS else "st-none" if miner.startswith("st-") else "none"
+
+
 def render(results: dict, args, elapsed: float) -> tuple[dict, list[str]]:
     lines = ["# Sparse labels: hidden positives among mined negatives", "",
              f"Collections {args.collections}; queries split in two by a hash (seed {args.seed}); each training "
@@ -364,11 +372,9 @@ def render(results: dict, args, elapsed: float) -> tuple[dict, list[str]]:
         base_hidden = miners.get("none", {}).get("hidden_in_negatives")
         for miner, m in miners.items():
             m["hidden_vs_no_filter"] = m["hidden_in_negatives"] / base_hidden if base_hidden else None
-            control = RANDOM_ROWS.get(miner) and "none-random"  # the same sampler, no filter
-            control = control if control != miner else None
-            ctrl_hidden = miners.get(control or "none", {}).get("hidden_in_negatives")
-            m["hidden_vs_same_sampler"] = (m["hidden_in_negatives"] / ctrl_hidden
-                                           if ctrl_hidden and miner not in ("none", "none-random") else None)
+            control = same_sampler_control(miner)
+            ctrl_hidden = miners.get(control, {}).get("hidden_in_negatives") if control else None
+            m["hidden_vs_same_sampler"] = m["hidden_in_negatives"] / ctrl_hidden if ctrl_hidden else None
             f = m["filter"]
             judged = miner not in ("none", "none-random")
             fh = f"{f['hidden_filtered']} / {f['hidden_candidates']}" if f and judged else "-"

@@ -110,6 +110,8 @@ def test_the_table_compares_each_row_with_no_filter_and_with_its_own_sampler(par
     assert m["scifact-random"]["hidden_vs_no_filter"] == pytest.approx(3 / 9)
     assert m["scifact-random"]["hidden_vs_same_sampler"] == pytest.approx(3 / 6)  # against none-random
     assert m["none-random"]["hidden_vs_same_sampler"] is None
+    assert [B.same_sampler_control(r) for r in ("none", "own", "st-none", "st-own", "scifact-ce-random")] == \
+        [None, "none", None, "st-none", "none-random"]
     d = summary["med"]["downstream"]
     assert d["scifact"]["target_met"] is False  # 0.67 of the no-filter count: more than 1/3
     assert d["none-random"]["target_met"] is None  # no filter: no target
