@@ -463,6 +463,14 @@ def verdict(summary: dict[str, dict], rows: list[dict]) -> dict:
     return out
 
 
+def machine_section(args) -> list[str]:
+    """The machine this invocation ran on; with --report-only that is the one that rendered the table, not the
+    ones that trained its rows (each row file records its own, and the arithmetic column shows it)."""
+    head = ("## Machine that rendered this table (--report-only: the rows were trained on the machines their files "
+            "record)" if args.report_only else "## Machine")
+    return [head, "", markdown(describe())]
+
+
 def mixed_arithmetic_note(summary: dict[str, dict]) -> list[str]:
     """A warning under the table when its rows were trained in different arithmetic (``machine.arithmetic``:
     bf16 autocast on AVX-512 BF16, fp32 on AVX2, a GPU): the row key does not hold it, so that a table can be
@@ -528,7 +536,7 @@ def render(summary: dict[str, dict], args) -> list[str]:
         lines += ["", f"Not yet run at these settings: {', '.join(missing)} (rerun the command; finished rows are kept)."]
     lines += ["", "Minutes per seed (training + mining + encoding the corpus for dev/test, on the machine that ran "
               "it): " + ", ".join(f"{r} {s['minutes_per_seed']:.1f}" for r, s in summary.items()), "",
-              "## Machine", "", markdown(describe()),
+              *machine_section(args),
               f"Each row file under `{args.rows_dir}/` records the machine that ran it.", "",
               "## Command", "", "```", args.command, "```", ""]
     return lines
@@ -590,7 +598,7 @@ def render_losses(summary: dict[str, dict], args) -> list[str]:
         lines += ["", f"Not yet run at these settings: {', '.join(missing)} (rerun the command; finished rows are kept)."]
     lines += ["", "Minutes per seed (training + mining + encoding the corpus for dev/test, on the machine that ran "
               "it): " + ", ".join(f"{r} {s['minutes_per_seed']:.1f}" for r, s in summary.items()), "",
-              "## Machine", "", markdown(describe()),
+              *machine_section(args),
               f"Each row file under `{args.rows_dir}/` records the machine that ran it.", "",
               "## Command", "", "```", args.command, "```", ""]
     return lines
