@@ -53,9 +53,9 @@ from .machine import describe, write_result
 logger = logging.getLogger("bench_sparse")
 MINERS = ("none", "own", "scifact", "scifact-pa", "scifact-ce", "st-none", "st-own", "none-random", "scifact-random",
           "scifact-ce-random")
-# the rows that sample at random among the survivors instead of the default 'top' (each beside its top row);
-# their same-sampler control is 'none-random'
-RANDOM_ROWS = {"none-random": "none", "scifact-random": "scifact", "scifact-ce-random": "scifact-ce"}
+# the rows that sample at random among the survivors instead of the default 'top'; their same-sampler control
+# is 'none-random'
+RANDOM_ROWS = ("none-random", "scifact-random", "scifact-ce-random")
 # rows whose judge is a SciFact judge given on the command line, and the option that names it
 TRANSFERRED = {"scifact": "transfer_judge", "scifact-random": "transfer_judge", "scifact-ce": "transfer_judge_ce",
                "scifact-ce-random": "transfer_judge_ce"}
@@ -124,6 +124,20 @@ def transfer_judge_with_rule(path: Path) -> Path:
     return path
 
 
+def reusable(out: Path, done: Path, key: dict, legacy: bool) -> bool:
+    """Whether the finished mining in ``out`` (its marker ``done``) was made with ``key`` (recorded in
+    ``bench_key.json``). ``legacy``: a folder mined before the bench recorded keys is kept and stamped."""
+    stamp = out / "bench_key.json"
+    if not done.is_file():
+        return False
+    if stamp.is_file():
+        return json.loads(stamp.read_text()) == key
+    if legacy:
+        logger.info("%s: mined before the bench recorded its settings and judge's recipe; kept", out)
+        write_json(stamp, key)
+    return legacy
+
+
 def mine_hardneg(args, folder: Path, out: Path, judge: str, *extra: str) -> Path:
     """Mine the derived collection into ``out`` (reused while the mining config and the judge's recipe,
     ``bench_ablation.judge_fingerprint``, are those it was mined with: a judge refitted at the same path is
@@ -133,19 +147,15 @@ def mine_hardneg(args, folder: Path, out: Path, judge: str, *extra: str) -> Path
             f"cross_encoder.model={json.dumps(judge)}", "cross_encoder.max_length=128", "output.overwrite=false"]
     cfg = load_config(None, sets)
     key = {"config": cfg.fingerprint(), "judge": judge_fingerprint(judge) if judge else None}
-    stamp = out / "bench_key.json"
-    if (out / "manifest.json").is_file():
-        if stamp.is_file() and json.loads(stamp.read_text()) == key:
-            return out / "triples.parquet"
-        manifest = json.loads((out / "manifest.json").read_text())
-        if not stamp.is_file() and manifest.get("config_fingerprint") == key["config"]:
-            logger.info("%s: mined before the bench recorded its judge's recipe; kept (same config)", out)
-            write_json(stamp, key)
-            return out / "triples.parquet"
+    manifest = out / "manifest.json"
+    same_config = manifest.is_file() and json.loads(manifest.read_text()).get("config_fingerprint") == key["config"]
+    if reusable(out, manifest, key, legacy=same_config):
+        return out / "triples.parquet"
+    if manifest.is_file():
         logger.info("%s: mined with another config or judge; mining again", out)
         cfg.output.overwrite = True
     run_mining(cfg, out)
-    write_json(stamp, key)
+    write_json(out / "bench_key.json", key)
     return out / "triples.parquet"
 
 
@@ -154,10 +164,7 @@ def mine_st(args, folder: Path, out: Path, judge: str) -> Path:
     are those it was mined with)."""
     path = out / "triples.parquet"
     key = {"depth": args.depth, "negatives": args.negatives, "judge": judge_fingerprint(judge) if judge else None}
-    stamp = out / "bench_key.json"
-    if path.is_file() and (not stamp.is_file() or json.loads(stamp.read_text()) == key):
-        if not stamp.is_file():  # mined before the bench recorded its settings: kept
-            write_json(stamp, key)
+    if reusable(out, path, key, legacy=True):
         return path
     from datasets import Dataset
     from sentence_transformers.util import mine_hard_negatives
@@ -186,7 +193,7 @@ def mine_st(args, folder: Path, out: Path, judge: str) -> Path:
          "negative_ids": [did[table[c][i]] for c in neg_cols], "negatives": [table[c][i] for c in neg_cols]}
         for i in range(len(table["query"]))]), path.with_suffix(".tmp"))
     os.replace(path.with_suffix(".tmp"), path)  # complete or absent, never a partial file to reuse
-    write_json(stamp, key)
+    write_json(out / "bench_key.json", key)
     return path
 
 
@@ -402,8 +409,9 @@ def render(results: dict, args, elapsed: float) -> tuple[dict, list[str]]:
             for k, v in d.items():
                 vals = [x["ndcg@10"] for x in v]
                 sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                p = "-" if k == "none" or ref is None else \
-                    f"{M.randomization_test(mean_pq['none'], mean_pq[k])['p_value']:.4f}"
+                pv = None if k == "none" or ref is None else \
+                    M.randomization_test(mean_pq["none"], mean_pq[k])["p_value"]
+                p = "-" if pv is None else f"{pv:.4f}"
                 ratio = miners.get(k, {}).get("hidden_vs_no_filter")
                 met = None
                 if k in miners and k not in ("none", "none-random") and ratio is not None and ref is not None:
@@ -413,7 +421,7 @@ def render(results: dict, args, elapsed: float) -> tuple[dict, list[str]]:
                              f"{'-' if met is None else ('met' if met else 'not met')} |")
                 summary[name]["downstream"][k] = {"ndcg10_mean": statistics.fmean(vals), "ndcg10_std": sd,
                                                   "seeds": len(vals), "target_met": met,
-                                                  "p_vs_no_filter": None if p == "-" else float(p)}
+                                                  "p_vs_no_filter": pv}
             for k, done in pending.items():
                 lines.append(f"| {LABELS[k]} | pending ({done} of {n_seeds} seeds trained) | - | - | - |")
                 summary[name]["downstream"][k] = {"pending": True, "seeds_done": done}

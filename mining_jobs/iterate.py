@@ -38,7 +38,16 @@ from .evaluate import evaluate_model
 from .files import versions
 from .judge_check import render_check
 from .losses import needs_scores
-from .runfolder import Layout, RunFolderError, fingerprint, prepare, write_json, write_parquet, write_text
+from .runfolder import (
+    Layout,
+    RunFolderError,
+    changed_inputs,
+    fingerprint,
+    prepare,
+    write_json,
+    write_parquet,
+    write_text,
+)
 from .settings import fill, opt, section
 from .train import EVAL_METRICS, TrainConfig, TrainError
 
@@ -215,12 +224,14 @@ def _prepare(out: Path, cfg: LoopConfig) -> None:
     A resumed loop whose base model or judge changed content since it started (``loop_inputs``) is refused,
     naming what changed; with loop.overwrite it is started afresh. A loop folder written before the inputs
     were recorded records them now."""
-    state = prepare(out, FOLDER, cfg.fingerprint(), overwrite=cfg.loop.overwrite, resume_same=True,
-                    config=cfg.to_dict(), extra={"versions": versions()})
+    def open_folder():
+        return prepare(out, FOLDER, cfg.fingerprint(), overwrite=cfg.loop.overwrite, resume_same=True,
+                       config=cfg.to_dict(), extra={"versions": versions()})
+
+    state = open_folder()
     inputs = loop_inputs(cfg)
-    old = state.record.get("inputs")
-    if state.resumed and old is not None and old != inputs:
-        changed = [k for k in inputs if old.get(k) != inputs[k]]
+    changed = changed_inputs(state, inputs)
+    if changed:
         names = {"base_model": f"base model ({cfg.loop.base_model})", "judge": f"judge ({cfg.mine.cross_encoder.model})"}
         what = " and ".join(names[k] for k in changed)
         if not cfg.loop.overwrite:
@@ -228,10 +239,8 @@ def _prepare(out: Path, cfg: LoopConfig) -> None:
                             f"rounds were made with another one; {FOLDER.hint} to start it again, or choose "
                             "another loop.out")
         logger.info("the %s changed since the loop in %s started: starting it afresh", what, out)
-        for child in out.iterdir():
-            if child.name != FOLDER.state_file:
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-        state.record["created"] = time.time()
+        shutil.rmtree(out)
+        state = open_folder()
     if state.resumed:
         state.record["config"] = cfg.to_dict()
     state.record["inputs"] = inputs

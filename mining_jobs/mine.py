@@ -30,7 +30,7 @@ from .engine import LocalEngine
 from .inputs import leak_guard, load_input
 from .judge_check import check_judge, choose_margin, choose_threshold
 from .planted import find_planted, load_planted
-from .runfolder import Layout, RunFolderError, State, prepare, write_parquet
+from .runfolder import Layout, RunFolderError, State, changed_inputs, prepare, write_parquet
 from .shard import Resources, bind_judge, shard_paths
 from .triples import finalize
 
@@ -103,9 +103,8 @@ def input_fingerprints(res: Resources) -> dict[str, str | None]:
 def check_inputs(out: Path, state: State, fps: dict[str, str | None]) -> None:
     """Record the input fingerprints in ``job.json``; on resume, refuse when any of them changed, since
     finished shards would mix old and new inputs (``--overwrite`` has already emptied the folder)."""
-    old = state.record.get("inputs")
-    if old is not None and old != fps:
-        changed = sorted(k for k in fps if old.get(k) != fps[k])
+    changed = changed_inputs(state, fps)
+    if changed:
         raise JobStateError(f"{out} holds a partly finished job whose {', '.join(changed)} changed since it "
                             "started; pass --overwrite to start again")
     state.record["inputs"] = fps

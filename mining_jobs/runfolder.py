@@ -30,7 +30,8 @@ from retriever.errors import HardnegError
 
 from .files import write_json, write_parquet, write_text
 
-__all__ = ["Layout", "RunFolderError", "State", "clear_unstarted", "finish", "fingerprint", "is_finished",
+__all__ = ["Layout", "RunFolderError", "State", "changed_inputs", "clear_unstarted", "finish", "fingerprint",
+           "is_finished",
            "prepare", "read_done", "write_json", "write_parquet", "write_text"]
 
 logger = logging.getLogger(__name__)
@@ -181,6 +182,15 @@ def prepare(out: str | Path, layout: Layout, key: str, *, overwrite: bool = Fals
     state = State(out, layout, record, resumed=False)
     state.save()
     return state
+
+
+def changed_inputs(state: State, fps: dict[str, str | None]) -> list[str]:
+    """The names in ``fps`` whose content fingerprint differs from the one the run folder's state recorded
+    under ``inputs`` when the run started (none when it recorded none: a new run, or one from before inputs
+    were recorded). Runs whose files depend on model weights or input data named by path use it to refuse a
+    resume whose inputs changed under the same names."""
+    old = state.record.get("inputs")
+    return [] if old is None else sorted(k for k in fps if old.get(k) != fps[k])
 
 
 def clear_unstarted(out: str | Path, layout: Layout) -> bool:
