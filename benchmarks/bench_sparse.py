@@ -14,7 +14,9 @@ applied unchanged to another collection.
 The default sampler takes the best-scored survivors of the filter, the candidates just below its threshold,
 which are the likeliest unlabelled positives; the ``*-random`` rows sample at random among the survivors of
 the top candidates instead (ANCE's and RocketQA's practice), with and without the judge, so that what the
-sampler and what the judge contribute are measured apart.
+sampler and what the judge contribute are measured apart. A random row is one draw per seed of ``--seeds``
+(``sampling.seed`` = the seed, each seed's model trains on its own draw); its hidden positives are the mean
+over the draws, and the target is judged on that mean (one draw is one sample of the sampler, not the sampler).
 
 (b) With ``--train``: each miner's triples fine-tune all-MiniLM-L6-v2 for the same number of steps
 (``--steps``, each seed of ``--seeds``), evaluated by nDCG@10 on the held-out queries with full qrels;
@@ -197,6 +199,13 @@ def mine_st(args, folder: Path, out: Path, judge: str) -> Path:
     return path
 
 
+def mean_over_draws(draws: dict[int, dict]) -> dict:
+    """A random row's counts: the mean over its seeds' draws (``draws``: seed -> ``hidden_share``), with
+    each draw's hidden count kept under ``hidden_per_draw``."""
+    out = {k: statistics.fmean(d[k] for d in draws.values()) for k in next(iter(draws.values()))}
+    return out | {"hidden_per_draw": {s: d["hidden_in_negatives"] for s, d in draws.items()}}
+
+
 def hidden_share(triples: Path, hidden: set[tuple[str, str]]) -> dict:
     t = pq.read_table(triples, columns=["query_id", "negative_ids"]).to_pylist()
     negs = [(r["query_id"], d) for r in t for d in r["negative_ids"]]
@@ -307,6 +316,7 @@ def main() -> None:
         judge = own_judge(folder, out / name / "judge")
         jq = json.loads((judge / "judge.json").read_text()).get("held_in_quality", {})
         rows = {}
+        seeds = [int(s) for s in args.seeds.split(",")]
         for miner in MINERS:
             if miner in TRANSFERRED and not Path(getattr(args, TRANSFERRED[miner]), "judge.json").is_file():
                 logger.warning("no %s/judge.json: row %r skipped", getattr(args, TRANSFERRED[miner]), miner)
@@ -315,9 +325,16 @@ def main() -> None:
                  {"none": "", "own": str(judge), "st-none": "", "st-own": str(judge), "scifact-pa": "",
                   "none-random": ""}[miner])
             mdir = out / name / f"mine_{miner}"
-            if miner in RANDOM_ROWS:
-                triples = mine_hardneg(args, folder, mdir, j, 'sampling.strategy="random"')
-            elif miner == "scifact-pa":
+            if miner in RANDOM_ROWS:  # one draw per seed; the filter (candidates.parquet) is the same in each
+                draws = {s: mine_hardneg(args, folder, out / name / f"mine_{miner}_s{s}", j,
+                                         'sampling.strategy="random"', f"sampling.seed={s}") for s in seeds}
+                mdir = out / name / f"mine_{miner}_s{seeds[0]}"
+                rows[miner] = {"label": LABELS[miner], **mean_over_draws(
+                    {s: hidden_share(t, hidden) for s, t in draws.items()}),
+                    "filter": filter_stats(mdir, hidden), "triples": {s: str(t) for s, t in draws.items()}}
+                rows[miner]["judge_check"] = json.loads((mdir / "manifest.json").read_text()).get("judge_check")
+                continue
+            if miner == "scifact-pa":
                 j = str(transfer_judge_with_rule(Path(args.transfer_judge_pa)))
                 triples = mine_hardneg(args, folder, mdir, j, "filter.auto_threshold=true")
             elif miner.startswith("st"):
@@ -330,7 +347,6 @@ def main() -> None:
                 rows[miner]["judge_check"] = json.loads((mdir / "manifest.json").read_text()).get("judge_check")
         results[name] = {"collection": info, "own_judge_held_in": jq, "miners": rows}
         if args.train:
-            seeds = [int(s) for s in args.seeds.split(",")]
             down: dict[str, list[dict]] = {
                 "base": [train_eval(args, folder, None, out / name / "eval_base", 0, 0, name, "base")]}
             first = next(iter(rows.values()))["triples"]
@@ -338,13 +354,19 @@ def main() -> None:
                 down.setdefault("in-batch", []).append(
                     train_eval(args, folder, Path(first), out / name / f"in-batch_s{s}", s, 0, name, "in-batch"))
                 for miner, r in rows.items():
+                    t = r["triples"][s] if isinstance(r["triples"], dict) else r["triples"]  # a random row: its draw
                     down.setdefault(miner, []).append(
-                        train_eval(args, folder, Path(r["triples"]), out / name / f"{miner}_s{s}", s, 1, name, miner))
+                        train_eval(args, folder, Path(t), out / name / f"{miner}_s{s}", s, 1, name, miner))
             results[name]["downstream"] = down
     summary, lines = render(results, args, time.perf_counter() - t0)
     write_result("sparse_labels", {"settings": vars(args), "results": summary,
                                    "command": "python -m benchmarks.bench_sparse " + " ".join(os.sys.argv[1:])},
                  lines)
+
+
+def count(x: float) -> str:
+    """A count, or a mean of counts over draws with one decimal."""
+    return str(int(x)) if float(x).is_integer() else f"{x:.1f}"
 
 
 def same_sampler_control(miner: str) -> str | None:
@@ -360,7 +382,8 @@ def render(results: dict, args, elapsed: float) -> tuple[dict, list[str]]:
              f"Collections {args.collections}; queries split in two by a hash (seed {args.seed}); each training "
              "query with two or more positives keeps one, the rest are hidden; held-out queries keep all "
              f"their positives. Mining: BM25 + dense top-{args.depth}, {args.negatives} negatives per query, "
-             "relative margin 0.1 where a judge filters.", ""]
+             "relative margin 0.1 where a judge filters. The random rows' counts are the mean over one draw per "
+             f"seed ({args.seeds}; each seed's model trains on its own draw).", ""]
     summary: dict = {}
     for name, r in results.items():
         c = r["collection"]
@@ -388,7 +411,10 @@ def render(results: dict, args, elapsed: float) -> tuple[dict, list[str]]:
             fo = f"{f['other_filtered'] / max(f['other_candidates'], 1):.1%}" if f and judged else "-"
             ratio = "-" if m["hidden_vs_no_filter"] is None or miner == "none" else f"{m['hidden_vs_no_filter']:.2f}"
             same = "-" if m["hidden_vs_same_sampler"] is None else f"{m['hidden_vs_same_sampler']:.2f}"
-            lines.append(f"| {m['label']} | {m['negatives']} | {m['hidden_in_negatives']} | {m['hidden_share']:.1%} "
+            hid = count(m["hidden_in_negatives"])
+            if "hidden_per_draw" in m:
+                hid += " (draws: " + ", ".join(str(v) for v in m["hidden_per_draw"].values()) + ")"
+            lines.append(f"| {m['label']} | {count(m['negatives'])} | {hid} | {m['hidden_share']:.1%} "
                          f"| {m['first_negative_hidden_share']:.1%} | {ratio} | {same} | {fh} | {fo} |")
             summary[name]["miners"][miner] = {k: v for k, v in m.items() if k != "triples"}
         if "downstream" in r:

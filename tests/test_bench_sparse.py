@@ -146,3 +146,28 @@ def test_mining_is_reused_only_with_the_same_config_and_judge_recipe(parser, tmp
     B.mine_hardneg(args, tmp_path / "data", out, "runs/some_judge", 'sampling.strategy="random"')
     assert calls == [False, True, True]
     assert json.loads((out / "bench_key.json").read_text())["judge"] == "recipe-2"
+
+
+def test_a_random_row_is_the_mean_of_one_draw_per_seed_and_its_target_is_judged_on_that_mean(parser, tmp_path):
+    draws = {}
+    for s, negs in ((1, ["a", "b"]), (2, ["a", "c"]), (3, ["c", "d"])):
+        draws[s] = tmp_path / f"t{s}.parquet"
+        pq.write_table(pa.Table.from_pylist([{"query_id": "1", "negative_ids": negs}]), draws[s])
+    hidden = {("1", "a"), ("1", "b")}
+    got = B.mean_over_draws({s: B.hidden_share(t, hidden) for s, t in draws.items()})
+    assert got["hidden_per_draw"] == {1: 2, 2: 1, 3: 0}
+    assert got["hidden_in_negatives"] == pytest.approx(1.0) and got["negatives"] == 2
+    assert got["hidden_share"] == pytest.approx(0.5)
+    # the table shows the mean and each draw; the target holds on the mean (1 of 3 here: met), although
+    # one draw alone (2 of 3) would not meet it
+    args = parser.parse_args(["--train", "--seeds", "1,2,3"])
+    miners = {"none": _miner("n", 3, 2), "scifact-random": {"label": "sr", **got, "filter": None}}
+    down = {"none": [_row(0.5)] * 3, "scifact-random": [_row(0.6)] * 3}
+    results = {"med": {"collection": {"documents": 1, "train_queries": 1, "hidden_positives": 2, "test_queries": 1,
+                                      "test_positives": 1}, "own_judge_held_in": {}, "miners": miners,
+                       "downstream": down}}
+    summary, lines = B.render(results, args, 1.0)
+    assert summary["med"]["miners"]["scifact-random"]["hidden_vs_no_filter"] == pytest.approx(1 / 3)
+    assert summary["med"]["downstream"]["scifact-random"]["target_met"] is True
+    assert "| sr | 2 | 1 (draws: 2, 1, 0) | 50.0% |" in "\n".join(lines)
+    assert B.count(21.333) == "21.3" and B.count(22.0) == "22"
