@@ -112,6 +112,14 @@ class FilterSection:
                "sample of all the job's queries, as the filter meets them; 'multi' = only those of the queries with "
                "two or more positives it is fitted on (the rule before 2026-12-06; their candidates score higher, so "
                "it filters well under the bound of the job's candidates)")
+    recall_target: float | None = opt(None, "choose score_threshold from the labelled positives alone (one per query "
+                                           "is enough): the judge score above which this share of them score. "
+                                           "Labelled positives drawn at random from the relevant documents score as "
+                                           "the unlabelled ones do, so about this share of those is filtered, on "
+                                           "any collection's score scale; what it costs in negatives is measured "
+                                           "and reported, not bounded. The judge must not have trained on these "
+                                           "queries (transferred or cross-fitted). Replaces the margin rules "
+                                           "(in manifest.json; unset = off)")
     judge_check_queries: int = opt(64, "before filtering, compare the judge's ranking with the fused retrieval's on "
                                       "this many of the job's own queries (nDCG@10 of their positives; 0 = skip)")
     require_better_judge: bool = opt(False, "refuse to filter (stop the job) when the judge ranks worse than the "
@@ -192,7 +200,7 @@ class MineConfig:
 # Filter settings added after jobs were run with this format: they enter a fingerprint only when set, so a
 # finished job (or ANCE loop) with the same settings resumes instead of starting over.
 NEW_FILTER_DEFAULTS = {"score_threshold": None, "logit_weight": 1.0, "positive_cosine_weight": 0.0,
-                       "auto_threshold": False}
+                       "auto_threshold": False, "recall_target": None}
 
 
 def needs_positive_cosine(cfg: MineConfig) -> bool:
@@ -247,6 +255,12 @@ def validate(cfg: MineConfig, source: str = "config") -> None:
          "needs judge scores: set cross_encoder.model"),
         (not (fl.auto_threshold and fl.auto_margin), "filter.auto_threshold",
          "and filter.auto_margin choose different rules: set only one"),
+        (fl.recall_target is None or 0 < fl.recall_target < 1, "filter.recall_target", "must be in (0, 1)"),
+        (fl.recall_target is None or bool(cfg.cross_encoder.model), "filter.recall_target",
+         "needs judge scores: set cross_encoder.model"),
+        (fl.recall_target is None or not (fl.auto_threshold or fl.auto_margin or fl.score_threshold is not None),
+         "filter.recall_target", "chooses score_threshold itself: leave filter.score_threshold, filter.auto_threshold "
+         "and filter.auto_margin unset"),
         (fl.score_threshold is None or bool(cfg.cross_encoder.model), "filter.score_threshold",
          "needs judge scores: set cross_encoder.model"),
         (fl.score_threshold is None or math.isfinite(fl.score_threshold), "filter.score_threshold",

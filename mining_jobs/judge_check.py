@@ -223,6 +223,8 @@ def choose_threshold(res, cfg: MineConfig) -> dict | None:
     with two or more positives, each positive hidden in turn and judged with the cosine to the others; its cost
     bound holds on the candidates of a sample of all the job's queries. With no such query the configured
     rules stay. Deterministic: the same inputs fit the same rule."""
+    if cfg.filter.recall_target is not None:
+        return choose_recall_threshold(res, cfg)
     if res.reranker is None or not cfg.filter.auto_threshold:
         return None
     by_crc = sorted(res.qids, key=lambda q: (zlib.crc32(q.encode()), q))
@@ -274,6 +276,63 @@ def choose_threshold(res, cfg: MineConfig) -> dict | None:
             "candidates": len(others), "cost_sample_queries": len(sample), "cost_sample_candidates": len(population)}
 
 
+def recall_threshold(positive_scores: np.ndarray, target: float) -> float:
+    """The threshold that filters (score > threshold) at least ``target`` of ``positive_scores``, and no more
+    than that needs: at most the lowest ``floor((1 - target) * n)`` positives stay at or below it. It lies
+    half-way between the ``k+1``-th lowest score and the highest score below it (just below the lowest
+    positive when none is below), so ties never let a positive slip under it."""
+    s = np.sort(np.asarray(positive_scores, dtype=np.float64))
+    if not len(s) or not np.isfinite(s).all():
+        raise ValueError("a recall threshold needs labelled positives' scores, all finite")
+    if not 0 < target < 1:
+        raise ValueError(f"target must be in (0, 1), not {target}")
+    k = int(np.floor((1 - target) * len(s) + 1e-9))  # < n, as target > 0
+    below = s[s < s[k]]
+    if not len(below):
+        return float(s[k]) - max(1e-6, 1e-6 * abs(float(s[k])))
+    return float((below[-1] + s[k]) / 2)
+
+
+def choose_recall_threshold(res, cfg: MineConfig) -> dict | None:
+    """``filter.recall_target``: the score threshold (the judge's score alone) above which that share of the
+    labelled positives of a sample of the job's queries score (``recall_threshold``). It needs no query with
+    two positives: under the positive-unlabelled assumption that the labelled positives are a random draw from
+    the relevant documents, the unlabelled ones score alike, so about that share of them is filtered; the share
+    of the sample's candidates it filters is measured and reported. Deterministic: the same inputs, the same
+    threshold."""
+    if res.reranker is None or cfg.filter.recall_target is None:
+        return None
+    target = cfg.filter.recall_target
+    sample = sorted(res.qids, key=lambda q: (zlib.crc32(q.encode()), q))[:AUTO_THRESHOLD_QUERIES]
+    qtexts = [res.inp.queries[q] for q in sample]
+    cands, positives = candidates_of(res, cfg, sample, qtexts)
+    pools = [pos + [c.doc for c in cl if c.fate == "pending"] for cl, pos in zip(cands, positives, strict=True)]
+    scores, _ = score_lists(res.reranker, sample, qtexts, pools, res.doc_ids, res.texts, res.score_cache)
+    pos_s = np.concatenate([np.asarray(s[:len(p)], dtype=np.float64) for s, p in zip(scores, positives, strict=True)]
+                           + [np.zeros(0)])
+    cand_s = np.concatenate([np.asarray(s[len(p):], dtype=np.float64) for s, p in zip(scores, positives, strict=True)]
+                            + [np.zeros(0)])
+    if len(pos_s) < MIN_FIT_HIDDEN:
+        why = (f"only {len(pos_s)} labelled positives in {len(sample)} sampled queries (at least {MIN_FIT_HIDDEN} are "
+               "needed to place the threshold)")
+        logger.warning("filter.recall_target: %s; the configured rules stay", why)
+        return {"chosen": None, "why": why, "queries": len(sample), "positives": len(pos_s)}
+    t = recall_threshold(pos_s, target)
+    keep = [int((np.asarray(s[len(p):]) <= t).sum()) for s, p in zip(scores, positives, strict=True)]
+    n_neg = cfg.sampling.num_negatives
+    rule = {"logit_weight": 1.0, "positive_cosine_weight": 0.0, "score_threshold": t,
+            "recall": float((pos_s > t).mean()), "cost": float((cand_s > t).mean()) if len(cand_s) else 0.0}
+    why = (f"the judge score above which {rule['recall']:.1%} of {len(pos_s)} labelled positives of {len(sample)} "
+           f"sampled queries score (target {target:.0%}): about that share of the unlabelled positives is filtered "
+           f"if the labelled ones are a random draw of the relevant documents; it filters {rule['cost']:.1%} of "
+           f"those queries' {len(cand_s)} candidates, and {np.mean([k >= n_neg for k in keep]):.1%} of them keep "
+           f"{n_neg} or more")
+    logger.info("filter.recall_target: threshold %.4f on the judge score; %s", t, why)
+    return {"chosen": rule, "why": why, "queries": len(sample), "positives": len(pos_s), "candidates": len(cand_s),
+            "source": "labelled positives", "target": target,
+            "queries_keeping_num_negatives": float(np.mean([k >= n_neg for k in keep]))}
+
+
 def render_auto_threshold(auto: dict | None) -> list[str]:
     if auto is None:
         return []
@@ -281,6 +340,9 @@ def render_auto_threshold(auto: dict | None) -> list[str]:
         return [f"- positive-aware rule (filter.auto_threshold) not fitted: {auto['why']}; the configured rules "
                 "filtered", ""]
     r = auto["chosen"]
+    if auto.get("source") == "labelled positives":
+        return [f"- threshold placed on the labelled positives (filter.recall_target {auto['target']}): a candidate "
+                f"is filtered when **its judge score > {r['score_threshold']:.4f}**, {auto['why']}", ""]
     return [f"- positive-aware rule fitted automatically (filter.auto_threshold): a candidate is filtered when "
             f"**{r['logit_weight']:.3f} x judge logit + {r['positive_cosine_weight']:.3f} x cosine to the nearest "
             f"positive > {r['score_threshold']:.3f}**; {auto['why']}", ""]

@@ -135,7 +135,7 @@ def run_mining(cfg: MineConfig, out: str | os.PathLike) -> dict:
                 chosen = {"auto_margin": choose_margin(res, cfg), "auto_threshold": choose_threshold(res, cfg)}
                 state.record["auto_choices"] = chosen
                 state.save()
-            elif cfg.filter.auto_margin or cfg.filter.auto_threshold:
+            elif cfg.filter.auto_margin or cfg.filter.auto_threshold or cfg.filter.recall_target is not None:
                 logger.info("resumed: the filter rule chosen when this job started is kept (job.json)")
             auto, auto_t = chosen["auto_margin"], chosen["auto_threshold"]
         shard_cfg = cfg

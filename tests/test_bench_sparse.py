@@ -171,3 +171,18 @@ def test_a_random_row_is_the_mean_of_one_draw_per_seed_and_its_target_is_judged_
     assert summary["med"]["downstream"]["scifact-random"]["target_met"] is True
     assert "| sr | 2 | 1 (draws: 2, 1, 0) | 50.0% |" in "\n".join(lines)
     assert B.count(21.333) == "21.3" and B.count(22.0) == "22"
+
+
+def test_the_recall_target_rows_place_the_threshold_on_the_labelled_positives_and_the_others_do_not(parser):
+    from mining_jobs.config import load_config
+
+    args = parser.parse_args([])
+    assert args.recall_target == 0.9
+    for miner in B.RANDOM_ROWS:
+        cfg = load_config(None, [*B.draw_settings(args, miner, 2), "cross_encoder.model=x"])
+        assert cfg.sampling.strategy == "random" and cfg.sampling.seed == 2
+        assert cfg.filter.recall_target == (0.9 if miner in B.RECALL_ROWS else None)
+    assert set(B.RECALL_ROWS) <= set(B.RANDOM_ROWS) and set(B.RECALL_ROWS) <= set(B.TRANSFERRED)
+    other = parser.parse_args(["--recall-target", "0.8"])
+    assert load_config(None, [*B.draw_settings(other, "scifact-ce-recall-random", 1),
+                              "cross_encoder.model=x"]).filter.recall_target == 0.8
