@@ -24,6 +24,23 @@ class JudgeCheckError(HardnegError):
     """The judge ranks worse than the retrieval it judges and ``filter.require_better_judge`` is set."""
 
 
+def by_crc(qids) -> list[str]:
+    """Query ids in the order of the CRC32 of their ids: every sample of a job's queries takes a prefix of it,
+    the same on a rerun."""
+    return sorted(qids, key=lambda q: (zlib.crc32(q.encode()), q))
+
+
+def judged_pools(res, cfg: MineConfig, qids: list[str]) -> tuple[list[list[int]], list[list[int]], list[np.ndarray]]:
+    """For each of ``qids``: its labelled positives, its pool (the positives first, then the retrieved
+    candidates that are not excluded) and the judge's scores of that pool (from the score cache where it has
+    them)."""
+    qtexts = [res.inp.queries[q] for q in qids]
+    cands, positives = candidates_of(res, cfg, qids, qtexts)
+    pools = [pos + [c.doc for c in cl if c.fate == "pending"] for cl, pos in zip(cands, positives, strict=True)]
+    scores, _ = score_lists(res.reranker, qids, qtexts, pools, res.doc_ids, res.texts, res.score_cache)
+    return positives, pools, scores
+
+
 def check_judge(res, cfg: MineConfig) -> dict | None:
     """nDCG@10 and ROC-AUC of the judge's order and of the fused (RRF) retrieval order over each sampled
     query's pool (retrieved candidates that are not excluded, plus its labelled positives). The sample is
@@ -32,7 +49,7 @@ def check_judge(res, cfg: MineConfig) -> dict | None:
     n = cfg.filter.judge_check_queries
     if res.reranker is None or n <= 0:
         return None
-    qids = sorted(res.qids, key=lambda q: (zlib.crc32(q.encode()), q))[:n]
+    qids = by_crc(res.qids)[:n]
     qtexts = [res.inp.queries[q] for q in qids]
     cands, positives = candidates_of(res, cfg, qids, qtexts)
     pools, labels, fused = [], [], []
@@ -95,15 +112,11 @@ def choose_margin(res, cfg: MineConfig) -> dict | None:
 
     if res.reranker is None or not cfg.filter.auto_margin:
         return None
-    multi = sorted((q for q in res.qids if len(res.inp.positives[q]) >= 2),
-                   key=lambda q: (zlib.crc32(q.encode()), q))[:cfg.filter.judge_check_queries or 64]
+    multi = [q for q in by_crc(res.qids) if len(res.inp.positives[q]) >= 2][:cfg.filter.judge_check_queries or 64]
     if not multi:
         logger.warning("filter.auto_margin: no query has two positives to hide one of; the configured margin stays")
         return {"chosen": cfg.filter.relative_margin, "why": "no query with two or more positives", "queries": 0}
-    qtexts = [res.inp.queries[q] for q in multi]
-    cands, positives = candidates_of(res, cfg, multi, qtexts)
-    pools = [pos + [c.doc for c in cl if c.fate == "pending"] for cl, pos in zip(cands, positives, strict=True)]
-    scores, _ = score_lists(res.reranker, multi, qtexts, pools, res.doc_ids, res.texts, res.score_cache)
+    positives, _, scores = judged_pools(res, cfg, multi)
     sweep = []
     for m in AUTO_MARGINS:
         fcfg = replace(cfg.filter, relative_margin=m, absolute_margin=None)
@@ -222,22 +235,20 @@ def choose_threshold(res, cfg: MineConfig) -> dict | None:
     """``filter.auto_threshold``: fit the positive-aware rule (``fit_positive_rule``) on the job's own queries
     with two or more positives, each positive hidden in turn and judged with the cosine to the others; its cost
     bound holds on the candidates of a sample of all the job's queries. With no such query the configured
-    rules stay. Deterministic: the same inputs fit the same rule."""
+    rules stay. Deterministic: the same inputs fit the same rule. With ``filter.recall_target`` the threshold
+    is placed on the labelled positives instead (``choose_recall_threshold``), and recorded in the same place."""
     if cfg.filter.recall_target is not None:
         return choose_recall_threshold(res, cfg)
     if res.reranker is None or not cfg.filter.auto_threshold:
         return None
-    by_crc = sorted(res.qids, key=lambda q: (zlib.crc32(q.encode()), q))
-    multi = [q for q in by_crc if len(res.inp.positives[q]) >= 2][:AUTO_THRESHOLD_QUERIES]
+    ordered = by_crc(res.qids)
+    multi = [q for q in ordered if len(res.inp.positives[q]) >= 2][:AUTO_THRESHOLD_QUERIES]
     # the cost bound is measured on the candidates of a sample of all the job's queries, as the filter meets them
-    sample = list(dict.fromkeys(multi + (by_crc[:AUTO_THRESHOLD_QUERIES]
+    sample = list(dict.fromkeys(multi + (ordered[:AUTO_THRESHOLD_QUERIES]
                                          if cfg.filter.auto_threshold_cost_on == "all" else [])))
     hidden = others = population = np.zeros((0, 2))
     if multi:
-        qtexts = [res.inp.queries[q] for q in sample]
-        cands, positives = candidates_of(res, cfg, sample, qtexts)
-        pools = [pos + [c.doc for c in cl if c.fate == "pending"] for cl, pos in zip(cands, positives, strict=True)]
-        scores, _ = score_lists(res.reranker, sample, qtexts, pools, res.doc_ids, res.texts, res.score_cache)
+        positives, pools, scores = judged_pools(res, cfg, sample)
         hidden, others = loo_rows(scores, positives, pools, res.emb)
         population = population_rows(scores, positives, pools, res.emb)
     stored = getattr(res.reranker, "positive_rule", None)
@@ -303,34 +314,31 @@ def choose_recall_threshold(res, cfg: MineConfig) -> dict | None:
     if res.reranker is None or cfg.filter.recall_target is None:
         return None
     target = cfg.filter.recall_target
-    sample = sorted(res.qids, key=lambda q: (zlib.crc32(q.encode()), q))[:AUTO_THRESHOLD_QUERIES]
-    qtexts = [res.inp.queries[q] for q in sample]
-    cands, positives = candidates_of(res, cfg, sample, qtexts)
-    pools = [pos + [c.doc for c in cl if c.fate == "pending"] for cl, pos in zip(cands, positives, strict=True)]
-    scores, _ = score_lists(res.reranker, sample, qtexts, pools, res.doc_ids, res.texts, res.score_cache)
-    pos_s = np.concatenate([np.asarray(s[:len(p)], dtype=np.float64) for s, p in zip(scores, positives, strict=True)]
-                           + [np.zeros(0)])
-    cand_s = np.concatenate([np.asarray(s[len(p):], dtype=np.float64) for s, p in zip(scores, positives, strict=True)]
-                            + [np.zeros(0)])
+    sample = by_crc(res.qids)[:AUTO_THRESHOLD_QUERIES]
+    positives, _, scores = judged_pools(res, cfg, sample)
+    split = [(np.asarray(s[:len(p)], dtype=np.float64), np.asarray(s[len(p):], dtype=np.float64))
+             for s, p in zip(scores, positives, strict=True)]  # each query's positives' and candidates' scores
+    pos_s = np.concatenate([ps for ps, _ in split] + [np.zeros(0)])
+    cand_s = np.concatenate([cs for _, cs in split] + [np.zeros(0)])
     if len(pos_s) < MIN_FIT_HIDDEN:
         why = (f"only {len(pos_s)} labelled positives in {len(sample)} sampled queries (at least {MIN_FIT_HIDDEN} are "
                "needed to place the threshold)")
         logger.warning("filter.recall_target: %s; the configured rules stay", why)
         return {"chosen": None, "why": why, "queries": len(sample), "positives": len(pos_s)}
     t = recall_threshold(pos_s, target)
-    keep = [int((np.asarray(s[len(p):]) <= t).sum()) for s, p in zip(scores, positives, strict=True)]
     n_neg = cfg.sampling.num_negatives
+    keeping = float(np.mean([(cs <= t).sum() >= n_neg for _, cs in split]))  # queries left with n_neg or more
     rule = {"logit_weight": 1.0, "positive_cosine_weight": 0.0, "score_threshold": t,
             "recall": float((pos_s > t).mean()), "cost": float((cand_s > t).mean()) if len(cand_s) else 0.0}
     why = (f"the judge score above which {rule['recall']:.1%} of {len(pos_s)} labelled positives of {len(sample)} "
            f"sampled queries score (target {target:.0%}): about that share of the unlabelled positives is filtered "
            f"if the labelled ones are a random draw of the relevant documents; it filters {rule['cost']:.1%} of "
-           f"those queries' {len(cand_s)} candidates, and {np.mean([k >= n_neg for k in keep]):.1%} of them keep "
+           f"those queries' {len(cand_s)} candidates, and {keeping:.1%} of them keep "
            f"{n_neg} or more")
     logger.info("filter.recall_target: threshold %.4f on the judge score; %s", t, why)
     return {"chosen": rule, "why": why, "queries": len(sample), "positives": len(pos_s), "candidates": len(cand_s),
             "source": "labelled positives", "target": target,
-            "queries_keeping_num_negatives": float(np.mean([k >= n_neg for k in keep]))}
+            "queries_keeping_num_negatives": keeping}
 
 
 def render_auto_threshold(auto: dict | None) -> list[str]:

@@ -152,10 +152,10 @@ def _filter_state(cfg: MineConfig, has_ce: bool, auto_threshold: dict | None = N
     fitted = auto_threshold is not None and auto_threshold.get("chosen") is not None
     margins = (("absolute_margin", f.absolute_margin), ("relative_margin", f.relative_margin))
     if fitted:
-        how = "the judge's stored rule" if auto_threshold.get("source") == "judge" else "fitted on this job"
-        margins = (((f"score_threshold (filter.recall_target {f.recall_target}, placed on the labelled positives)"
-                     if auto_threshold.get("source") == "labelled positives"
-                     else f"score_threshold (positive-aware, {how})"), True),)
+        how = {"judge": "positive-aware, the judge's stored rule",
+               "labelled positives": f"filter.recall_target {f.recall_target}, placed on the labelled positives"
+               }.get(auto_threshold.get("source"), "positive-aware, fitted on this job")
+        margins = ((f"score_threshold ({how})", True),)
     elif auto_margin is not None:
         margins = (("relative_margin (chosen automatically)", auto_margin.get("chosen")),)
     elif f.score_threshold is not None:
