@@ -60,18 +60,25 @@ from .machine import describe, write_result
 
 logger = logging.getLogger("bench_sparse")
 MINERS = ("none", "own", "scifact", "scifact-pa", "scifact-ce", "st-none", "st-own", "none-random", "scifact-random",
-          "scifact-ce-random", "scifact-recall-random", "scifact-ce-recall-random")
+          "scifact-ce-random", "scifact-recall-random", "scifact-ce-recall-random", "scifact-recall-fill-random",
+          "scifact-ce-recall-fill-random")
 # the rows that sample at random among the survivors instead of the default 'top'; their same-sampler control
 # is 'none-random'
 RANDOM_ROWS = ("none-random", "scifact-random", "scifact-ce-random", "scifact-recall-random",
-               "scifact-ce-recall-random")
+               "scifact-ce-recall-random", "scifact-recall-fill-random", "scifact-ce-recall-fill-random")
 # rows whose threshold is placed on the labelled positives (filter.recall_target = --recall-target) instead of
 # the relative margin; added (with the option) before any of them was mined on these collections
-RECALL_ROWS = ("scifact-recall-random", "scifact-ce-recall-random")
+RECALL_ROWS = ("scifact-recall-random", "scifact-ce-recall-random", "scifact-recall-fill-random",
+               "scifact-ce-recall-fill-random")
+# recall-target rows whose queries left short get the rest drawn at random from the corpus (sampling.fill =
+# "random"), so that no training query is dropped; added (with the option) after the recall-target rows had
+# dropped most cisi queries from training, before any of them was mined
+FILL_ROWS = ("scifact-recall-fill-random", "scifact-ce-recall-fill-random")
 # rows whose judge is a SciFact judge given on the command line, and the option that names it
 TRANSFERRED = {"scifact": "transfer_judge", "scifact-random": "transfer_judge", "scifact-ce": "transfer_judge_ce",
                "scifact-ce-random": "transfer_judge_ce", "scifact-recall-random": "transfer_judge",
-               "scifact-ce-recall-random": "transfer_judge_ce"}
+               "scifact-ce-recall-random": "transfer_judge_ce", "scifact-recall-fill-random": "transfer_judge",
+               "scifact-ce-recall-fill-random": "transfer_judge_ce"}
 LABELS = {"none": "hardneg, no filter", "own": "hardneg + judge fitted on the sparse training queries",
           "none-random": "hardneg, no filter, random among the top candidates (sampling.strategy = random)",
           "scifact-random": "hardneg + SciFact judge (transferred), random among the survivors",
@@ -82,6 +89,12 @@ LABELS = {"none": "hardneg, no filter", "own": "hardneg + judge fitted on the sp
                                    "(filter.recall_target), random among the survivors",
           "scifact-ce-recall-random": "hardneg + SciFact's best judge (transferred), threshold on the labelled "
                                       "positives (filter.recall_target), random among the survivors",
+          "scifact-recall-fill-random": "hardneg + SciFact judge (transferred), threshold on the labelled positives, "
+                                        "random among the survivors, short queries filled at random from the corpus "
+                                        "(sampling.fill)",
+          "scifact-ce-recall-fill-random": "hardneg + SciFact's best judge (transferred), threshold on the labelled "
+                                           "positives, random among the survivors, short queries filled at random "
+                                           "from the corpus (sampling.fill)",
           "scifact": "hardneg + SciFact judge (transferred)",
           "scifact-pa": "hardneg + SciFact judge and its positive-aware rule (transferred, filter.auto_threshold)",
           "st-none": "sentence-transformers' miner, no judge",
@@ -181,6 +194,7 @@ def draw_settings(args, miner: str, seed: int) -> list[str]:
     sampler and, for the recall-target rows, the threshold placed on the labelled positives instead of the
     relative margin."""
     extra = [f"filter.recall_target={args.recall_target}"] if miner in RECALL_ROWS else []
+    extra += ['sampling.fill="random"'] if miner in FILL_ROWS else []
     return [*extra, 'sampling.strategy="random"', f"sampling.seed={seed}"]
 
 
@@ -230,27 +244,45 @@ def mean_over_draws(draws: dict[int, dict]) -> dict:
 
 
 def hidden_share(triples: Path, hidden: set[tuple[str, str]]) -> dict:
-    t = pq.read_table(triples, columns=["query_id", "negative_ids"]).to_pylist()
+    """Hidden positives among the mined negatives (all of them, and the first of each row); of the negatives
+    drawn at random by ``sampling.fill`` (source ``random``), how many there are and how many are hidden."""
+    cols = pq.read_schema(triples).names
+    t = pq.read_table(triples, columns=["query_id", "negative_ids"] + (
+        ["negative_sources"] if "negative_sources" in cols else [])).to_pylist()
     negs = [(r["query_id"], d) for r in t for d in r["negative_ids"]]
+    drawn = [(r["query_id"], d) for r in t for d, s in zip(r["negative_ids"], r.get("negative_sources") or
+                                                           [""] * len(r["negative_ids"]), strict=True)
+             if s == "random"]
     first = [(r["query_id"], r["negative_ids"][0]) for r in t if r["negative_ids"]]
     n_hidden = sum(p in hidden for p in negs)
     return {"rows": len(t), "negatives": len(negs), "hidden_in_negatives": n_hidden,
             "hidden_share": n_hidden / len(negs) if negs else 0.0,
-            "first_negative_hidden_share": sum(p in hidden for p in first) / len(first) if first else 0.0}
+            "first_negative_hidden_share": sum(p in hidden for p in first) / len(first) if first else 0.0,
+            "random_fill_negatives": len(drawn), "random_fill_hidden": sum(p in hidden for p in drawn)}
 
 
 def filter_stats(mine_dir: Path, hidden: set[tuple[str, str]]) -> dict | None:
-    """Of the hidden positives among the candidates, how many the judge filtered; of the others, how many."""
+    """Of the hidden positives among the retrieved candidates, how many the judge filtered; of the others, how
+    many (documents drawn at random by ``sampling.fill`` are not retrieved candidates: they are counted apart,
+    under ``fill``, and their hidden positives that became negatives are in ``hidden_share``'s count)."""
     path = mine_dir / "candidates.parquet"
     if not path.is_file():
         return None
-    c = pq.read_table(path, columns=["query_id", "doc_id", "fate"]).to_pylist()
+    c = pq.read_table(path, columns=["query_id", "doc_id", "fate", "sources"]).to_pylist()
+    drawn = [r for r in c if r["sources"] == ["random"]]
+    c = [r for r in c if r["sources"] != ["random"]]
     scored = [r for r in c if r["fate"] not in ("positive", "duplicate", "self", "eval_positive")]
     h = [r for r in scored if (r["query_id"], r["doc_id"]) in hidden]
     o = [r for r in scored if (r["query_id"], r["doc_id"]) not in hidden]
     gone = lambda rs: sum(r["fate"].startswith("filtered") or r["fate"] == "relabelled" for r in rs)  # noqa: E731
-    return {"hidden_candidates": len(h), "hidden_filtered": gone(h), "other_candidates": len(o),
-            "other_filtered": gone(o)}
+    out = {"hidden_candidates": len(h), "hidden_filtered": gone(h), "other_candidates": len(o),
+           "other_filtered": gone(o)}
+    if drawn:
+        kept = [r for r in drawn if r["fate"] == "kept"]
+        out["fill"] = {"drawn": len(drawn), "negatives": len(kept),
+                       "hidden_negatives": sum((r["query_id"], r["doc_id"]) in hidden for r in kept),
+                       "filtered": sum(r["fate"].startswith("filtered") for r in drawn)}
+    return out
 
 
 def row_key(args, name: str, row: str, triples: Path | None, seed: int, negatives: int) -> dict:
@@ -385,7 +417,8 @@ def main() -> None:
                         train_eval(args, folder, Path(t), out / name / f"{miner}_s{s}", s, 1, name, miner))
             results[name]["downstream"] = down
     summary, lines = render(results, args, time.perf_counter() - t0)
-    write_result("sparse_labels", {"settings": vars(args), "results": summary,
+    across = summary.pop("across", None)
+    write_result("sparse_labels", {"settings": vars(args), "results": summary, "target_on_every_collection": across,
                                    "command": "python -m benchmarks.bench_sparse " + " ".join(os.sys.argv[1:])},
                  lines)
 
@@ -403,13 +436,37 @@ def same_sampler_control(miner: str) -> str | None:
     return "none-random" if miner in RANDOM_ROWS else "st-none" if miner.startswith("st-") else "none"
 
 
+def across_collections(summary: dict) -> list[str]:
+    """One configuration for every collection: each filtered row's verdict on each collection, and whether it
+    meets the target on all of them (``summary['across']``)."""
+    names = [n for n in summary if "downstream" in summary[n]]
+    if not names:
+        return []
+    rows = [k for k in MINERS if any(summary[n]["downstream"].get(k, {}).get("target_met") is not None
+                                     for n in names)]
+    lines = ["## One configuration on every collection", "",
+             "The target of each filtered row on each collection (from the tables above); a row meets it "
+             "everywhere only if every collection's verdict is met.", "",
+             "| row | " + " | ".join(names) + " | all |", "|---|" + "---|" * (len(names) + 1)]
+    across = {}
+    for k in rows:
+        v = [summary[n]["downstream"].get(k, {}).get("target_met") for n in names]
+        cell = ["pending" if x is None else "met" if x else "not met" for x in v]
+        across[k] = None if None in v else all(v)
+        lines.append(f"| {LABELS[k]} | " + " | ".join(cell) + f" | {'pending' if across[k] is None else 'met' if across[k] else 'not met'} |")
+    summary["across"] = across
+    return [*lines, ""]
+
+
 def render(results: dict, args, elapsed: float) -> tuple[dict, list[str]]:
     lines = ["# Sparse labels: hidden positives among mined negatives", "",
              f"Collections {args.collections}; queries split in two by a hash (seed {args.seed}); each training "
              "query with two or more positives keeps one, the rest are hidden; held-out queries keep all "
              f"their positives. Mining: BM25 + dense top-{args.depth}, {args.negatives} negatives per query, "
              "relative margin 0.1 where a judge filters (the recall-target rows: filter.recall_target "
-             f"{args.recall_target} instead). The random rows' counts are the mean over one draw per "
+             f"{args.recall_target} instead). In the rows with sampling.fill, a query the filter leaves with fewer "
+             f"than {args.negatives} negatives gets the rest drawn at random from the corpus (judged by the same "
+             "rule); the hidden positives among those draws are counted with the others. The random rows' counts are the mean over one draw per "
              f"seed ({args.seeds}; each seed's model trains on its own draw).", ""]
     summary: dict = {}
     for name, r in results.items():
@@ -441,7 +498,11 @@ def render(results: dict, args, elapsed: float) -> tuple[dict, list[str]]:
             hid = count(m["hidden_in_negatives"])
             if "hidden_per_draw" in m:
                 hid += " (draws: " + ", ".join(str(v) for v in m["hidden_per_draw"].values()) + ")"
-            lines.append(f"| {m['label']} | {count(m['negatives'])} | {hid} | {m['hidden_share']:.1%} "
+            negs = count(m["negatives"])
+            if m.get("random_fill_negatives"):
+                negs += f" ({count(m['random_fill_negatives'])} drawn at random)"
+                hid += f" ({count(m['random_fill_hidden'])} among those drawn at random)"
+            lines.append(f"| {m['label']} | {negs} | {hid} | {m['hidden_share']:.1%} "
                          f"| {m['first_negative_hidden_share']:.1%} | {ratio} | {same} | {fh} | {fo} |")
             summary[name]["miners"][miner] = {k: v for k, v in m.items() if k != "triples"}
         if "downstream" in r:
@@ -479,6 +540,7 @@ def render(results: dict, args, elapsed: float) -> tuple[dict, list[str]]:
                 lines.append(f"| {LABELS[k]} | pending ({done} of {n_seeds} seeds trained) | - | - | - |")
                 summary[name]["downstream"][k] = {"pending": True, "seeds_done": done}
         lines.append("")
+    lines += across_collections(summary)
     lines += [f"This invocation: {elapsed / 60:.1f} min (finished stages are reused).", "", "## Command", "", "```",
               "python -m benchmarks.bench_sparse " + " ".join(os.sys.argv[1:]), "```", ""]
     return summary, lines

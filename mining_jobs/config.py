@@ -132,6 +132,10 @@ class SamplingSection:
         "top", "how negatives are chosen among the kept candidates")
     num_negatives: int = opt(5, "negatives per query")
     seed: int = opt(42, "seed of the random strategies")
+    fill: Literal["none", "random"] = opt(
+        "none", "a query left with fewer than num_negatives after the filter: 'none' = it keeps what it has (a "
+                "query without any is dropped from training); 'random' = the rest are drawn at random from the "
+                "corpus outside its candidates, excluded and judged like them (source 'random')")
     positive_aware_ratio: float = opt(0.95, "positive-aware: keep candidates scored below this x positive probability")
     simans_a: float = opt(1.0, "SimANS: weight exp(-a * (s_cand - s_pos - b)^2) on probabilities")
     simans_b: float = opt(0.0, "SimANS: offset b")
@@ -190,6 +194,9 @@ class MineConfig:
         for k, default in NEW_FILTER_DEFAULTS.items():  # added later: at their default, the fingerprint stays
             if d["filter"][k] == default:
                 d["filter"].pop(k)
+        for k, default in NEW_SAMPLING_DEFAULTS.items():
+            if d["sampling"][k] == default:
+                d["sampling"].pop(k)
         # read only by auto_threshold, and 'multi' is how it fitted before the option: those keep their fingerprint,
         # while an auto_threshold job fitted the earlier way does not pass for one of the new rule
         if not self.filter.auto_threshold or self.filter.auto_threshold_cost_on == "multi":
@@ -201,6 +208,7 @@ class MineConfig:
 # finished job (or ANCE loop) with the same settings resumes instead of starting over.
 NEW_FILTER_DEFAULTS = {"score_threshold": None, "logit_weight": 1.0, "positive_cosine_weight": 0.0,
                        "auto_threshold": False, "recall_target": None}
+NEW_SAMPLING_DEFAULTS = {"fill": "none"}
 
 
 def needs_positive_cosine(cfg: MineConfig) -> bool:

@@ -18,6 +18,11 @@ def query_rng(seed: int, qid: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(qid.encode())])
 
 
+def fill_rng(seed: int, qid: str) -> np.random.Generator:
+    """The generator of a query's random fill (``sampling.fill``): its own stream, apart from the sampler's."""
+    return np.random.default_rng([seed, zlib.crc32(qid.encode()), 1])
+
+
 def sample(kept: list[Candidate], pos_score: float | None, cfg: SamplingSection, qid: str) -> list[Candidate]:
     """Pick up to ``num_negatives`` from ``kept`` (ordered best first); mark them ``kept`` and the rest
     ``not_sampled``. Returns the chosen ones, best first."""

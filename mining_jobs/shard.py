@@ -1,5 +1,6 @@
 """One shard of a mining job, stage by stage: retrieve (BM25 + dense, fused) -> exclude (positives, duplicates,
-the leak guard) -> score (cross-encoder, cached; lazily where the sampler allows) -> filter -> sample -> rows
+the leak guard) -> score (cross-encoder, cached; lazily where the sampler allows) -> filter -> sample -> fill (random
+documents for the queries left short, when asked) -> rows
 of the triples and candidates tables. ``Resources`` is what every shard reads, built once per job
 (``mine.build_resources``, or on a Ray actor). Engines (``engine``, ``ray_engine``) call ``mine_shard``; the job
 (``mine.run_mining``) writes each shard at ``shard_paths`` and ``triples.finalize`` merges them."""
@@ -21,9 +22,9 @@ from retriever.rerank import ScoreCache, score_with_cache
 
 from .candidates import Candidate, mark_exclusions, union_candidates
 from .config import MineConfig, needs_positive_cosine
-from .filtering import accepts, apply_filter, in_window, reduce_positive, relabel
+from .filtering import accepts, apply_filter, filter_reason, in_window, reduce_positive, relabel
 from .inputs import MiningInput
-from .sampling import sample
+from .sampling import fill_rng, sample
 
 CANDIDATE_SCHEMA = pa.schema([
     ("query_id", pa.string()), ("doc_id", pa.string()), ("sources", pa.list_(pa.string())),
@@ -155,6 +156,69 @@ def sample_stage(cfg: MineConfig, sh: Shard) -> None:
     sh.chosen = [sample(k, ps, cfg.sampling, q) for k, ps, q in zip(sh.kept, sh.pos_scores, sh.qids, strict=True)]
 
 
+FILL_ROUNDS = 3  # draws per short query (sampling.fill = "random"), each of twice the negatives still missing
+
+
+def fill_stage(res: Resources, cfg: MineConfig, sh: Shard, counters: dict[str, float]) -> None:
+    """Stage 5b (``sampling.fill = "random"``): a query left with fewer than ``num_negatives`` gets the rest drawn
+    at random from the corpus outside its candidates. The drawn documents go through the same exclusions
+    (positives, their duplicates, the query itself, the leak guard) and, with a judge, are scored and filtered
+    by the same rule as the retrieved candidates; they join the query's candidates with source ``random`` and
+    come after its retrieved negatives. Up to ``FILL_ROUNDS`` draws per query, each of twice the negatives still
+    missing; seeded per query (``sampling.fill_rng``), so the result does not depend on sharding."""
+    if cfg.sampling.fill != "random":
+        return
+    n = cfg.sampling.num_negatives
+    ratio = cfg.sampling.positive_aware_ratio if cfg.sampling.strategy == "positive-aware" else None
+    n_docs = len(res.doc_ids)
+    rngs = {i: fill_rng(cfg.sampling.seed, q) for i, q in enumerate(sh.qids) if len(sh.chosen[i]) < n}
+    for _ in range(FILL_ROUNDS):
+        drawn: list[tuple[int, Candidate]] = []
+        for i, rng in rngs.items():
+            need = n - len(sh.chosen[i])
+            if need <= 0:
+                continue
+            seen = {c.doc for c in sh.cands[i]}
+            free = n_docs - len(seen)
+            if free <= 0:
+                continue
+            picks: list[int] = []
+            while len(picks) < min(2 * need, free):  # rejection sampling: no pass over a large corpus per query
+                d = int(rng.integers(n_docs))
+                if d not in seen:
+                    seen.add(d)
+                    picks.append(d)
+            new = [Candidate(d, sources=["random"]) for d in picks]
+            mark_exclusions(new, set(sh.positives[i]), sh.qids[i], res.doc_ids, res.hashes, cfg.exclusion.drop_self,
+                            res.emb, cfg.exclusion.near_duplicate_cosine, res.banned)
+            if needs_positive_cosine(cfg):
+                set_positive_cosines(new, sh.positives[i], res.emb)
+            sh.cands[i].extend(new)
+            drawn += [(i, c) for c in new if c.fate == "pending"]
+        if not drawn:
+            break
+        if res.reranker is not None:
+            t0 = time.perf_counter()
+            scores, n_new = score_with_cache(
+                res.reranker, [sh.qids[i] for i, _ in drawn], [res.doc_ids[c.doc] for _, c in drawn],
+                [(sh.qtexts[i], res.texts[c.doc]) for i, c in drawn], res.score_cache, show_progress=False)
+            for (_, c), s in zip(drawn, scores, strict=True):
+                c.ce_score = float(s)
+            counters["ce_pairs"] += len(drawn)
+            counters["ce_pairs_scored"] += n_new
+            counters["score_s"] += time.perf_counter() - t0
+        for i, c in drawn:
+            ps = sh.pos_scores[i]
+            reason = filter_reason(c.ce_score, ps, cfg.filter, ratio, c.pos_cosine) if ps is not None else None
+            if reason:
+                c.fate = reason
+            elif len(sh.chosen[i]) < n:
+                c.fate = "kept"
+                sh.chosen[i].append(c)
+            else:
+                c.fate = "not_sampled"
+
+
 def rows(res: Resources, sh: Shard) -> tuple[pa.Table, pa.Table]:
     """Stage 6: the shard's triples (one row per positive, relabelled ones included) and candidates tables."""
     triples, cand_rows = [], []
@@ -194,6 +258,7 @@ def mine_shard(res: Resources, cfg: MineConfig, qids: list[str], counters: dict[
         counters["score_s"] += time.perf_counter() - t0
     filter_stage(cfg, sh)
     sample_stage(cfg, sh)
+    fill_stage(res, cfg, sh, counters)
     return rows(res, sh)
 
 

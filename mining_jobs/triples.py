@@ -175,7 +175,10 @@ def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, tim
     _merge(cpaths, out / "candidates.parquet")
     triples = pq.read_table(out / "triples.parquet")
     cands = pq.read_table(out / "candidates.parquet",
-                          columns=["query_id", "doc_id", "ce_score", "positive_score", "fate"])
+                          columns=["query_id", "doc_id", "ce_score", "positive_score", "fate", "sources"])
+    drawn = np.array([s == ["random"] for s in cands["sources"].to_pylist()], dtype=bool)
+    fill = _fill_counts(cands, drawn) if cfg.sampling.fill != "none" else None
+    retrieved = cands.filter(pa.array(~drawn)) if drawn.any() else cands  # the what-if table's: not the fill
     n = cfg.sampling.num_negatives
     views = _views(triples, n, out)
     fates = Counter(cands["fate"].to_pylist())
@@ -203,13 +206,14 @@ def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, tim
                    "fates": dict(sorted(fates.items())), "queries_without_negatives": len(no_neg),
                    f"queries_with_fewer_than_{n}_negatives": len(short), "shards": n_shards,
                    "shards_resumed": counters["shards_resumed"], "ce_pairs": counters["ce_pairs"],
+                   **({"random_fill": fill} if fill is not None else {}),
                    "ce_pairs_scored": counters["ce_pairs_scored"], **views},
         "queries_without_negatives": no_neg,
         "score_stats": {"positives": _stats(pos_scores),
                         "kept": _stats(ce[(fate_arr == "kept") & ~np.isnan(ce)]),
                         "filtered": _stats(ce[np.array([f.startswith("filtered:") for f in fate_arr])
                                               & ~np.isnan(ce)])} if has_ce else None,
-        "what_if": what_if(cands, n, list(neg_counts), cfg.filter) if has_ce else None,
+        "what_if": what_if(retrieved, n, list(neg_counts), cfg.filter) if has_ce else None,
         "judge_check": judge_check, "auto_margin": auto_margin, "auto_threshold": auto_threshold,
         "planted": planted_stats(planted[1], planted[0], set(res.qids), cands, triples) if planted else None,
         "timings": {**timings, "total_s": total_s},
@@ -219,6 +223,25 @@ def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, tim
     write_card(out, manifest)  # README.md: the folder loads with datasets.load_dataset and pushes to a hub as is
     write_json(out / "manifest.json", manifest)  # last: marks the job finished
     return manifest
+
+
+def render_fill(fill: dict | None, n: int) -> list[str]:
+    """The report's line on ``sampling.fill = "random"`` (nothing when it is off)."""
+    if fill is None:
+        return []
+    return [f"- negatives drawn at random from the corpus (sampling.fill = random) for the {fill['queries']} "
+            f"queries left with fewer than {n}: **{fill['negatives']}** of {fill['drawn']} drawn "
+            f"({fill['filtered']} filtered by the judge, {fill['excluded']} excluded as positives or their "
+            "duplicates; the rest passed but were not needed)"]
+
+
+def _fill_counts(cands: pa.Table, drawn: np.ndarray) -> dict[str, int]:
+    """What ``sampling.fill = "random"`` drew: documents, the queries they were drawn for, and their fates."""
+    fates = Counter(f for f, d in zip(cands["fate"].to_pylist(), drawn, strict=True) if d)
+    queries = {q for q, d in zip(cands["query_id"].to_pylist(), drawn, strict=True) if d}
+    return {"queries": len(queries), "drawn": int(drawn.sum()), "negatives": fates.get("kept", 0),
+            "filtered": sum(v for f, v in fates.items() if f.startswith("filtered:")),
+            "excluded": sum(v for f, v in fates.items() if f in ("positive", "duplicate", "self", "eval_positive"))}
 
 
 def render_report(m: dict, has_png: bool) -> str:
@@ -233,6 +256,7 @@ def render_report(m: dict, has_png: bool) -> str:
              f"false-negative filter: **{m['models']['false_negative_filter']}**",
              f"- queries left without any negative: **{c['queries_without_negatives']}**; with fewer than {n}: "
              f"{c[f'queries_with_fewer_than_{n}_negatives']}",
+             *render_fill(c.get("random_fill"), n),
              f"- cross-encoder pairs in the shards mined by this run: {c['ce_pairs']}, of which "
              f"{c['ce_pairs_scored']} were scored now (the rest came from the score cache); "
              f"shards resumed from an earlier run: {c['shards_resumed']}",

@@ -54,7 +54,28 @@ def test_hidden_share_counts_every_negative_and_the_first(tmp_path):
                                          {"query_id": "3", "negative_ids": []}]), path)
     got = B.hidden_share(path, {("1", "b"), ("2", "x"), ("2", "b")})
     assert got == {"rows": 3, "negatives": 5, "hidden_in_negatives": 2, "hidden_share": 0.4,
-                   "first_negative_hidden_share": 0.5}
+                   "first_negative_hidden_share": 0.5, "random_fill_negatives": 0, "random_fill_hidden": 0}
+
+
+def test_negatives_drawn_at_random_are_counted_with_the_others_and_apart(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.Table.from_pylist([
+        {"query_id": "1", "negative_ids": ["a", "b", "c"], "negative_sources": ["bm25", "random", "random"]},
+        {"query_id": "2", "negative_ids": ["x", "y"], "negative_sources": ["bm25+dense", "random"]}]), path)
+    got = B.hidden_share(path, {("1", "b"), ("2", "x"), ("1", "z")})
+    assert got["negatives"] == 5 and got["hidden_in_negatives"] == 2  # a hidden positive drawn at random counts
+    assert got["random_fill_negatives"] == 3 and got["random_fill_hidden"] == 1
+    cands = tmp_path / "run" / "candidates.parquet"
+    cands.parent.mkdir()
+    pq.write_table(pa.Table.from_pylist([
+        {"query_id": "1", "doc_id": "a", "fate": "kept", "sources": ["bm25"]},
+        {"query_id": "1", "doc_id": "z", "fate": "filtered:score_threshold", "sources": ["bm25"]},
+        {"query_id": "1", "doc_id": "b", "fate": "kept", "sources": ["random"]},
+        {"query_id": "1", "doc_id": "q", "fate": "filtered:score_threshold", "sources": ["random"]}]), cands)
+    f = B.filter_stats(cands.parent, {("1", "b"), ("1", "z")})
+    # the filter's columns are about the retrieved candidates; the draws are counted apart
+    assert (f["hidden_candidates"], f["hidden_filtered"], f["other_candidates"], f["other_filtered"]) == (1, 1, 1, 0)
+    assert f["fill"] == {"drawn": 2, "negatives": 1, "hidden_negatives": 1, "filtered": 1}
 
 
 def test_rows_not_trained_are_pending_and_only_the_named_rows_train(parser, tmp_path, monkeypatch):
@@ -182,7 +203,30 @@ def test_the_recall_target_rows_place_the_threshold_on_the_labelled_positives_an
         cfg = load_config(None, [*B.draw_settings(args, miner, 2), "cross_encoder.model=x"])
         assert cfg.sampling.strategy == "random" and cfg.sampling.seed == 2
         assert cfg.filter.recall_target == (0.9 if miner in B.RECALL_ROWS else None)
+        assert cfg.sampling.fill == ("random" if miner in B.FILL_ROWS else "none")
+    assert set(B.FILL_ROWS) <= set(B.RECALL_ROWS)
     assert set(B.RECALL_ROWS) <= set(B.RANDOM_ROWS) and set(B.RECALL_ROWS) <= set(B.TRANSFERRED)
     other = parser.parse_args(["--recall-target", "0.8"])
     assert load_config(None, [*B.draw_settings(other, "scifact-ce-recall-random", 1),
                               "cross_encoder.model=x"]).filter.recall_target == 0.8
+
+
+def test_one_configuration_meets_the_target_everywhere_only_if_it_does_on_every_collection(parser):
+    args = parser.parse_args(["--train", "--seeds", "1"])
+    results = {}
+    for name, (fill_hidden, margin_hidden) in {"cisi": (1, 2), "med": (2, 6)}.items():
+        miners = {"none": _miner("n", 9), "scifact": _miner("s", margin_hidden),
+                  "scifact-recall-fill-random": _miner("f", fill_hidden)}
+        down = {"none": [_row(0.5)], "scifact": [_row(0.6)], "scifact-recall-fill-random": [_row(0.55)]}
+        results[name] = {"collection": {"documents": 1, "train_queries": 1, "hidden_positives": 1, "test_queries": 1,
+                                        "test_positives": 1}, "own_judge_held_in": {}, "miners": miners,
+                         "downstream": down}
+    results["cranfield"] = {**results["med"], "downstream": {**results["med"]["downstream"],
+                                                             "scifact-recall-fill-random": [None]}}
+    summary, lines = B.render(results, args, 1.0)
+    across = summary.pop("across")
+    # scifact: met on cisi (2 of 9), not on med (6 of 9); the fill row: met on both, pending on cranfield
+    assert across == {"scifact": False, "scifact-recall-fill-random": None}
+    text = "\n".join(lines)
+    assert "| " + B.LABELS["scifact"] + " | met | not met | not met | not met |" in text
+    assert "| " + B.LABELS["scifact-recall-fill-random"] + " | met | met | pending | pending |" in text
