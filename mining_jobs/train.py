@@ -227,6 +227,17 @@ def load_examples(triples: str, negatives: int, loss: str = "mnrl") -> tuple[dic
     return data, info
 
 
+def dropped_rows_warning(info: dict, negatives: int) -> str | None:
+    """What to tell a user whose triples lose more than a tenth of their rows for want of negatives (None:
+    nothing to say)."""
+    dropped = info["rows_dropped_few_negatives"]
+    if dropped <= 0.1 * info["rows_in"]:
+        return None
+    return (f"{dropped} of the {info['rows_in']} triples rows have fewer than {negatives} negative(s) and are left "
+            "out of training; mine with sampling.fill = \"random\" to fill them from the corpus, or train with "
+            "fewer --negatives")
+
+
 def _score_margins(table, path: Path, keep: list[int], negatives: int, loss: str
                    ) -> tuple[list[int], list[list[float]]]:
     """The rows of ``keep`` with the judge's scores of the positive and of the first ``negatives`` negatives,
@@ -373,6 +384,8 @@ def run_training(cfg: TrainConfig, model=None) -> dict:
     out = Path(cfg.out)
     t_start = time.perf_counter()
     data, data_info = load_examples(cfg.triples, cfg.negatives, cfg.loss)
+    if (msg := dropped_rows_warning(data_info, cfg.negatives)) is not None:
+        logger.warning(msg)
     dev_col = None
     if cfg.dev_data:
         dev_col = load_collection(cfg.dev_data, cfg.dev_split)

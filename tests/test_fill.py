@@ -120,3 +120,20 @@ def test_without_a_judge_the_fill_draws_what_retrieval_lacks(monkeypatch, data_r
     for r in _triples(run).values():
         assert len(r["negative_ids"]) == N and r["negative_scores"] == []
         assert r["negative_sources"].count("random") >= N - 2
+
+
+def test_training_says_when_a_strict_filter_costs_it_rows_and_what_to_do(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mining_jobs.train import dropped_rows_warning, load_examples
+
+    path = tmp_path / "triples.parquet"
+    rows = [{"query_id": str(i), "query": f"q{i}", "positive": f"p{i}", "negatives": ["n"] if i < 6 else []}
+            for i in range(10)]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    _, info = load_examples(str(path), 1)
+    assert info["rows"] == 6 and info["rows_dropped_few_negatives"] == 4
+    msg = dropped_rows_warning(info, 1)
+    assert msg.startswith("4 of the 10 triples rows have fewer than 1 negative(s)") and "sampling.fill" in msg
+    assert dropped_rows_warning({"rows_in": 10, "rows_dropped_few_negatives": 1}, 1) is None
