@@ -65,9 +65,13 @@ from .machine import arithmetic, describe, markdown, write_result
 
 logger = logging.getLogger("bench_ablation")
 METRICS = ("ndcg@10", "mrr@10", "recall@100")
-ROWS = ("base", "in-batch", "random", "bm25", "dense", "st", "hardneg", "ance", "dense-pa", "hardneg-pa")
+ROWS = ("base", "in-batch", "random", "bm25", "dense", "st", "hardneg", "ance", "dense-pa", "hardneg-pa",
+        "hardneg-random")
 CONTROLS = ("in-batch", "random", "bm25", "dense", "st")  # what hardneg's rows must beat
-HARDNEG_ROWS = ("hardneg", "ance", "dense-pa", "hardneg-pa")
+HARDNEG_ROWS = ("hardneg", "ance", "dense-pa", "hardneg-pa", "hardneg-random")
+# hardneg's filter with the random sampler among its survivors, one draw per seed (sampling.seed = the seed);
+# added after the sparse-label benchmark had shown the sampler to matter, before any of it was trained here
+RANDOM_SAMPLER_ROWS = ("hardneg-random",)
 PA_ROWS = ("dense-pa", "hardneg-pa")  # the judge's positive-aware rule, fitted by filter.auto_threshold
 LABELS = {"base": "base model (no fine-tuning)", "in-batch": "in-batch negatives only",
           "random": "random negatives", "bm25": "BM25 negatives (no filter)",
@@ -76,7 +80,9 @@ LABELS = {"base": "base model (no fine-tuning)", "in-batch": "in-batch negatives
           "hardneg": "hardneg, one round (BM25 + dense, judge filter)",
           "ance": "hardneg ANCE (rounds re-mine with the model being trained)",
           "dense-pa": "hardneg, dense candidates, judge's positive-aware rule (filter.auto_threshold)",
-          "hardneg-pa": "hardneg, BM25 + dense, judge's positive-aware rule (filter.auto_threshold)"}
+          "hardneg-pa": "hardneg, BM25 + dense, judge's positive-aware rule (filter.auto_threshold)",
+          "hardneg-random": "hardneg, one round, random among the survivors of the judge filter (sampling.strategy "
+                            "= random)"}
 # What each rule adds on its own: (row, the row it adds one thing to, what it adds)
 CONTRASTS = (("random", "in-batch", "one random negative per example"),
              ("bm25", "random", "hard (BM25) instead of random negatives"),
@@ -87,7 +93,8 @@ CONTRASTS = (("random", "in-batch", "one random negative per example"),
              ("ance", "in-batch", "everything hardneg does"),
              ("dense-pa", "dense", "the judge's positive-aware filter on dense candidates"),
              ("hardneg-pa", "hardneg", "the positive-aware rule instead of the relative margin"),
-             ("hardneg-pa", "dense-pa", "BM25 candidates beside dense, with the positive-aware rule"))
+             ("hardneg-pa", "dense-pa", "BM25 candidates beside dense, with the positive-aware rule"),
+             ("hardneg-random", "hardneg", "random among the filter's survivors instead of the best-scored ones"))
 ONLINE_LOSSES = ("gist", "hardness")  # losses that mine inside the batch: they also get an in-batch-only row
 LOSS_BASES = ("in-batch", "random", "bm25", "dense", "st", "hardneg")  # rows trained by one `hardneg train`
 
@@ -149,10 +156,12 @@ def settings_key(args, row: str, seed: int | None) -> dict:
         return key
     key |= {"seed": seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
             "train_max_seq_length": args.train_max_seq_length, "negatives": 0 if row == "in-batch" else args.negatives}
-    if row in ("bm25", "dense", "st", "hardneg", "ance", *PA_ROWS):
+    if row in ("bm25", "dense", "st", "hardneg", "ance", *PA_ROWS, *RANDOM_SAMPLER_ROWS):
         key |= {"depth": args.depth, "mine_negatives": args.mine_negatives}
-    if row in ("st", "hardneg", "ance"):
+    if row in ("st", "hardneg", "ance", *RANDOM_SAMPLER_ROWS):
         key |= {"judge": judge_fingerprint(args.judge), "relative_margin": args.relative_margin}
+    if row in RANDOM_SAMPLER_ROWS:
+        key["sampling"] = "random"
     if row in PA_ROWS:
         key |= {"judge": judge_fingerprint(args.judge), "filter": "auto_threshold", "max_cost": args.pa_max_cost}
         if args.pa_cost_on != "multi":  # rows of the earlier fit ('multi') keep the key they were stored with
@@ -360,6 +369,8 @@ def triples_for(args, row: str, seed: int) -> Path:
         return st_triples(args)
     if row == "hardneg":
         return mine(args, "hardneg", **judge_sections(args))
+    if row in RANDOM_SAMPLER_ROWS:  # one draw per seed: each seed's model trains on its own
+        return mine(args, row, **judge_sections(args), sampling__strategy="random", sampling__seed=seed)
     if row in PA_ROWS:
         extra = {"candidates__bm25": False} if row == "dense-pa" else {}
         return mine(args, row, **judge_sections(args), filter__auto_threshold=True,

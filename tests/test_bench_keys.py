@@ -133,3 +133,23 @@ def test_the_table_names_each_rows_arithmetic_and_warns_when_rows_mix_them(tmp_p
     assert data["mixed_arithmetic"] is True and [r["arithmetic"] for r in data["rows"]] == ["bf16", "fp32"]
     table, data = render("in-batch")
     assert "same arithmetic" not in table and data["mixed_arithmetic"] is False
+
+
+def test_the_random_sampler_row_mines_one_draw_per_seed_and_keys_on_its_sampler(parser, monkeypatch, tmp_path):
+    monkeypatch.setattr(B, "judge_fingerprint", lambda folder: "fp")
+    args = parser.parse_args(["--out", str(tmp_path)])
+    top, rnd = B.settings_key(args, "hardneg", 1), B.settings_key(args, "hardneg-random", 1)
+    assert {k: v for k, v in rnd.items() if k not in ("row", "sampling")} == {k: v for k, v in top.items() if k != "row"}
+    assert rnd["sampling"] == "random" and "sampling" not in top  # hardneg's committed rows keep their key
+    assert "hardneg-random" in B.HARDNEG_ROWS and "hardneg-random" not in B.CONTROLS
+    mined = []
+
+    def fake_mining(cfg, out):
+        mined.append((cfg.sampling.strategy, cfg.sampling.seed, cfg.filter.relative_margin, out.name))
+        out.mkdir(parents=True)
+        (out / "manifest.json").write_text("{}")
+
+    monkeypatch.setattr(B, "run_mining", fake_mining)
+    a, b = B.triples_for(args, "hardneg-random", 1), B.triples_for(args, "hardneg-random", 2)
+    assert a != b and B.triples_for(args, "hardneg-random", 1) == a  # one folder per draw, reused
+    assert [m[:3] for m in mined] == [("random", 1, args.relative_margin), ("random", 2, args.relative_margin)]
