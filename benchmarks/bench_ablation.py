@@ -82,7 +82,7 @@ LABELS = {"base": "base model (no fine-tuning)", "in-batch": "in-batch negatives
           "dense-pa": "hardneg, dense candidates, judge's positive-aware rule (filter.auto_threshold)",
           "hardneg-pa": "hardneg, BM25 + dense, judge's positive-aware rule (filter.auto_threshold)",
           "hardneg-random": "hardneg, one round, random among the survivors of the judge filter (sampling.strategy "
-                            "= random)"}
+                            "= random: 5 drawn, training takes the best-scored of them)"}
 # What each rule adds on its own: (row, the row it adds one thing to, what it adds)
 CONTRASTS = (("random", "in-batch", "one random negative per example"),
              ("bm25", "random", "hard (BM25) instead of random negatives"),

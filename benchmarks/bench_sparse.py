@@ -279,9 +279,23 @@ def filter_stats(mine_dir: Path, hidden: set[tuple[str, str]]) -> dict | None:
            "other_filtered": gone(o)}
     if drawn:
         kept = [r for r in drawn if r["fate"] == "kept"]
+        hid = [r for r in drawn if (r["query_id"], r["doc_id"]) in hidden]
         out["fill"] = {"drawn": len(drawn), "negatives": len(kept),
                        "hidden_negatives": sum((r["query_id"], r["doc_id"]) in hidden for r in kept),
-                       "filtered": sum(r["fate"].startswith("filtered") for r in drawn)}
+                       "filtered": gone(drawn), "hidden_drawn": len(hid), "hidden_filtered": gone(hid)}
+    return out
+
+
+def draws_filter_stats(mine_dirs: list[Path], hidden: set[tuple[str, str]]) -> dict | None:
+    """``filter_stats`` of a random row: its retrieved candidates are judged alike in every draw (the first
+    draw's counts); what ``sampling.fill`` drew differs per draw (seed), so its counts are the mean over them."""
+    stats = [filter_stats(d, hidden) for d in mine_dirs]
+    if not stats or stats[0] is None:
+        return None
+    out = dict(stats[0])
+    fills = [s["fill"] for s in stats if s and "fill" in s]
+    if fills:
+        out["fill"] = {k: statistics.fmean(f[k] for f in fills) for k in fills[0]}
     return out
 
 
@@ -389,7 +403,8 @@ def main() -> None:
                 mdir = out / name / f"mine_{miner}_s{seeds[0]}"
                 rows[miner] = {"label": LABELS[miner], **mean_over_draws(
                     {s: hidden_share(t, hidden) for s, t in draws.items()}),
-                    "filter": filter_stats(mdir, hidden), "triples": {s: str(t) for s, t in draws.items()}}
+                    "filter": draws_filter_stats([t.parent for t in draws.values()], hidden),
+                    "triples": {s: str(t) for s, t in draws.items()}}
                 rows[miner]["judge_check"] = json.loads((mdir / "manifest.json").read_text()).get("judge_check")
                 continue
             if miner == "scifact-pa":
@@ -436,6 +451,19 @@ def same_sampler_control(miner: str) -> str | None:
     return "none-random" if miner in RANDOM_ROWS else "st-none" if miner.startswith("st-") else "none"
 
 
+def fill_notes(miners: dict) -> list[str]:
+    """A line per row with ``sampling.fill``: what it drew at random, per draw on average."""
+    out = []
+    for m in miners.values():
+        f = (m.get("filter") or {}).get("fill")
+        if f:
+            out.append(f"- {m['label']}: {f['drawn']:.1f} documents drawn at random per draw on average, "
+                       f"{f['negatives']:.1f} became negatives ({f['hidden_negatives']:.1f} of them hidden "
+                       f"positives); the judge filtered {f['filtered']:.1f} of the draws, {f['hidden_filtered']:.1f} "
+                       f"of the {f['hidden_drawn']:.1f} hidden positives among them.")
+    return ["", *out] if out else []
+
+
 def across_collections(summary: dict) -> list[str]:
     """One configuration for every collection: each filtered row's verdict on each collection, and whether it
     meets the target on all of them (``summary['across']``)."""
@@ -466,7 +494,9 @@ def render(results: dict, args, elapsed: float) -> tuple[dict, list[str]]:
              "relative margin 0.1 where a judge filters (the recall-target rows: filter.recall_target "
              f"{args.recall_target} instead). In the rows with sampling.fill, a query the filter leaves with fewer "
              f"than {args.negatives} negatives gets the rest drawn at random from the corpus (judged by the same "
-             "rule); the hidden positives among those draws are counted with the others. The random rows' counts are the mean over one draw per "
+             "rule); the hidden positives among those draws are counted with the others. Training takes the first "
+             "negative of each row: the best-scored one, for the random rows the best-scored of those drawn. The "
+             "random rows' counts are the mean over one draw per "
              f"seed ({args.seeds}; each seed's model trains on its own draw).", ""]
     summary: dict = {}
     for name, r in results.items():
@@ -505,6 +535,7 @@ def render(results: dict, args, elapsed: float) -> tuple[dict, list[str]]:
             lines.append(f"| {m['label']} | {negs} | {hid} | {m['hidden_share']:.1%} "
                          f"| {m['first_negative_hidden_share']:.1%} | {ratio} | {same} | {fh} | {fo} |")
             summary[name]["miners"][miner] = {k: v for k, v in m.items() if k != "triples"}
+        lines += fill_notes(miners)
         if "downstream" in r:
             n_seeds = len(args.seeds.split(","))
             # a row is complete when every seed is stored or trained (``None``: pending, not trained yet)

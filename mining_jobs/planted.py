@@ -72,7 +72,9 @@ def planted_stats(planted: Planted, path: Path, queries: set[str], cands: pa.Tab
     excluded, filtered (by the judge's score rules), relabelled, removed (the three), in_negatives (sampled,
     from the triples), missed_not_sampled (retrieved, neither removed nor sampled), recall (removed /
     retrieved) and fates. ``cost``: the share of the other scored candidates the judge removed;
-    ``negatives``: the share of sampled (query, negative) pairs that are planted."""
+    ``negatives``: the share of sampled (query, negative) pairs that are planted. ``cands``: the retrieved
+    candidates (documents drawn at random by ``sampling.fill`` are left out by the caller: they would count as
+    retrieved and their easy scores would lower the cost); ``triples``: every sampled negative."""
     kinds = {k: {p for p in v if p[0] in queries} for k, v in planted.items()}
     every = set().union(*kinds.values()) if kinds else set()
     fate_of: dict[tuple[str, str], str] = {}
@@ -93,10 +95,10 @@ def planted_stats(planted: Planted, path: Path, queries: set[str], cands: pa.Tab
         filtered = sum(judged_out(f) and f != "relabelled" for f in fates)
         relabelled = fates.count("relabelled")
         removed = excluded + filtered + relabelled
-        in_neg = len(pairs & sampled)
+        in_neg = len(pairs & sampled)  # also those drawn at random by sampling.fill (not in ``cands``)
         return {"planted": len(pairs), "retrieved": len(fates), "excluded": excluded, "filtered": filtered,
                 "relabelled": relabelled, "removed": removed, "in_negatives": in_neg,
-                "missed_not_sampled": len(fates) - removed - in_neg, "recall": _share(removed, len(fates)),
+                "missed_not_sampled": len(fates) - removed - len(pairs & sampled & fate_of.keys()), "recall": _share(removed, len(fates)),
                 "fates": {f: fates.count(f) for f in sorted(set(fates))}}
 
     return {"file": str(path), "kinds": {k: count(v) for k, v in kinds.items()}, "all": count(every),

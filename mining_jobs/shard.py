@@ -162,9 +162,9 @@ FILL_ROUNDS = 3  # draws per short query (sampling.fill = "random"), each of twi
 def fill_stage(res: Resources, cfg: MineConfig, sh: Shard, counters: dict[str, float]) -> None:
     """Stage 5b (``sampling.fill = "random"``): a query left with fewer than ``num_negatives`` gets the rest drawn
     at random from the corpus outside its candidates. The drawn documents go through the same exclusions
-    (positives, their duplicates, the query itself, the leak guard) and, with a judge, are scored and filtered
-    by the same rule as the retrieved candidates; they join the query's candidates with source ``random`` and
-    come after its retrieved negatives. Up to ``FILL_ROUNDS`` draws per query, each of twice the negatives still
+    (positives, their duplicates, the query itself, the leak guard) and, with a judge, are scored, relabelled
+    (``filter.relabel_above``) and filtered by the same rules as the retrieved candidates; they join the
+    query's candidates with source ``random`` and come after its retrieved negatives. Up to ``FILL_ROUNDS`` draws per query, each of twice the negatives still
     missing; seeded per query (``sampling.fill_rng``), so the result does not depend on sharding."""
     if cfg.sampling.fill != "random":
         return
@@ -174,6 +174,7 @@ def fill_stage(res: Resources, cfg: MineConfig, sh: Shard, counters: dict[str, f
     rngs = {i: fill_rng(cfg.sampling.seed, q) for i, q in enumerate(sh.qids) if len(sh.chosen[i]) < n}
     for _ in range(FILL_ROUNDS):
         drawn: list[tuple[int, Candidate]] = []
+        any_drawn = False  # a query whose draws were all excluded draws again: rounds do not depend on the shard
         for i, rng in rngs.items():
             need = n - len(sh.chosen[i])
             if need <= 0:
@@ -188,6 +189,7 @@ def fill_stage(res: Resources, cfg: MineConfig, sh: Shard, counters: dict[str, f
                 if d not in seen:
                     seen.add(d)
                     picks.append(d)
+            any_drawn |= bool(picks)
             new = [Candidate(d, sources=["random"]) for d in picks]
             mark_exclusions(new, set(sh.positives[i]), sh.qids[i], res.doc_ids, res.hashes, cfg.exclusion.drop_self,
                             res.emb, cfg.exclusion.near_duplicate_cosine, res.banned)
@@ -195,9 +197,9 @@ def fill_stage(res: Resources, cfg: MineConfig, sh: Shard, counters: dict[str, f
                 set_positive_cosines(new, sh.positives[i], res.emb)
             sh.cands[i].extend(new)
             drawn += [(i, c) for c in new if c.fate == "pending"]
-        if not drawn:
+        if not any_drawn:
             break
-        if res.reranker is not None:
+        if res.reranker is not None and drawn:
             t0 = time.perf_counter()
             scores, n_new = score_with_cache(
                 res.reranker, [sh.qids[i] for i, _ in drawn], [res.doc_ids[c.doc] for _, c in drawn],
@@ -208,6 +210,9 @@ def fill_stage(res: Resources, cfg: MineConfig, sh: Shard, counters: dict[str, f
             counters["ce_pairs_scored"] += n_new
             counters["score_s"] += time.perf_counter() - t0
         for i, c in drawn:
+            if relabel([c], cfg.filter):  # judged relevant: an extra positive, as a retrieved candidate would be
+                sh.extra[i].append(c)
+                continue
             ps = sh.pos_scores[i]
             reason = filter_reason(c.ce_score, ps, cfg.filter, ratio, c.pos_cosine) if ps is not None else None
             if reason:

@@ -215,7 +215,7 @@ def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, tim
                                               & ~np.isnan(ce)])} if has_ce else None,
         "what_if": what_if(retrieved, n, list(neg_counts), cfg.filter) if has_ce else None,
         "judge_check": judge_check, "auto_margin": auto_margin, "auto_threshold": auto_threshold,
-        "planted": planted_stats(planted[1], planted[0], set(res.qids), cands, triples) if planted else None,
+        "planted": planted_stats(planted[1], planted[0], set(res.qids), retrieved, triples) if planted else None,
         "timings": {**timings, "total_s": total_s},
     }
     has_png = _histogram(cands, pos_scores, out / "scores.png") if has_ce else False

@@ -75,7 +75,26 @@ def test_negatives_drawn_at_random_are_counted_with_the_others_and_apart(tmp_pat
     f = B.filter_stats(cands.parent, {("1", "b"), ("1", "z")})
     # the filter's columns are about the retrieved candidates; the draws are counted apart
     assert (f["hidden_candidates"], f["hidden_filtered"], f["other_candidates"], f["other_filtered"]) == (1, 1, 1, 0)
-    assert f["fill"] == {"drawn": 2, "negatives": 1, "hidden_negatives": 1, "filtered": 1}
+    assert f["fill"] == {"drawn": 2, "negatives": 1, "hidden_negatives": 1, "filtered": 1, "hidden_drawn": 1,
+                         "hidden_filtered": 0}
+    # a random row: the fill differs per draw, its counts are the mean over the draws
+    other = tmp_path / "run2" / "candidates.parquet"
+    other.parent.mkdir()
+    pq.write_table(pa.Table.from_pylist([
+        {"query_id": "1", "doc_id": "a", "fate": "kept", "sources": ["bm25"]},
+        {"query_id": "1", "doc_id": "z", "fate": "filtered:score_threshold", "sources": ["bm25"]},
+        {"query_id": "1", "doc_id": "b", "fate": "filtered:score_threshold", "sources": ["random"]},
+        {"query_id": "1", "doc_id": "r", "fate": "kept", "sources": ["random"]},
+        {"query_id": "1", "doc_id": "t", "fate": "not_sampled", "sources": ["random"]},
+        {"query_id": "1", "doc_id": "q", "fate": "kept", "sources": ["random"]}]), other)
+    both = B.draws_filter_stats([cands.parent, other.parent], {("1", "b"), ("1", "z")})
+    assert both["hidden_filtered"] == 1 and both["other_candidates"] == 1
+    assert both["fill"] == {"drawn": 3.0, "negatives": 1.5, "hidden_negatives": 0.5, "filtered": 1.0,
+                            "hidden_drawn": 1.0, "hidden_filtered": 0.5}
+    notes = B.fill_notes({"x": {"label": "row x", "filter": both}, "y": {"label": "row y", "filter": f | {"fill": None}}})
+    assert notes == ["", "- row x: 3.0 documents drawn at random per draw on average, 1.5 became negatives (0.5 of "
+                         "them hidden positives); the judge filtered 1.0 of the draws, 0.5 of the 1.0 hidden "
+                         "positives among them."]
 
 
 def test_rows_not_trained_are_pending_and_only_the_named_rows_train(parser, tmp_path, monkeypatch):

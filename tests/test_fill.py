@@ -137,3 +137,84 @@ def test_training_says_when_a_strict_filter_costs_it_rows_and_what_to_do(tmp_pat
     msg = dropped_rows_warning(info, 1)
     assert msg.startswith("4 of the 10 triples rows have fewer than 1 negative(s)") and "sampling.fill" in msg
     assert dropped_rows_warning({"rows_in": 10, "rows_dropped_few_negatives": 1}, 1) is None
+
+
+def _stub_resources(n_docs: int, reranker=None):
+    from mining_jobs.shard import Resources
+
+    ids = [f"d{i}" for i in range(n_docs)]
+    texts = [f"document number {i}" for i in range(n_docs)]
+    return Resources(None, [], ids, {d: i for i, d in enumerate(ids)}, texts,
+                     [normalized_hash(t) for t in texts], None, None, None, None, reranker, None, set())
+
+
+def _short_shard(qids: list[str], positives: dict[str, list[int]], pos_score: float | None = None):
+    from mining_jobs.shard import Shard
+
+    sh = Shard(list(qids), [f"query {q}" for q in qids])
+    sh.cands = [[] for _ in qids]  # nothing retrieved survived: every negative must come from the fill
+    sh.positives = [positives.get(q, [0]) for q in qids]
+    sh.pos_scores = [pos_score] * len(qids)
+    sh.extra = [[] for _ in qids]
+    sh.chosen = [[] for _ in qids]
+    return sh
+
+
+def test_a_querys_fill_does_not_depend_on_the_queries_beside_it_even_when_its_draws_are_excluded():
+    from mining_jobs.shard import fill_stage
+
+    cfg = load_config(overrides=['sampling.fill="random"', "sampling.num_negatives=2"])
+    res = _stub_resources(40)
+    crowded = {"a0": list(range(36))}  # 36 of the 40 documents are its positives: most draws are excluded
+    counters = {"ce_pairs": 0, "ce_pairs_scored": 0, "score_s": 0.0}
+    alone = _short_shard(["a0"], crowded)
+    fill_stage(res, cfg, alone, counters)
+    beside = _short_shard(["a0", "b1"], crowded)
+    fill_stage(res, cfg, beside, counters)
+    assert [c.doc for c in alone.chosen[0]] == [c.doc for c in beside.chosen[0]]
+    assert [(c.doc, c.fate) for c in alone.cands[0]] == [(c.doc, c.fate) for c in beside.cands[0]]
+    assert len(beside.chosen[1]) == 2 and all(c.doc >= 36 for c in alone.chosen[0])
+
+
+class _ConstantJudge:
+    """Every pair scores ``logit``."""
+
+    def __init__(self, logit: float):
+        self.logit = logit
+
+    def cache_prefix(self) -> str:
+        return "constant"
+
+    def score(self, pairs, show_progress=None):
+        return np.full(len(pairs), self.logit, dtype=np.float32)
+
+
+def test_a_draw_the_judge_finds_relevant_is_relabelled_like_a_retrieved_candidate_not_kept_as_a_negative():
+    from mining_jobs.shard import fill_stage
+
+    # positive probability 0.993, the draws' 0.953: under the 1% margin they pass the filter, but they are
+    # above filter.relabel_above 0.9
+    sets = ['sampling.fill="random"', "sampling.num_negatives=2", "cross_encoder.model=x",
+            "filter.relative_margin=0.01"]
+    counters = {"ce_pairs": 0, "ce_pairs_scored": 0, "score_s": 0.0}
+    res = _stub_resources(40, _ConstantJudge(3.0))
+    sh = _short_shard(["q"], {}, pos_score=5.0)
+    fill_stage(res, load_config(overrides=[*sets, "filter.relabel_above=0.9"]), sh, counters)
+    assert sh.chosen == [[]] and sh.extra[0] and all(c.fate == "relabelled" for c in sh.extra[0])
+    assert counters["ce_pairs"] == len(sh.cands[0]) - sum(c.fate == "positive" for c in sh.cands[0])
+    sh = _short_shard(["q"], {}, pos_score=5.0)
+    fill_stage(res, load_config(overrides=sets), sh, counters)  # without relabelling: kept as negatives
+    assert len(sh.chosen[0]) == 2 and sh.extra == [[]]
+
+
+def test_planted_pairs_drawn_at_random_count_among_the_negatives_not_among_the_retrieved():
+    import pyarrow as pa
+
+    from mining_jobs.planted import planted_stats
+
+    planted = {"hidden": {("q", "d1"), ("q", "d2")}}
+    retrieved = pa.Table.from_pylist([{"query_id": "q", "doc_id": "d1", "ce_score": 2.0, "fate": "filtered:max_score"},
+                                      {"query_id": "q", "doc_id": "d3", "ce_score": 0.0, "fate": "kept"}])
+    triples = pa.Table.from_pylist([{"query_id": "q", "negative_ids": ["d3", "d2"]}])  # d2 drawn at random
+    a = planted_stats(planted, "planted.json", {"q"}, retrieved, triples)["all"]
+    assert (a["retrieved"], a["removed"], a["in_negatives"], a["missed_not_sampled"]) == (1, 1, 1, 0)
