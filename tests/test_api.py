@@ -131,7 +131,8 @@ def test_config_sources_merge_like_the_command_line(env, tmp_path):
     cfg = load_config(toml, ["sampling.seed=5", "filter.relative_margin=0.3"])
     assert _raw_settings(MineConfig, cfg, {}, None)["sampling"] == {**raw["sampling"], "strategy": "top",
                                                                       "positive_aware_ratio": 0.95,
-                                                                      "simans_a": 1.0, "simans_b": 0.0}
+                                                                      "simans_a": 1.0, "simans_b": 0.0,
+                                                                      "fill": "none"}
 
 
 def _readme_python_blocks() -> list[str]:

@@ -196,7 +196,7 @@ def test_check_paths_names_the_field_of_an_iterate_config(tree):
 NOT_PATHS = {
     "mine": {"data.split", "candidates.bm25_backend", "candidates.index", "candidates.bf16",
              "candidates.query_prompt", "candidates.doc_prompt", "cross_encoder.bf16", "cross_encoder.positive_reduce",
-             "filter.rank_by", "filter.auto_threshold_cost_on", "sampling.strategy", "engine", "ray.address",
+             "filter.rank_by", "filter.auto_threshold_cost_on", "sampling.strategy", "sampling.fill", "engine", "ray.address",
              "candidates.device", "cross_encoder.device"},
     "train": {"loss", "gist_margin_strategy", "hardness_mode", "bf16", "dev_split", "dev_corpus", "query_prompt",
               "doc_prompt", "device"},
