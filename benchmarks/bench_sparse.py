@@ -52,6 +52,7 @@ from mining_jobs.config import load_config
 from mining_jobs.evaluate import evaluate_model
 from mining_jobs.files import write_json
 from mining_jobs.mine import run_mining
+from mining_jobs.shard import FILL_SOURCE
 from retriever import metrics as M
 from retriever.data import load_beir, resolve_data
 
@@ -252,7 +253,7 @@ def hidden_share(triples: Path, hidden: set[tuple[str, str]]) -> dict:
     negs = [(r["query_id"], d) for r in t for d in r["negative_ids"]]
     drawn = [(r["query_id"], d) for r in t for d, s in zip(r["negative_ids"], r.get("negative_sources") or
                                                            [""] * len(r["negative_ids"]), strict=True)
-             if s == "random"]
+             if s == FILL_SOURCE]
     first = [(r["query_id"], r["negative_ids"][0]) for r in t if r["negative_ids"]]
     n_hidden = sum(p in hidden for p in negs)
     return {"rows": len(t), "negatives": len(negs), "hidden_in_negatives": n_hidden,
@@ -269,8 +270,8 @@ def filter_stats(mine_dir: Path, hidden: set[tuple[str, str]]) -> dict | None:
     if not path.is_file():
         return None
     c = pq.read_table(path, columns=["query_id", "doc_id", "fate", "sources"]).to_pylist()
-    drawn = [r for r in c if r["sources"] == ["random"]]
-    c = [r for r in c if r["sources"] != ["random"]]
+    drawn = [r for r in c if r["sources"] == [FILL_SOURCE]]
+    c = [r for r in c if r["sources"] != [FILL_SOURCE]]
     scored = [r for r in c if r["fate"] not in ("positive", "duplicate", "self", "eval_positive")]
     h = [r for r in scored if (r["query_id"], r["doc_id"]) in hidden]
     o = [r for r in scored if (r["query_id"], r["doc_id"]) not in hidden]
@@ -281,7 +282,7 @@ def filter_stats(mine_dir: Path, hidden: set[tuple[str, str]]) -> dict | None:
         kept = [r for r in drawn if r["fate"] == "kept"]
         hid = [r for r in drawn if (r["query_id"], r["doc_id"]) in hidden]
         out["fill"] = {"drawn": len(drawn), "negatives": len(kept),
-                       "hidden_negatives": sum((r["query_id"], r["doc_id"]) in hidden for r in kept),
+                       "hidden_negatives": sum(r["fate"] == "kept" for r in hid),
                        "filtered": gone(drawn), "hidden_drawn": len(hid), "hidden_filtered": gone(hid)}
     return out
 
@@ -464,6 +465,11 @@ def fill_notes(miners: dict) -> list[str]:
     return ["", *out] if out else []
 
 
+def verdict(met: bool | None, unknown: str = "-") -> str:
+    """A target's verdict in a table cell (``unknown``: no verdict)."""
+    return unknown if met is None else "met" if met else "not met"
+
+
 def across_collections(summary: dict) -> list[str]:
     """One configuration for every collection: each filtered row's verdict on each collection, and whether it
     meets the target on all of them (``summary['across']``)."""
@@ -479,9 +485,8 @@ def across_collections(summary: dict) -> list[str]:
     across = {}
     for k in rows:
         v = [summary[n]["downstream"].get(k, {}).get("target_met") for n in names]
-        cell = ["pending" if x is None else "met" if x else "not met" for x in v]
         across[k] = None if None in v else all(v)
-        lines.append(f"| {LABELS[k]} | " + " | ".join(cell) + f" | {'pending' if across[k] is None else 'met' if across[k] else 'not met'} |")
+        lines.append(f"| {LABELS[k]} | " + " | ".join(verdict(x, "pending") for x in [*v, across[k]]) + " |")
     summary["across"] = across
     return [*lines, ""]
 
@@ -563,7 +568,7 @@ def render(results: dict, args, elapsed: float) -> tuple[dict, list[str]]:
                     met = ratio <= 1 / 3 and statistics.fmean(vals) >= statistics.fmean(x["ndcg@10"] for x in ref)
                 lines.append(f"| {LABELS[k]} | {statistics.fmean(vals):.4f} ± {sd:.4f} | {p} | "
                              f"{'-' if ratio is None or k == 'none' else f'{ratio:.2f}'} | "
-                             f"{'-' if met is None else ('met' if met else 'not met')} |")
+                             f"{verdict(met)} |")
                 summary[name]["downstream"][k] = {"ndcg10_mean": statistics.fmean(vals), "ndcg10_std": sd,
                                                   "seeds": len(vals), "target_met": met,
                                                   "p_vs_no_filter": pv}

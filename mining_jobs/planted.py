@@ -96,9 +96,10 @@ def planted_stats(planted: Planted, path: Path, queries: set[str], cands: pa.Tab
         relabelled = fates.count("relabelled")
         removed = excluded + filtered + relabelled
         in_neg = len(pairs & sampled)  # also those drawn at random by sampling.fill (not in ``cands``)
+        sampled_retrieved = len(pairs & sampled & fate_of.keys())
         return {"planted": len(pairs), "retrieved": len(fates), "excluded": excluded, "filtered": filtered,
                 "relabelled": relabelled, "removed": removed, "in_negatives": in_neg,
-                "missed_not_sampled": len(fates) - removed - len(pairs & sampled & fate_of.keys()), "recall": _share(removed, len(fates)),
+                "missed_not_sampled": len(fates) - removed - sampled_retrieved, "recall": _share(removed, len(fates)),
                 "fates": {f: fates.count(f) for f in sorted(set(fates))}}
 
     return {"file": str(path), "kinds": {k: count(v) for k, v in kinds.items()}, "all": count(every),

@@ -157,6 +157,7 @@ def sample_stage(cfg: MineConfig, sh: Shard) -> None:
 
 
 FILL_ROUNDS = 3  # draws per short query (sampling.fill = "random"), each of twice the negatives still missing
+FILL_SOURCE = "random"  # the source of a document the fill drew (its candidate's ``sources`` is [FILL_SOURCE])
 
 
 def fill_stage(res: Resources, cfg: MineConfig, sh: Shard, counters: dict[str, float]) -> None:
@@ -164,8 +165,8 @@ def fill_stage(res: Resources, cfg: MineConfig, sh: Shard, counters: dict[str, f
     at random from the corpus outside its candidates. The drawn documents go through the same exclusions
     (positives, their duplicates, the query itself, the leak guard) and, with a judge, are scored, relabelled
     (``filter.relabel_above``) and filtered by the same rules as the retrieved candidates; they join the
-    query's candidates with source ``random`` and come after its retrieved negatives. Up to ``FILL_ROUNDS`` draws per query, each of twice the negatives still
-    missing; seeded per query (``sampling.fill_rng``), so the result does not depend on sharding."""
+    query's candidates with source ``FILL_SOURCE`` and come after its retrieved negatives. Up to
+    ``FILL_ROUNDS`` draws per query, each of twice the negatives still missing; seeded per query (``sampling.fill_rng``), so the result does not depend on sharding."""
     if cfg.sampling.fill != "random":
         return
     n = cfg.sampling.num_negatives
@@ -190,7 +191,7 @@ def fill_stage(res: Resources, cfg: MineConfig, sh: Shard, counters: dict[str, f
                     seen.add(d)
                     picks.append(d)
             any_drawn |= bool(picks)
-            new = [Candidate(d, sources=["random"]) for d in picks]
+            new = [Candidate(d, sources=[FILL_SOURCE]) for d in picks]
             mark_exclusions(new, set(sh.positives[i]), sh.qids[i], res.doc_ids, res.hashes, cfg.exclusion.drop_self,
                             res.emb, cfg.exclusion.near_duplicate_cosine, res.banned)
             if needs_positive_cosine(cfg):

@@ -20,7 +20,7 @@ from .files import versions, write_json, write_parquet, write_text
 from .filtering import filter_reason
 from .judge_check import render_auto_margin, render_auto_threshold, render_check
 from .planted import Planted, planted_stats, render_planted
-from .shard import shard_paths
+from .shard import FILL_SOURCE, shard_paths
 
 logger = logging.getLogger(__name__)
 
@@ -174,11 +174,13 @@ def finalize(out: Path, cfg: MineConfig, res, n_shards: int, counters: dict, tim
     _merge(tpaths, out / "triples.parquet")
     _merge(cpaths, out / "candidates.parquet")
     triples = pq.read_table(out / "triples.parquet")
-    cands = pq.read_table(out / "candidates.parquet",
-                          columns=["query_id", "doc_id", "ce_score", "positive_score", "fate", "sources"])
-    drawn = np.array([s == ["random"] for s in cands["sources"].to_pylist()], dtype=bool)
-    fill = _fill_counts(cands, drawn) if cfg.sampling.fill != "none" else None
-    retrieved = cands.filter(pa.array(~drawn)) if drawn.any() else cands  # the what-if table's: not the fill
+    filled = cfg.sampling.fill != "none"
+    cands = pq.read_table(out / "candidates.parquet", columns=["query_id", "doc_id", "ce_score", "positive_score",
+                                                               "fate", *(["sources"] if filled else [])])
+    fill, retrieved = None, cands  # the what-if table and the planted stats read the retrieved candidates
+    if filled:
+        drawn = np.array([s == [FILL_SOURCE] for s in cands["sources"].to_pylist()], dtype=bool)
+        fill, retrieved = _fill_counts(cands, drawn), cands.filter(pa.array(~drawn))
     n = cfg.sampling.num_negatives
     views = _views(triples, n, out)
     fates = Counter(cands["fate"].to_pylist())

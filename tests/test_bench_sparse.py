@@ -57,6 +57,17 @@ def test_hidden_share_counts_every_negative_and_the_first(tmp_path):
                    "first_negative_hidden_share": 0.5, "random_fill_negatives": 0, "random_fill_hidden": 0}
 
 
+def _run_with_draws(folder: Path, **draws: str) -> Path:
+    """A mining folder whose candidates.parquet holds query 1's retrieved a (kept) and z (filtered) and the
+    documents the fill drew (doc id -> fate)."""
+    folder.mkdir()
+    rows = [{"query_id": "1", "doc_id": "a", "fate": "kept", "sources": ["bm25"]},
+            {"query_id": "1", "doc_id": "z", "fate": "filtered:score_threshold", "sources": ["bm25"]}]
+    rows += [{"query_id": "1", "doc_id": d, "fate": f, "sources": ["random"]} for d, f in draws.items()]
+    pq.write_table(pa.Table.from_pylist(rows), folder / "candidates.parquet")
+    return folder
+
+
 def test_negatives_drawn_at_random_are_counted_with_the_others_and_apart(tmp_path):
     path = tmp_path / "t.parquet"
     pq.write_table(pa.Table.from_pylist([
@@ -65,29 +76,15 @@ def test_negatives_drawn_at_random_are_counted_with_the_others_and_apart(tmp_pat
     got = B.hidden_share(path, {("1", "b"), ("2", "x"), ("1", "z")})
     assert got["negatives"] == 5 and got["hidden_in_negatives"] == 2  # a hidden positive drawn at random counts
     assert got["random_fill_negatives"] == 3 and got["random_fill_hidden"] == 1
-    cands = tmp_path / "run" / "candidates.parquet"
-    cands.parent.mkdir()
-    pq.write_table(pa.Table.from_pylist([
-        {"query_id": "1", "doc_id": "a", "fate": "kept", "sources": ["bm25"]},
-        {"query_id": "1", "doc_id": "z", "fate": "filtered:score_threshold", "sources": ["bm25"]},
-        {"query_id": "1", "doc_id": "b", "fate": "kept", "sources": ["random"]},
-        {"query_id": "1", "doc_id": "q", "fate": "filtered:score_threshold", "sources": ["random"]}]), cands)
-    f = B.filter_stats(cands.parent, {("1", "b"), ("1", "z")})
+    run = _run_with_draws(tmp_path / "run", b="kept", q="filtered:score_threshold")
+    f = B.filter_stats(run, {("1", "b"), ("1", "z")})
     # the filter's columns are about the retrieved candidates; the draws are counted apart
     assert (f["hidden_candidates"], f["hidden_filtered"], f["other_candidates"], f["other_filtered"]) == (1, 1, 1, 0)
     assert f["fill"] == {"drawn": 2, "negatives": 1, "hidden_negatives": 1, "filtered": 1, "hidden_drawn": 1,
                          "hidden_filtered": 0}
     # a random row: the fill differs per draw, its counts are the mean over the draws
-    other = tmp_path / "run2" / "candidates.parquet"
-    other.parent.mkdir()
-    pq.write_table(pa.Table.from_pylist([
-        {"query_id": "1", "doc_id": "a", "fate": "kept", "sources": ["bm25"]},
-        {"query_id": "1", "doc_id": "z", "fate": "filtered:score_threshold", "sources": ["bm25"]},
-        {"query_id": "1", "doc_id": "b", "fate": "filtered:score_threshold", "sources": ["random"]},
-        {"query_id": "1", "doc_id": "r", "fate": "kept", "sources": ["random"]},
-        {"query_id": "1", "doc_id": "t", "fate": "not_sampled", "sources": ["random"]},
-        {"query_id": "1", "doc_id": "q", "fate": "kept", "sources": ["random"]}]), other)
-    both = B.draws_filter_stats([cands.parent, other.parent], {("1", "b"), ("1", "z")})
+    other = _run_with_draws(tmp_path / "run2", b="filtered:score_threshold", r="kept", t="not_sampled", q="kept")
+    both = B.draws_filter_stats([run, other], {("1", "b"), ("1", "z")})
     assert both["hidden_filtered"] == 1 and both["other_candidates"] == 1
     assert both["fill"] == {"drawn": 3.0, "negatives": 1.5, "hidden_negatives": 0.5, "filtered": 1.0,
                             "hidden_drawn": 1.0, "hidden_filtered": 0.5}
